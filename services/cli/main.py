@@ -1,0 +1,121 @@
+"""`adapterfleet` — the command line. Reads flags and environment here, once; nothing below reads either.
+
+Commands that do not serve models never import torch or transformers (they are imported lazily by the
+worker commands only), so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from services.common.errors import AdapterFleetError
+
+DEFAULT_STORE = "127.0.0.1:50051"
+
+
+def _store_addr(args) -> str:
+    return args.store or os.environ.get("ADAPTERFLEET_STORE") or DEFAULT_STORE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapterfleet", description="Store, ship and serve PEFT LoRA adapters.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    store = sub.add_parser("store", help="the adapter store service").add_subparsers(dest="store_cmd", required=True)
+    s = store.add_parser("serve", help="run the store (embedded default without --redis-url/--s3-endpoint)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--redis-url", help="redis://host:port/db; default: a private redis-server it starts itself")
+    s.add_argument("--redis-prefix", default="af:")
+    s.add_argument("--s3-endpoint", help="S3 endpoint URL; default: blobs in --data-dir")
+    s.add_argument("--bucket", default="adapterfleet")
+    s.add_argument("--region", default="local")
+    s.add_argument("--s3-region", default="us-east-1")
+    s.add_argument("--data-dir", default=".adapterfleet/store")
+    s.add_argument("--chunk-size", type=int, default=1 << 20)
+    s.add_argument("--max-file-mb", type=int, default=4096)
+    s.add_argument("--max-rank", type=int, default=256)
+    s.add_argument("--log-level", default="INFO")
+
+    def store_flag(sp):
+        sp.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
+
+    s = sub.add_parser("push", help="push a PEFT adapter directory as a new version")
+    s.add_argument("dir")
+    s.add_argument("--name", required=True)
+    s.add_argument("--alias", default="")
+    s.add_argument("--parent", default="", help="canonical key of the version this was trained from")
+    s.add_argument("--json", action="store_true")
+    store_flag(s)
+
+    s = sub.add_parser("pull", help="download a version into a directory (verified)")
+    s.add_argument("ref")
+    s.add_argument("dir")
+    s.add_argument("--json", action="store_true")
+    store_flag(s)
+
+    s = sub.add_parser("ls", help="list adapters, or the versions of one")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true")
+    store_flag(s)
+
+    s = sub.add_parser("resolve", help="resolve a ref (name, name@3, name@alias, name@sha256:...)")
+    s.add_argument("ref")
+    s.add_argument("--routing-key", default="")
+    s.add_argument("--json", action="store_true")
+    store_flag(s)
+
+    alias = sub.add_parser("alias", help="move or delete aliases").add_subparsers(dest="alias_cmd", required=True)
+    s = alias.add_parser("set", help="point NAME@ALIAS at VERSION or weighted versions '3:90,4:10'")
+    s.add_argument("name")
+    s.add_argument("alias")
+    s.add_argument("targets")
+    s.add_argument("--expect", help="compare-and-set: the current targets ('3' or '3:90,4:10'), or 'none'")
+    store_flag(s)
+    s = alias.add_parser("delete")
+    s.add_argument("name")
+    s.add_argument("alias")
+    s.add_argument("--expect")
+    store_flag(s)
+
+    s = sub.add_parser("yank", help="make a version unresolvable by number or alias (still fetchable by digest)")
+    s.add_argument("name")
+    s.add_argument("version", type=int)
+    s.add_argument("--force", action="store_true", help="even when an alias points at it")
+    store_flag(s)
+
+    s = sub.add_parser("gc", help="delete blobs no version refers to")
+    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--min-age", type=float, help="seconds; default: the store's grace period")
+    s.add_argument("--json", action="store_true")
+    store_flag(s)
+
+    s = sub.add_parser("watch", help="print store events as JSON lines")
+    s.add_argument("--cursor", default="", help="'0' for all history, an event id to resume after")
+    s.add_argument("--name", default="")
+    store_flag(s)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from services.cli import commands  # noqa: PLC0415 - keep `--help` instant
+
+    try:
+        return commands.dispatch(args, _store_addr(args) if hasattr(args, "store") else DEFAULT_STORE)
+    except AdapterFleetError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, sort_keys=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

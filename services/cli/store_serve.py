@@ -1,0 +1,70 @@
+"""`adapterfleet store serve`: flags -> StoreConfig, the embedded default, then run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from services.common.embedded_redis import RedisProcess
+from services.common.errors import Unavailable
+from store.config import Limits, S3Config, StoreConfig
+
+log = logging.getLogger("adapterfleet.store")
+
+
+def config_from_args(args) -> StoreConfig:
+    s3 = None
+    if args.s3_endpoint:
+        s3 = S3Config(endpoint_url=args.s3_endpoint, bucket=args.bucket, region=args.s3_region)
+    return StoreConfig(
+        host=args.host, port=args.port, redis_url=args.redis_url, redis_prefix=args.redis_prefix, s3=s3,
+        data_dir=args.data_dir, region=args.region, chunk_size=args.chunk_size,
+        limits=Limits(max_file_bytes=args.max_file_mb << 20, max_rank=args.max_rank),
+    )
+
+
+def embedded_redis(data_dir: str):
+    """A private redis-server persisting under data_dir; else an in-process fake, loudly."""
+    try:
+        proc = RedisProcess(Path(data_dir) / "redis").start()
+        log.info("embedded redis-server on port %d (data in %s/redis)", proc.port, data_dir)
+        return proc.url, proc
+    except Unavailable as err:
+        log.warning("%s", err)
+    try:
+        import fakeredis  # noqa: F401
+    except ImportError:
+        raise Unavailable("no redis-server binary and no in-process fallback: install Redis, pass --redis-url, or "
+                          "`pip install adapterfleet[embedded]`") from None
+    log.warning("!!! NO redis-server FOUND: using an IN-PROCESS, NON-PERSISTENT fake Redis. Versions vanish when "
+                "this process exits. Do not use this in production: pass --redis-url. !!!")
+    return None, None
+
+
+def run_store(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cfg = config_from_args(args)
+    proc = None
+    if cfg.redis_url is None:
+        url, proc = embedded_redis(cfg.data_dir)
+    else:
+        url = cfg.redis_url
+    try:
+        asyncio.run(_serve(cfg, url))
+    finally:
+        if proc:
+            proc.stop()
+    return 0
+
+
+async def _serve(cfg: StoreConfig, url: str | None) -> None:
+    from store.server import make_redis, serve
+
+    if url is None:
+        from fakeredis.aioredis import FakeRedis
+
+        client = FakeRedis()
+    else:
+        client = make_redis(url)
+    await serve(cfg, client, on_ready=lambda port: print(f"store listening on {cfg.host}:{port}", flush=True))

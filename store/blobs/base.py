@@ -1,0 +1,84 @@
+"""Content-addressed blob storage: the small interface every backend implements.
+
+Blobs are keyed by the sha256 of their bytes. A writer makes a blob visible only after its bytes hashed to the
+promised digest (commit); anything else (abort, crash) leaves nothing visible under that key.
+All methods are blocking; async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from services.common.errors import ChecksumMismatch
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    size: int
+    modified: float  # unix seconds
+
+
+class BlobWriter(abc.ABC):
+    """Receives the bytes of one blob in order, hashing as they come."""
+
+    def __init__(self, sha256: str, size: int):
+        self.sha256 = sha256
+        self.size = size
+        self.received = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.received += len(data)
+        self._write(data)
+
+    def commit(self) -> None:
+        """Publish the blob under its digest, or raise ChecksumMismatch and publish nothing."""
+        actual = self._hash.hexdigest()
+        if self.received != self.size or actual != self.sha256:
+            self.abort()
+            raise ChecksumMismatch(
+                f"blob received {self.received} bytes with sha256 {actual}, but the push header promised "
+                f"{self.size} bytes with sha256 {self.sha256}; the file changed while it was being pushed or was "
+                "corrupted in transit: push again"
+            )
+        self._commit()
+
+    @abc.abstractmethod
+    def _write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def _commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; idempotent."""
+
+
+class BlobStore(abc.ABC):
+    @abc.abstractmethod
+    def exists(self, sha256: str) -> bool: ...
+
+    @abc.abstractmethod
+    def writer(self, sha256: str, size: int) -> BlobWriter: ...
+
+    @abc.abstractmethod
+    def read(self, sha256: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the blob's bytes from ``offset`` in chunks of at most ``chunk_size``."""
+
+    @abc.abstractmethod
+    def list(self) -> Iterator[BlobInfo]: ...
+
+    @abc.abstractmethod
+    def delete(self, sha256: str) -> None: ...
+
+    def abort_stale_uploads(self, older_than: float) -> int:
+        """Abort half-finished uploads started before the unix time ``older_than``; returns how many."""
+        return 0
+
+    def close(self) -> None:
+        pass

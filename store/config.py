@@ -1,0 +1,43 @@
+"""Typed configuration of the store, built once at the entry point and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 4 << 30
+    max_total_bytes: int = 8 << 30
+    max_files: int = 16
+    max_config_bytes: int = 1 << 20
+    max_header_bytes: int = 16 << 20
+    max_extra_file_bytes: int = 4 << 20  # README.md and other small text files
+    max_rank: int = 256
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None
+    bucket: str
+    region: str = "us-east-1"
+    prefix: str = ""
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    part_size: int = 16 << 20      # multipart part size (and the threshold above which multipart is used)
+    max_concurrency: int = 8       # parts in flight per upload / ranged GETs in flight per fetch
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    redis_url: str | None = None
+    redis_prefix: str = "af:"
+    s3: S3Config | None = None          # None: blobs in `data_dir` (embedded default)
+    data_dir: str = ".adapterfleet/store"
+    region: str = "local"
+    chunk_size: int = 1 << 20           # fetch chunk size
+    lease_seconds: float = 3600.0       # a push must finish within this, or its blobs may be collected
+    gc_grace_seconds: float = 3600.0    # GC leaves blobs younger than this alone
+    limits: Limits = field(default_factory=Limits)

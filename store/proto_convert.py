@@ -1,0 +1,76 @@
+"""Conversions between the generated messages and the store's domain types (used by servicer and client)."""
+
+from __future__ import annotations
+
+from adapterfleet.v1 import common_pb2, store_pb2
+from store.index import StoreEvent, Targets
+from store.manifest import BaseModelIdentity, FileEntry, Manifest
+
+
+def manifest_to_pb(m: Manifest) -> common_pb2.Manifest:
+    return common_pb2.Manifest(
+        name=m.name, version=m.version, digest=m.digest,
+        files=[common_pb2.FileEntry(name=f.name, size=f.size, sha256=f.sha256) for f in m.files],
+        base_model=base_to_pb(m.base_model), peft_type=m.peft_type, rank=m.rank,
+        created_at=m.created_at, parent=m.parent, yanked=m.yanked,
+    )
+
+
+def manifest_from_pb(pb: common_pb2.Manifest) -> Manifest:
+    return Manifest(
+        name=pb.name, files=tuple(files_from_pb(pb.files)), base_model=base_from_pb(pb.base_model),
+        peft_type=pb.peft_type, rank=pb.rank, version=pb.version, created_at=pb.created_at,
+        parent=pb.parent, yanked=pb.yanked,
+    )
+
+
+def files_from_pb(files) -> list[FileEntry]:
+    return [FileEntry(f.name, f.size, f.sha256) for f in files]
+
+
+def base_to_pb(b: BaseModelIdentity) -> common_pb2.BaseModelIdentity:
+    return common_pb2.BaseModelIdentity(name_or_path=b.name_or_path, fingerprint=b.fingerprint)
+
+
+def base_from_pb(pb: common_pb2.BaseModelIdentity) -> BaseModelIdentity:
+    return BaseModelIdentity(pb.name_or_path, pb.fingerprint)
+
+
+def targets_to_pb(t: Targets) -> list[common_pb2.AliasTarget]:
+    return [common_pb2.AliasTarget(version=v, weight=w) for v, w in t]
+
+
+def targets_from_pb(pbs) -> Targets:
+    return tuple(sorted((t.version, t.weight) for t in pbs))
+
+
+def expectation_from_pb(request, field: str = "expect") -> Targets | None | str:
+    """Unset -> "any" (unconditional); absent -> None; else the exact targets expected."""
+    if not request.HasField(field):
+        return "any"
+    expect = getattr(request, field)
+    return None if expect.absent else targets_from_pb(expect.targets)
+
+
+def expectation_to_pb(expect: Targets | None | str) -> store_pb2.AliasExpectation | None:
+    if expect == "any":
+        return None
+    if expect is None:
+        return store_pb2.AliasExpectation(absent=True)
+    return store_pb2.AliasExpectation(targets=targets_to_pb(expect))  # type: ignore[arg-type]
+
+
+def alias_to_pb(name: str, alias: str, t: Targets) -> store_pb2.Alias:
+    return store_pb2.Alias(name=name, alias=alias, targets=targets_to_pb(t))
+
+
+def event_to_pb(e: StoreEvent) -> store_pb2.Event:
+    return store_pb2.Event(
+        cursor=e.cursor, type=store_pb2.Event.Type.Value(e.type), name=e.name, version=e.version,
+        digest=e.digest, alias=e.alias, targets=targets_to_pb(e.targets), time=e.time,
+    )
+
+
+def event_from_pb(pb: store_pb2.Event) -> StoreEvent:
+    return StoreEvent(pb.cursor, store_pb2.Event.Type.Name(pb.type), pb.name, pb.version, pb.digest, pb.alias,
+                      targets_from_pb(pb.targets), pb.time)

@@ -1,0 +1,206 @@
+"""One push: validate while the bytes stream in, write blobs content-addressed, then commit atomically.
+
+Order of events, and why nothing half-written is ever visible:
+  header  -> names, sizes and limits checked; blobs leased so GC leaves them alone while we work
+  chunks  -> each file hashed and written as it arrives (S3 multipart: parts invisible until completed);
+             adapter_config.json parsed when complete, the safetensors header parsed as soon as its bytes are in
+  end     -> files the client skipped (already stored) must exist; tensors checked against the config;
+             each blob committed only if its bytes hash to the promised sha256;
+             then one Lua script assigns the version number and publishes the event.
+A failure at any step aborts the uploads and releases the leases: no version, no visible blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from services.common.errors import FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
+from store.adapter_config import LoraSpec, parse_adapter_config
+from store.blobs.base import BlobStore, BlobWriter
+from store.config import StoreConfig
+from store.index import RedisIndex
+from store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
+from store.refs import validate_alias, validate_name
+from store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
+from store.validation import check_adapter, check_file_name, check_file_set
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class PushHeader:
+    name: str
+    files: tuple[FileEntry, ...]
+    alias: str = ""
+    base_model: BaseModelIdentity = field(default_factory=BaseModelIdentity)
+    parent: str = ""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    manifest: Manifest
+    created: bool
+    bytes_received: int
+    bytes_deduplicated: int
+
+
+def check_header(header: PushHeader, cfg: StoreConfig) -> None:
+    validate_name(header.name)
+    if header.alias:
+        validate_alias(header.alias)
+    lim = cfg.limits
+    if len(header.files) > lim.max_files:
+        raise InvalidAdapter(f"{len(header.files)} files is more than the limit of {lim.max_files}")
+    for f in header.files:
+        check_file_name(f.name)
+    check_file_set([f.name for f in header.files])
+    check_file_entries(list(header.files))
+    for f in header.files:
+        limit = {CONFIG_FILE: lim.max_config_bytes, WEIGHTS_FILE: lim.max_file_bytes}.get(f.name,
+                                                                                         lim.max_extra_file_bytes)
+        if f.size > limit:
+            raise InvalidAdapter(f"{f.name} is {f.size} bytes, more than the limit of {limit}")
+    total = sum(f.size for f in header.files)
+    if total > lim.max_total_bytes:
+        raise InvalidAdapter(f"the adapter is {total} bytes in all, more than the limit of {lim.max_total_bytes}")
+
+
+class PushSession:
+    def __init__(self, header: PushHeader, blobs: BlobStore, index: RedisIndex, cfg: StoreConfig):
+        self.header = header
+        self._blobs = blobs
+        self._index = index
+        self._cfg = cfg
+        self._id = uuid.uuid4().hex
+        self._files = {f.name: f for f in header.files}
+        self._writers: dict[str, BlobWriter] = {}
+        self._current: str | None = None
+        self._prefix: dict[str, bytearray] = {}  # config bytes / safetensors header bytes as they arrive
+        self._spec: LoraSpec | None = None
+        self._tensors: SafetensorsHeader | None = None
+        self._received = 0
+        self._blob_ids = sorted({f.sha256 for f in header.files})
+
+    async def start(self) -> None:
+        check_header(self.header, self._cfg)
+        for _ in range(50):  # GC may be deleting one of our blobs right now; wait for it to finish
+            doomed = await self._index.lease(self._id, time.time() + self._cfg.lease_seconds, self._blob_ids)
+            if doomed is None:
+                return
+            await asyncio.sleep(0.1)
+        raise Unavailable(f"garbage collection is deleting blob {doomed}; retry the push in a few seconds")
+
+    async def feed(self, file: str, offset: int, data: bytes) -> None:
+        entry = self._files.get(file)
+        if entry is None:
+            raise InvalidArgument(f"chunk for {file!r}, which the push header does not list")
+        if file != self._current:
+            if file in self._writers:
+                raise InvalidArgument(f"chunks of {file!r} were interleaved with another file; send files one by one")
+            await self._finish_file()
+            self._current = file
+            self._writers[file] = self._blobs.writer(entry.sha256, entry.size)
+            self._prefix[file] = bytearray()
+        writer = self._writers[file]
+        if offset != writer.received:
+            raise InvalidArgument(f"chunk of {file!r} at offset {offset}, expected {writer.received}")
+        if writer.received + len(data) > entry.size:
+            raise InvalidAdapter(f"{file} is longer than the {entry.size} bytes the push header promised")
+        self._validate_prefix(file, data)
+        await asyncio.to_thread(writer.write, data)
+        self._received += len(data)
+
+    def _validate_prefix(self, file: str, data: bytes) -> None:
+        """Parse the config and the safetensors header as soon as their bytes are complete."""
+        if file == CONFIG_FILE:
+            self._prefix[file] += data
+            return
+        if file != WEIGHTS_FILE or self._tensors is not None:
+            return
+        buf = self._prefix[file]
+        buf += data
+        need = header_bytes_needed(bytes(buf[:8]))
+        if need is not None and need > self._cfg.limits.max_header_bytes + 8:
+            self._tensors = parse_header(bytes(buf), self._files[file].size,
+                                         max_header_bytes=self._cfg.limits.max_header_bytes)
+        if need is not None and len(buf) >= need:
+            self._tensors = parse_header(bytes(buf[:need]), self._files[file].size,
+                                         max_header_bytes=self._cfg.limits.max_header_bytes)
+            self._prefix[file] = bytearray()
+
+    async def _finish_file(self) -> None:
+        if self._current is None:
+            return
+        name, writer = self._current, self._writers[self._current]
+        if writer.received != writer.size:
+            raise InvalidAdapter(f"{name} ended after {writer.received} of the {writer.size} bytes promised")
+        if name == CONFIG_FILE:
+            self._spec = self._parse_config(bytes(self._prefix.pop(name)))
+        self._current = None
+
+    def _parse_config(self, data: bytes) -> LoraSpec:
+        return parse_adapter_config(data, max_rank=self._cfg.limits.max_rank,
+                                    max_bytes=self._cfg.limits.max_config_bytes)
+
+    async def _load_skipped(self) -> int:
+        """Files the client did not send must already be stored; validate them from the blob store."""
+        skipped = 0
+        for name, entry in self._files.items():
+            if name in self._writers:
+                continue
+            if not await asyncio.to_thread(self._blobs.exists, entry.sha256):
+                raise FailedPrecondition(
+                    f"{name} (sha256 {entry.sha256}) was not sent and the store does not have it; push again "
+                    "(the client re-checks which blobs are missing)"
+                )
+            skipped += entry.size
+            if name == CONFIG_FILE:
+                self._spec = self._parse_config(await self._read(entry, entry.size))
+            elif name == WEIGHTS_FILE:
+                need = header_bytes_needed(await self._read(entry, 8))
+                self._tensors = parse_header(await self._read(entry, min(need or 8, entry.size)), entry.size,
+                                             max_header_bytes=self._cfg.limits.max_header_bytes)
+        return skipped
+
+    async def _read(self, entry: FileEntry, length: int) -> bytes:
+        def read() -> bytes:
+            out = bytearray()
+            for chunk in self._blobs.read(entry.sha256, 0, chunk_size=max(length, 1)):
+                out += chunk
+                if len(out) >= length:
+                    break
+            return bytes(out[:length])
+
+        return await asyncio.to_thread(read)
+
+    async def finish(self) -> PushResult:
+        await self._finish_file()
+        skipped = await self._load_skipped()
+        if self._tensors is None:
+            raise InvalidAdapter(f"{WEIGHTS_FILE} ended before its safetensors header was complete")
+        assert self._spec is not None
+        check_adapter(self._spec, self._tensors)
+        for writer in self._writers.values():
+            await asyncio.to_thread(writer.commit)  # ChecksumMismatch if the bytes are not the promised ones
+        h = self.header
+        base = h.base_model if h.base_model.name_or_path else BaseModelIdentity(
+            self._spec.base_model_name_or_path or "", h.base_model.fingerprint)
+        manifest = Manifest(
+            name=h.name, files=tuple(sorted(h.files, key=lambda f: f.name)), base_model=base,
+            peft_type="LORA", rank=self._spec.r, created_at=time.time(), parent=h.parent,
+        )
+        version, created = await self._index.commit(manifest, self._id, h.alias)
+        stored = await self._index.manifest(h.name, manifest.digest)
+        return PushResult(stored, created, self._received, skipped)
+
+    async def abort(self) -> None:
+        for writer in self._writers.values():
+            await asyncio.to_thread(writer.abort)
+        try:
+            await self._index.release(self._id, self._blob_ids)
+        except Exception:  # noqa: BLE001 - leases expire on their own
+            pass

@@ -1,0 +1,83 @@
+"""Assemble the store from its config (apart from running it), and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+
+from adapterfleet.v1 import store_pb2, store_pb2_grpc
+from services.common.server import create_server, mark_serving
+from store.blobs.base import BlobStore
+from store.blobs.local import LocalBlobStore
+from store.blobs.s3 import S3BlobStore
+from store.config import StoreConfig
+from store.index import RedisIndex
+from store.service import AdapterStoreCore
+from store.servicer import StoreServicer
+
+log = logging.getLogger("adapterfleet.store")
+SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["AdapterStore"].full_name
+
+
+def make_blob_store(cfg: StoreConfig) -> BlobStore:
+    if cfg.s3 is not None:
+        blobs = S3BlobStore(cfg.s3)
+        blobs.ensure_bucket()
+        return blobs
+    local = LocalBlobStore(f"{cfg.data_dir}/blobs")
+    local.ensure()
+    return local
+
+
+def make_redis(url: str) -> aioredis.Redis:
+    return aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+@dataclass
+class StoreServer:
+    server: grpc.aio.Server
+    port: int
+    core: AdapterStoreCore
+    _health: object
+
+    async def start(self) -> None:
+        await self.core.index.ping()
+        await self.server.start()
+        await mark_serving(self._health, [SERVICE_NAME])
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await self.server.stop(grace)
+
+
+def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: BlobStore) -> StoreServer:
+    core = AdapterStoreCore(cfg, blobs, RedisIndex(redis_client, cfg.redis_prefix))
+    servicer = StoreServicer(core)
+    server, port, health = create_server(
+        f"{cfg.host}:{cfg.port}",
+        [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+    )
+    return StoreServer(server, port, core, health)
+
+
+async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight calls for a few seconds."""
+    blobs = await asyncio.to_thread(make_blob_store, cfg)
+    store = create_store_server(cfg, redis_client, blobs)
+    await store.start()
+    log.info("store serving on %s:%d (region %s)", cfg.host, store.port, cfg.region)
+    if on_ready:
+        on_ready(store.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await store.stop(grace=5.0)
+    blobs.close()
+    await redis_client.aclose()

@@ -1,0 +1,221 @@
+"""The store's domain API: what the gRPC servicer calls. No generated stubs here."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from store.blobs.base import BlobStore
+from store.config import StoreConfig
+from store.index import RedisIndex, StoreEvent, Targets, check_targets
+from store.manifest import Manifest
+from store.push import PushHeader, PushResult, PushSession
+from store.refs import Ref, validate_alias, validate_hex_digest, validate_name
+
+
+@dataclass(frozen=True)
+class Resolution:
+    manifest: Manifest
+    alias: str = ""
+    alias_targets: Targets = ()
+
+
+@dataclass(frozen=True)
+class FileChunk:
+    file: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AdapterSummary:
+    name: str
+    latest_version: int
+    version_count: int
+    aliases: dict[str, Targets]
+
+
+@dataclass(frozen=True)
+class GcReport:
+    deleted: list[str]
+    bytes_freed: int
+    kept_referenced: int
+    kept_leased: int
+    aborted_uploads: int
+
+
+def choose_target(targets: Targets, routing_key: str, rng: random.Random) -> int:
+    """Pick a version by weight; the same routing key always gets the same version (sticky canaries)."""
+    total = sum(w for _, w in targets)
+    if total <= 0:
+        return targets[0][0]
+    if routing_key:
+        point = int.from_bytes(hashlib.sha256(routing_key.encode()).digest()[:8], "big") % total
+    else:
+        point = rng.randrange(total)
+    for version, weight in targets:
+        point -= weight
+        if point < 0:
+            return version
+    return targets[-1][0]
+
+
+class AdapterStoreCore:
+    def __init__(self, cfg: StoreConfig, blobs: BlobStore, index: RedisIndex, rng: random.Random | None = None):
+        self.cfg = cfg
+        self.blobs = blobs
+        self.index = index
+        self._rng = rng or random.Random()
+
+    # --- push -----------------------------------------------------------------------------------------------------
+    async def push(self, header: PushHeader, chunks: AsyncIterator[FileChunk]) -> PushResult:
+        session = PushSession(header, self.blobs, self.index, self.cfg)
+        await session.start()
+        try:
+            async for chunk in chunks:
+                await session.feed(chunk.file, chunk.offset, chunk.data)
+            return await session.finish()
+        finally:
+            await session.abort()  # after a commit this only releases the (already released) leases
+
+    async def missing_blobs(self, digests: list[str]) -> list[str]:
+        for d in digests:
+            validate_hex_digest(d)
+        present = await asyncio.gather(*(asyncio.to_thread(self.blobs.exists, d) for d in digests))
+        return [d for d, ok in zip(digests, present) if not ok]
+
+    # --- resolve --------------------------------------------------------------------------------------------------
+    async def resolve(self, text: str, routing_key: str = "") -> Resolution:
+        ref = Ref.parse(text)
+        if ref.digest is not None:
+            return Resolution(await self.index.manifest(ref.name, ref.digest))
+        yanked = await self.index.yanked(ref.name)
+        if ref.version is not None:
+            if ref.version in yanked:
+                raise NotFound(f"{ref} is yanked; fetch it by digest if you really need it")
+            return Resolution(await self._by_version(ref.name, ref.version))
+        if ref.alias is not None:
+            targets = await self.index.alias(ref.name, ref.alias)
+            if targets is None:
+                raise NotFound(f"alias {ref} does not exist; `adapterfleet ls {ref.name}` lists its aliases")
+            live = tuple((v, w) for v, w in targets if v not in yanked)
+            if not live:
+                raise FailedPrecondition(f"every version alias {ref} points at is yanked; move the alias")
+            version = choose_target(live, routing_key, self._rng)
+            return Resolution(await self._by_version(ref.name, version), ref.alias, targets)
+        versions = await self.index.versions(ref.name)
+        live = [v for v in versions if v not in yanked]
+        if not live:
+            raise NotFound(f"adapter {ref.name} has no versions" + (" that are not yanked" if versions else ""))
+        return Resolution(await self.index.manifest(ref.name, versions[max(live)]))
+
+    async def _by_version(self, name: str, version: int) -> Manifest:
+        digest = await self.index.digest_of(name, version)
+        if digest is None:
+            raise NotFound(f"{name}@{version} does not exist")
+        return await self.index.manifest(name, digest)
+
+    # --- fetch ----------------------------------------------------------------------------------------------------
+    async def fetch(self, text: str, resume_file: str = "", resume_offset: int = 0, chunk_size: int = 0,
+                    routing_key: str = "") -> AsyncIterator[Manifest | FileChunk]:
+        manifest = (await self.resolve(text, routing_key)).manifest
+        chunk_size = min(chunk_size or self.cfg.chunk_size, 4 << 20)
+        names = [f.name for f in manifest.files]
+        if resume_file and resume_file not in names:
+            raise InvalidArgument(f"cannot resume from {resume_file!r}: {manifest.key} has files {names}")
+        start = names.index(resume_file) if resume_file else 0
+        if resume_file and resume_offset > manifest.files[start].size:
+            raise InvalidArgument(f"resume offset {resume_offset} is past the end of {resume_file}")
+        yield manifest
+        for i, entry in enumerate(manifest.files[start:]):
+            offset = resume_offset if i == 0 else 0
+            async for data in _aiter_thread(self.blobs.read(entry.sha256, offset, chunk_size)):
+                yield FileChunk(entry.name, offset, data)
+                offset += len(data)
+
+    # --- listing ----------------------------------------------------------------------------------------------------
+    async def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:
+        out = []
+        for name in await self.index.names():
+            if not name.startswith(prefix):
+                continue
+            versions, yanked = await self.index.versions(name), await self.index.yanked(name)
+            live = [v for v in versions if v not in yanked]
+            out.append(AdapterSummary(name, max(live, default=0), len(versions), await self.index.aliases(name)))
+        return out
+
+    async def list_versions(self, name: str) -> tuple[list[Manifest], dict[str, Targets]]:
+        validate_name(name)
+        versions = await self.index.versions(name)
+        if not versions:
+            raise NotFound(f"adapter {name} does not exist; `adapterfleet ls` lists adapters")
+        manifests = [await self.index.manifest(name, versions[v]) for v in sorted(versions)]
+        return manifests, await self.index.aliases(name)
+
+    # --- aliases and yanks ------------------------------------------------------------------------------------------
+    async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | None | str) -> Targets:
+        validate_name(name)
+        validate_alias(alias)
+        return await self.index.set_alias(name, alias, check_targets(targets), expect)
+
+    async def delete_alias(self, name: str, alias: str, expect: Targets | None | str) -> None:
+        validate_name(name)
+        validate_alias(alias)
+        await self.index.set_alias(name, alias, (), expect)
+
+    async def yank(self, name: str, version: int, force: bool = False) -> Manifest:
+        validate_name(name)
+        await self.index.yank(name, version, force)
+        return await self._by_version(name, version)
+
+    # --- garbage collection -------------------------------------------------------------------------------------------
+    async def collect_garbage(self, dry_run: bool = False, min_age: float | None = None) -> GcReport:
+        """Delete blobs no version refers to and no push holds, older than the grace period.
+
+        Safe against concurrent pushes: a push leases its blobs before it looks at or writes them, and marking a
+        blob doomed is atomic with checking its references and leases; a push that finds a blob doomed waits.
+        """
+        cutoff = time.time() - (self.cfg.gc_grace_seconds if min_age is None else min_age)
+        infos = [b for b in await asyncio.to_thread(lambda: list(self.blobs.list())) if b.modified <= cutoff]
+        refs = await self.index.referenced([b.sha256 for b in infos])
+        candidates = [b for b, ref in zip(infos, refs) if not ref]
+        sizes = {b.sha256: b.size for b in candidates}
+        kept_referenced = sum(refs)
+        if dry_run:
+            return GcReport(sorted(sizes), sum(sizes.values()), kept_referenced, 0, 0)
+        doomed: list[str] = []
+        for i in range(0, len(candidates), 500):
+            doomed += await self.index.gc_mark([b.sha256 for b in candidates[i:i + 500]])
+        try:
+            for sha in doomed:
+                await asyncio.to_thread(self.blobs.delete, sha)
+        finally:
+            await self.index.gc_unmark(doomed)
+        aborted = await asyncio.to_thread(self.blobs.abort_stale_uploads, cutoff)
+        return GcReport(sorted(doomed), sum(sizes[s] for s in doomed), kept_referenced,
+                        len(candidates) - len(doomed), aborted)
+
+    # --- events ---------------------------------------------------------------------------------------------------------
+    async def watch(self, cursor: str = "", name: str = "", block_ms: int = 5000) -> AsyncIterator[StoreEvent]:
+        if cursor in ("", "$"):
+            cursor = await self.index.last_event_id()
+        while True:
+            for event in await self.index.read_events(cursor, block_ms):
+                cursor = event.cursor
+                if not name or event.name == name:
+                    yield event
+
+
+async def _aiter_thread(it):
+    """Drive a blocking iterator from a worker thread, one item at a time."""
+    sentinel = object()
+    while True:
+        item = await asyncio.to_thread(next, it, sentinel)
+        if item is sentinel:
+            return
+        yield item

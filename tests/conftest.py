@@ -1,0 +1,150 @@
+"""Real parts for every test: a redis-server and moto's S3 server on free ports (one each per session), and
+real gRPC servers on port 0. Nothing here touches the machine's own Redis on 6379."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+from services.common.embedded_redis import RedisProcess, free_port
+from store.config import Limits, S3Config, StoreConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    proc = RedisProcess().start()
+    assert proc.port != 6379
+    yield proc
+    proc.stop()
+
+
+def _wait_http(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"S3 server did not listen on {port}")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto in server mode: a real S3 wire endpoint in its own process."""
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _wait_http(port)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3_config(s3_server) -> S3Config:
+    """A fresh bucket per test."""
+    return S3Config(endpoint_url=s3_server, bucket=f"t-{uuid.uuid4().hex[:12]}", access_key_id="test",
+                    secret_access_key="test", part_size=5 << 20)
+
+
+@pytest.fixture
+def s3_client(s3_server):
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="test",
+                        aws_secret_access_key="test")
+
+
+@pytest.fixture
+def redis_client(redis_server) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture
+def store_config(redis_server, s3_config, tmp_path) -> StoreConfig:
+    """A store with its own Redis prefix and bucket, so tests never see each other's data."""
+    return StoreConfig(port=0, redis_url=redis_server.url, redis_prefix=f"t{uuid.uuid4().hex[:8]}:",
+                       s3=s3_config, data_dir=str(tmp_path / "store"), chunk_size=256 << 10,
+                       limits=Limits(max_file_bytes=256 << 20, max_rank=64))
+
+
+class ServerThread:
+    """Runs an asyncio gRPC server in a background thread with its own event loop."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def start_store(cfg: StoreConfig):
+    """Start an in-process store; returns (address, core, stop)."""
+    from store.server import create_store_server, make_blob_store, make_redis
+
+    thread = ServerThread()
+
+    async def build():
+        client = make_redis(cfg.redis_url)
+        store = create_store_server(cfg, client, make_blob_store(cfg))
+        await store.start()
+        return store, client
+
+    store, client = thread.run(build())
+
+    def stop():
+        async def down():
+            await store.stop(0)
+            await client.aclose()
+
+        thread.run(down())
+        thread.close()
+
+    return f"127.0.0.1:{store.port}", store.core, stop
+
+
+@pytest.fixture
+def store(store_config):
+    """A running store: yields a StoreHandle with .address, .core, .config, .client()."""
+    from store.client import StoreClient
+
+    address, core, stop = start_store(store_config)
+
+    class Handle:
+        pass
+
+    h = Handle()
+    h.address, h.core, h.config = address, core, store_config
+    clients = []
+
+    def client(**kw):
+        c = StoreClient(address, **kw)
+        clients.append(c)
+        return c
+
+    h.client = client
+    yield h
+    for c in clients:
+        c.close()
+    stop()
