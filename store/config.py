@@ -24,7 +24,7 @@ class S3Config:
     prefix: str = ""
     access_key_id: str | None = None
     secret_access_key: str | None = None
-    part_size: int = 16 << 20      # multipart part size (and the threshold above which multipart is used)
+    part_size: int = 8 << 20       # multipart part size (and the threshold above which multipart is used)
     max_concurrency: int = 8       # parts in flight per upload / ranged GETs in flight per fetch
 
 

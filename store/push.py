@@ -84,6 +84,8 @@ class PushSession:
         self._tensors: SafetensorsHeader | None = None
         self._received = 0
         self._blob_ids = sorted({f.sha256 for f in header.files})
+        self._pending: asyncio.Future | None = None
+        self._offsets: dict[str, int] = {}  # bytes accepted per file (writes may still be in flight)
 
     async def start(self) -> None:
         check_header(self.header, self._cfg)
@@ -105,14 +107,21 @@ class PushSession:
             self._current = file
             self._writers[file] = self._blobs.writer(entry.sha256, entry.size)
             self._prefix[file] = bytearray()
-        writer = self._writers[file]
-        if offset != writer.received:
-            raise InvalidArgument(f"chunk of {file!r} at offset {offset}, expected {writer.received}")
-        if writer.received + len(data) > entry.size:
+        writer, expected = self._writers[file], self._offsets.get(file, 0)
+        if offset != expected:
+            raise InvalidArgument(f"chunk of {file!r} at offset {offset}, expected {expected}")
+        if expected + len(data) > entry.size:
             raise InvalidAdapter(f"{file} is longer than the {entry.size} bytes the push header promised")
         self._validate_prefix(file, data)
-        await asyncio.to_thread(writer.write, data)
+        await self._drain()  # at most one write in flight: hashing/uploading overlaps receiving the next chunk
+        self._pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
+        self._offsets[file] = expected + len(data)
         self._received += len(data)
+
+    async def _drain(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
 
     def _validate_prefix(self, file: str, data: bytes) -> None:
         """Parse the config and the safetensors header as soon as their bytes are complete."""
@@ -133,6 +142,7 @@ class PushSession:
             self._prefix[file] = bytearray()
 
     async def _finish_file(self) -> None:
+        await self._drain()
         if self._current is None:
             return
         name, writer = self._current, self._writers[self._current]
@@ -185,7 +195,9 @@ class PushSession:
         assert self._spec is not None
         check_adapter(self._spec, self._tensors)
         for writer in self._writers.values():
-            await asyncio.to_thread(writer.commit)  # ChecksumMismatch if the bytes are not the promised ones
+            writer.verify()  # ChecksumMismatch if the bytes are not the promised ones: then publish none
+        for writer in self._writers.values():
+            await asyncio.to_thread(writer.commit)
         h = self.header
         base = h.base_model if h.base_model.name_or_path else BaseModelIdentity(
             self._spec.base_model_name_or_path or "", h.base_model.fingerprint)
@@ -198,6 +210,10 @@ class PushSession:
         return PushResult(stored, created, self._received, skipped)
 
     async def abort(self) -> None:
+        try:
+            await self._drain()
+        except Exception:  # noqa: BLE001 - the error that got us here is already on its way
+            pass
         for writer in self._writers.values():
             await asyncio.to_thread(writer.abort)
         try:

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from services.common.aio import prefetch
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from store.blobs.base import BlobStore
 from store.config import StoreConfig
@@ -134,7 +135,7 @@ class AdapterStoreCore:
         yield manifest
         for i, entry in enumerate(manifest.files[start:]):
             offset = resume_offset if i == 0 else 0
-            async for data in _aiter_thread(self.blobs.read(entry.sha256, offset, chunk_size)):
+            async for data in prefetch(self.blobs.read(entry.sha256, offset, chunk_size)):
                 yield FileChunk(entry.name, offset, data)
                 offset += len(data)
 
@@ -210,12 +211,3 @@ class AdapterStoreCore:
                 if not name or event.name == name:
                     yield event
 
-
-async def _aiter_thread(it):
-    """Drive a blocking iterator from a worker thread, one item at a time."""
-    sentinel = object()
-    while True:
-        item = await asyncio.to_thread(next, it, sentinel)
-        if item is sentinel:
-            return
-        yield item

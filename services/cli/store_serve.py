@@ -16,7 +16,9 @@ log = logging.getLogger("adapterfleet.store")
 def config_from_args(args) -> StoreConfig:
     s3 = None
     if args.s3_endpoint:
-        s3 = S3Config(endpoint_url=args.s3_endpoint, bucket=args.bucket, region=args.s3_region)
+        s3 = S3Config(endpoint_url=args.s3_endpoint, bucket=args.bucket, region=args.s3_region,
+                      access_key_id=args.s3_access_key_id, secret_access_key=args.s3_secret_access_key,
+                      part_size=args.s3_part_mb << 20)
     return StoreConfig(
         host=args.host, port=args.port, redis_url=args.redis_url, redis_prefix=args.redis_prefix, s3=s3,
         data_dir=args.data_dir, region=args.region, chunk_size=args.chunk_size,

@@ -38,6 +38,11 @@ class BlobWriter(abc.ABC):
 
     def commit(self) -> None:
         """Publish the blob under its digest, or raise ChecksumMismatch and publish nothing."""
+        self.verify()
+        self._commit()
+
+    def verify(self) -> None:
+        """Raise ChecksumMismatch (and abort) unless exactly the promised bytes arrived."""
         actual = self._hash.hexdigest()
         if self.received != self.size or actual != self.sha256:
             self.abort()
@@ -46,7 +51,6 @@ class BlobWriter(abc.ABC):
                 f"{self.size} bytes with sha256 {self.sha256}; the file changed while it was being pushed or was "
                 "corrupted in transit: push again"
             )
-        self._commit()
 
     @abc.abstractmethod
     def _write(self, data: bytes) -> None: ...

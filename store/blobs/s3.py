@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from store.blobs.base import BlobInfo, BlobStore, BlobWriter
@@ -37,6 +37,9 @@ def make_s3_client(cfg: S3Config):
 
 
 def _translate(err: Exception, what: str) -> Exception:
+    if isinstance(err, NoCredentialsError):
+        return FailedPrecondition(f"no S3 credentials while {what}: pass --s3-access-key-id/--s3-secret-access-key "
+                                  "or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     if isinstance(err, EndpointConnectionError | BotoCoreError) and not isinstance(err, ClientError):
         return Unavailable(f"S3 is unreachable while {what}: {err}; check --s3-endpoint and that the server is up")
     code = err.response.get("Error", {}).get("Code", "") if isinstance(err, ClientError) else ""

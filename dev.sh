@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One entry point for people and CI.
+#   ./dev.sh run    set up (idempotent) and run the fleet on its embedded default (no external services)
+#   ./dev.sh test   set up and run every test (starts its own redis-server and S3 server on free ports)
+#   ./dev.sh setup  only set up .venv
+#   ./dev.sh protos regenerate the checked-in gRPC stubs
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+  local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ -f "$stamp" ]; then return; fi
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  # torch first, pinned: 2.13.0 resolves to the CPU wheel; a bare `torch` would pull a multi-GB CUDA build.
+  "$VENV/bin/pip" install -q "torch==2.13.0"
+  "$VENV/bin/pip" install -q -e ".[test,peft]"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+}
+
+check_protos() {
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/adapterfleet/v1"
+  PYTHON="$VENV/bin/python" protos/generate.sh "$tmp"
+  for f in "$tmp"/adapterfleet/v1/*.py "$tmp"/adapterfleet/v1/*.pyi; do
+    if ! cmp -s "$f" "protos/adapterfleet/v1/$(basename "$f")"; then
+      echo "generated stubs are stale: run ./dev.sh protos and commit the result ($(basename "$f"))" >&2
+      rm -rf "$tmp"; return 1
+    fi
+  done
+  rm -rf "$tmp"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  protos) setup; PYTHON="$VENV/bin/python" protos/generate.sh ;;
+  run)
+    setup
+    shift
+    exec "$VENV/bin/adapterfleet" store serve "$@"
+    ;;
+  test)
+    setup
+    shift
+    check_protos
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi
+    exit "$rc"
+    ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
+esac

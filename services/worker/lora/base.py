@@ -1,0 +1,60 @@
+"""What every per-row wrapper shares: the wrapped module, the row context, and the immutable slot stack."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .context import RowContext
+from .slot_stack import Field, SlotStack
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+class SlotWrapper(nn.Module):
+    """Base of the wrappers that add a per-row term to ``base_layer``'s output.
+
+    Subclasses declare ``FIELDS`` (the stacked tensors) and implement ``prepare`` (per-adapter weights -> per-slot
+    entries) and ``forward``. The wrapped module stays at ``self.base_layer``, so state dicts of the base model keep
+    working under ``<path>.base_layer.*``.
+    """
+
+    FIELDS: dict[str, Field] = {}
+
+    def __init__(self, base_layer: nn.Module, ctx: RowContext):
+        super().__init__()
+        self.base_layer = base_layer
+        self.ctx = ctx
+        # swapped whole by add/remove (callers serialise writes); a forward reads it once
+        self._stack = SlotStack(self.FIELDS, ctx.max_slots, module_device(base_layer))
+
+    @property
+    def slots(self) -> frozenset[int]:
+        return self._stack.slots
+
+    def nbytes(self) -> int:
+        return self._stack.nbytes()
+
+    def add(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> None:
+        self._stack = self._stack.added(slot, entries, rank)
+
+    def remove(self, slot: int) -> None:
+        self._stack = self._stack.removed(slot)
+
+    def _local_rows(self, stack: SlotStack, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Local stack row per batch row (0 = no adapter here), or None when no row uses this module.  # [batch]"""
+        rows = self.ctx.current()
+        if rows is None or not stack.slots or rows.present.isdisjoint(stack.slots):
+            return None
+        return stack.slot_map[rows.index(batch, device)]
+
+    def unwrapped(self) -> nn.Module:
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        stack = self._stack
+        return f"slots={sorted(stack.slots)}, max_rank={stack.rank}"

@@ -1,0 +1,99 @@
+"""Which adapter slot each row of a batch uses, for the duration of a forward (or a whole ``generate``).
+
+Every LoRA wrapper of one model holds the same :class:`RowContext`. A caller sets the rows around the call::
+
+    with ctx.rows([2, -1, 0]):        # row 0 -> slot 2, row 1 -> base model, row 2 -> slot 0
+        model.generate(input_ids, ...)
+
+The current rows live in a ``ContextVar``, so two threads (or asyncio tasks) running forwards on the same model
+each see their own rows. No rows set means every row runs on the base model.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+NO_ADAPTER = -1
+
+
+class Rows:
+    """The slots of one batch: ``slots[b]`` is row b's slot, or -1 for the base model.
+
+    A forward may see ``k * len(slots)`` rows: ``generate`` expands each row ``k`` times next to each other
+    (``repeat_interleave``) for beams / ``num_return_sequences``, and flattening [batch, tokens] also keeps the rows
+    of one sequence together. Row b of such a batch uses the slot of row ``b // k``.
+    """
+
+    def __init__(self, slots: Sequence[int], max_slots: int):
+        slots = tuple(int(s) for s in slots)
+        if not slots:
+            raise ValueError("rows need at least one slot id (use -1 for a row on the base model)")
+        bad = [s for s in slots if not (s == NO_ADAPTER or 0 <= s < max_slots)]
+        if bad:
+            raise ValueError(f"slot ids {bad} are out of range; use 0..{max_slots - 1}, or -1 for no adapter")
+        self.slots = slots
+        self.present = frozenset(s for s in slots if s != NO_ADAPTER)
+        self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._rows_of: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def _expand(self, batch: int) -> int:
+        n = len(self.slots)
+        if batch % n:
+            raise ValueError(
+                f"a forward saw {batch} rows but {n} row slots are set; set one slot id per row of the batch"
+            )
+        return batch // n
+
+    def index(self, batch: int, device: torch.device) -> torch.Tensor:
+        """``slot + 1`` per row (0 = no adapter) as a long tensor on ``device``.  # [batch]"""
+        key = (batch, device)
+        idx = self._index.get(key)
+        if idx is None:
+            k = self._expand(batch)
+            idx = torch.tensor(self.slots, dtype=torch.long).add_(1).repeat_interleave(k).to(device)
+            self._index[key] = idx
+        return idx
+
+    def rows_of(self, slot: int, batch: int, device: torch.device) -> torch.Tensor:
+        """The row numbers that use ``slot``.  # [rows]"""
+        key = (slot, batch, device)
+        rows = self._rows_of.get(key)
+        if rows is None:
+            k = self._expand(batch)
+            rows = [b for b in range(batch) if self.slots[b // k] == slot]
+            rows = torch.tensor(rows, dtype=torch.long, device=device)
+            self._rows_of[key] = rows
+        return rows
+
+
+class RowContext:
+    """Shared by all wrappers of one model: the rows of the forward running in this thread / task."""
+
+    def __init__(self, max_slots: int):
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be >= 1, got {max_slots}")
+        self.max_slots = max_slots
+        self._current: contextvars.ContextVar[Rows | None] = contextvars.ContextVar(
+            f"adapterfleet_lora_rows_{id(self):x}", default=None
+        )
+
+    @contextmanager
+    def rows(self, slots: Sequence[int] | torch.Tensor) -> Iterator[Rows]:
+        """Run the enclosed forwards with row b on adapter slot ``slots[b]`` (-1: base model)."""
+        if isinstance(slots, torch.Tensor):
+            slots = slots.tolist()
+        token = self._current.set(Rows(slots, self.max_slots))
+        try:
+            yield self._current.get()
+        finally:
+            self._current.reset(token)
+
+    def current(self) -> Rows | None:
+        return self._current.get()

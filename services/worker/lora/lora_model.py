@@ -1,0 +1,102 @@
+"""One loaded base model serving many LoRA adapters at once, one adapter per slot.
+
+    lm = LoraModel(model, max_slots=8)           # model: a loaded transformers causal LM, on its device
+    lm.install(0, AdapterWeights.from_dir(d))    # checks fit (Incompatible), wraps modules, copies weights in
+    with lm.rows([0, -1, 0]):                    # row b of the batch uses slot rows[b]; -1 = base model
+        logits = model(input_ids).logits         # or model.generate(...): every forward of the block
+    lm.remove(0)                                 # frees the slot's tensors
+
+Slots are the cache's business: this class only refuses to overwrite an occupied slot. Installs and removals are
+serialised by a lock and swap each wrapper's tensors whole, so forwards on other slots may run meanwhile; the
+caller must not remove a slot that an in-flight forward uses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from .compat import COPY, check_compatible
+from .context import NO_ADAPTER, RowContext, Rows
+from .inject import inject, wrappers
+from .modules_to_save import clone_module
+from .weights import AdapterWeights
+
+
+class LoraModel:
+    def __init__(self, model: nn.Module, *, max_slots: int):
+        self.model = model
+        self.ctx = RowContext(max_slots)
+        self._slots: dict[int, list[nn.Module]] = {}  # slot -> the wrappers that hold its tensors
+        self._lock = threading.Lock()
+
+    @property
+    def max_slots(self) -> int:
+        return self.ctx.max_slots
+
+    @property
+    def installed(self) -> frozenset[int]:
+        return frozenset(self._slots)
+
+    def rows(self, slots: Sequence[int] | torch.Tensor) -> AbstractContextManager[Rows]:
+        """Context manager: forwards inside run row b on adapter slot ``slots[b]`` (-1: the base model).
+
+        A slot that holds no adapter is refused (ValueError) rather than silently served by the base model.
+        """
+        if isinstance(slots, torch.Tensor):
+            slots = slots.tolist()
+        empty = sorted({s for s in slots if s != NO_ADAPTER and s not in self._slots})
+        if empty:
+            raise ValueError(f"slots {empty} hold no adapter; install one there or use -1 for the base model")
+        return self.ctx.rows(slots)
+
+    def check(self, weights: AdapterWeights) -> dict[str, str]:
+        """Raise Incompatible unless ``weights`` fits this model; return module path -> wrapper kind."""
+        return check_compatible(self.model, weights)
+
+    def install(self, slot: int, weights: AdapterWeights) -> None:
+        """Put ``weights`` into ``slot``. On any error the model serves exactly what it served before."""
+        if not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot {slot} is out of range 0..{self.max_slots - 1}")
+        with self._lock:
+            if slot in self._slots:
+                raise ValueError(f"slot {slot} is occupied; remove its adapter first")
+            plan = check_compatible(self.model, weights)
+            placed = inject(self.model, plan, self.ctx)
+            prepared = []  # compute everything first, so a failure leaves no half-installed adapter
+            for path, kind in plan.items():
+                w = placed[path]
+                if kind == COPY:
+                    prepared.append((w, (clone_module(w.base_layer, weights.copies[path]),)))
+                else:
+                    prepared.append((w, w.prepare(weights.modules[path])))
+            done: list[nn.Module] = []
+            try:
+                for w, args in prepared:
+                    w.add(slot, *args)
+                    done.append(w)
+            except BaseException:
+                for w in done:
+                    w.remove(slot)
+                raise
+            self._slots[slot] = done
+
+    def remove(self, slot: int) -> None:
+        """Take the adapter out of ``slot`` and release its tensors (no-op if the slot is empty)."""
+        with self._lock:
+            for w in self._slots.pop(slot, ()):
+                w.remove(slot)
+
+    def nbytes(self) -> int:
+        """Bytes held for installed adapters (stacked LoRA tensors and module copies)."""
+        return sum(w.nbytes() for w in wrappers(self.model).values())
+
+    def slot_modules(self, slot: int) -> list[str]:
+        """Module paths that ``slot``'s adapter changes."""
+        held = {id(w) for w in self._slots.get(slot, ())}
+        return sorted(p for p, w in wrappers(self.model).items() if id(w) in held)
+

@@ -1,0 +1,131 @@
+"""Per-slot tensors of one wrapped module, stacked along a leading "local row" dimension.
+
+Local row 0 is the null row (no adapter: zeros, or ones for a scale); installed slots take rows 1..L in install
+order. ``slot_map`` ([max_slots + 1], long) turns the context's ``slot + 1`` index into a local row, so a forward
+gathers with two index ops and never loops over adapters.
+
+Tensors whose per-slot entry has a rank dimension are zero-padded to the largest rank installed in this module
+(zero rows of A and zero columns of B add nothing). Only the adapters that touch this module take rows here, and
+every add/remove builds new tensors of exactly the needed size: removing the last adapter of a module drops its
+tensors, so unloading really frees memory.
+
+A :class:`SlotStack` is immutable; wrappers swap in a new one with a single attribute assignment, so a forward
+running in another thread sees either the old or the new stack, never a half-written one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Field:
+    """One stacked tensor: the value of rows that lack it, and the dim of a per-slot entry that holds the rank."""
+
+    fill: float = 0.0
+    rank_dim: int | None = None
+
+
+class SlotStack:
+    def __init__(
+        self,
+        fields: dict[str, Field],
+        max_slots: int,
+        device: torch.device,
+        *,
+        order: tuple[int, ...] = (),
+        ranks: dict[int, int] | None = None,
+        has: dict[str, frozenset[int]] | None = None,
+        tensors: dict[str, torch.Tensor | None] | None = None,
+        slot_map: torch.Tensor | None = None,
+    ):
+        self.fields = fields
+        self.max_slots = max_slots
+        self.device = device
+        self.order = order  # global slot of local row i + 1
+        self.ranks = dict(ranks or {})  # slot -> rank in this module (0: no low-rank part)
+        self.has = has or {name: frozenset() for name in fields}  # slots that carry each field
+        self.tensors = tensors or {name: None for name in fields}  # name -> [L + 1, *entry_shape] or None
+        self.slot_map = slot_map  # [max_slots + 1] long: slot + 1 -> local row, 0 = none
+        self.slots = frozenset(order)
+        self.rank = max(self.ranks.values(), default=0)
+
+    def __getitem__(self, name: str) -> torch.Tensor | None:
+        return self.tensors[name]
+
+    def nbytes(self) -> int:
+        total = 0 if self.slot_map is None else self.slot_map.nbytes
+        return total + sum(t.nbytes for t in self.tensors.values() if t is not None)
+
+    def _padded_shape(self, name: str, shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
+        dim = self.fields[name].rank_dim
+        if dim is None:
+            return shape
+        shape = list(shape)
+        shape[dim] = rank
+        return tuple(shape)
+
+    def added(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> "SlotStack":
+        """A new stack with ``slot`` appended; ``entries`` maps field -> per-slot tensor (None: field not used)."""
+        if slot in self.slots:
+            raise ValueError(f"slot {slot} already holds an adapter in this module")
+        if not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot {slot} is out of range 0..{self.max_slots - 1}")
+        unknown = set(entries) - set(self.fields)
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}")
+        new_rank = max(self.rank, rank)
+        n_rows = len(self.order) + 2
+        tensors, has = {}, {}
+        for name, spec in self.fields.items():
+            old, new = self.tensors[name], entries.get(name)
+            has[name] = self.has[name] | {slot} if new is not None else self.has[name]
+            if new is None and old is None:
+                tensors[name] = None
+                continue
+            ref = new if new is not None else old[0]
+            shape = self._padded_shape(name, tuple(ref.shape), new_rank)
+            out = torch.full((n_rows, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
+            if old is not None:
+                out[tuple(slice(0, n) for n in old.shape)].copy_(old)
+            if new is not None:
+                out[(n_rows - 1, *(slice(0, n) for n in new.shape))].copy_(new)
+            tensors[name] = out
+        ranks = {**self.ranks, slot: rank}
+        order = (*self.order, slot)
+        return self._with(order, ranks, has, tensors)
+
+    def removed(self, slot: int) -> "SlotStack":
+        """A new stack without ``slot``; tensors shrink to the remaining slots and rank (or go away)."""
+        if slot not in self.slots:
+            return self
+        order = tuple(s for s in self.order if s != slot)
+        ranks = {s: r for s, r in self.ranks.items() if s != slot}
+        has = {name: slots - {slot} for name, slots in self.has.items()}
+        new_rank = max(ranks.values(), default=0)
+        keep = [0] + [i + 1 for i, s in enumerate(self.order) if s != slot]
+        tensors = {}
+        for name, spec in self.fields.items():
+            old = self.tensors[name]
+            if old is None or not has[name]:
+                tensors[name] = None
+                continue
+            rows = old[torch.tensor(keep, device=old.device)]  # a fresh tensor: the old one is released
+            if spec.rank_dim is not None:
+                rows = rows.narrow(spec.rank_dim + 1, 0, new_rank).contiguous()
+            tensors[name] = rows
+        return self._with(order, ranks, has, tensors)
+
+    def _with(self, order, ranks, has, tensors) -> "SlotStack":
+        slot_map = None
+        if order:
+            slot_map = torch.zeros(self.max_slots + 1, dtype=torch.long)
+            for local, s in enumerate(order, start=1):
+                slot_map[s + 1] = local
+            slot_map = slot_map.to(self.device)
+        return SlotStack(
+            self.fields, self.max_slots, self.device, order=order, ranks=ranks, has=has, tensors=tensors,
+            slot_map=slot_map,
+        )
