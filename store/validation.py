@@ -1,0 +1,228 @@
+"""Push-time rules for an adapter directory: file names, the file set, and tensors against adapter_config.json.
+
+Pure: works on names, a :class:`LoraSpec` and a :class:`SafetensorsHeader`. It cannot check against a base model
+(the store holds none); workers check modules and shapes against the loaded model before injecting.
+
+Key forms that peft 0.21 ``save_pretrained`` writes for LoRA (``M`` is a module path of the base model, e.g.
+``model.layers.0.self_attn.q_proj``), all prefixed ``base_model.model.``:
+    M.lora_A.weight [r, in]           M.lora_B.weight [out, r]              (Linear, GPT-2 Conv1D)
+    M.lora_embedding_A [r, num_emb]   M.lora_embedding_B [dim, r]           (Embedding)
+    M.lora_magnitude_vector [out]                                           (DoRA; [dim] on an Embedding)
+    M.base_layer.weight               full weight of a targeted embedding / lm_head (save_embedding_layers)
+    M.base_layer.bias [out]           bias of a targeted module (bias="all" or "lora_only")
+    M.bias                            bias of any other module (bias="all")
+    S.<param path>                    every parameter of a module S in modules_to_save (e.g. lm_head.weight)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from services.common.errors import InvalidAdapter
+from store.adapter_config import LoraSpec, pattern_key
+from store.safetensors_header import SafetensorsHeader, TensorInfo
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EXTRA_SUFFIXES = (".json", ".md", ".txt")
+MAX_NAME_BYTES = 255
+KEY_PREFIX = "base_model.model."
+# Suffixes that name a LoRA parameter (or the base layer under a LoRA layer); anything else splits at the last dot.
+LORA_SUFFIXES = (
+    "lora_A.weight",
+    "lora_B.weight",
+    "lora_A.bias",
+    "lora_B.bias",
+    "lora_embedding_A",
+    "lora_embedding_B",
+    "lora_magnitude_vector",
+    "base_layer.weight",
+    "base_layer.bias",
+)
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_ALLOWED = "adapter_config.json, adapter_model.safetensors, README.md and other *.json, *.md, *.txt files"
+
+
+def check_file_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidAdapter("file name must be a non-empty string")
+    shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidAdapter(f"file name {shown} is longer than {MAX_NAME_BYTES} bytes")
+    if "/" in name or "\\" in name or "\x00" in name:
+        raise InvalidAdapter(
+            f"file name {shown} contains a path separator or NUL; push the files of one flat adapter directory"
+        )
+    if ".." in name or name.startswith("."):
+        raise InvalidAdapter(f"file name {shown} must not start with '.' or contain '..'")
+    if not name.isprintable():
+        raise InvalidAdapter(f"file name {shown} contains non-printable characters")
+    lower = name.lower()
+    if lower.endswith(PICKLE_SUFFIXES):
+        raise InvalidAdapter(
+            f"{name} is a pickle file; adapterfleet never loads pickles, because unpickling runs arbitrary code. "
+            "Convert it to safetensors: load the adapter and call PeftModel.save_pretrained(dir, "
+            "safe_serialization=True), or run safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            "'adapter_model.safetensors', metadata={'format': 'pt'}); then push adapter_model.safetensors"
+        )
+    if name in REQUIRED_FILES or lower.endswith(EXTRA_SUFFIXES):
+        return
+    raise InvalidAdapter(f"file {name} is not allowed in an adapter directory; allowed: {_ALLOWED}")
+
+
+def check_file_set(names: list[str], *, max_files: int = 64) -> None:
+    """Every name passes :func:`check_file_name`; no duplicates (also none differing only in case); both required
+    files are present."""
+    if len(names) > max_files:
+        raise InvalidAdapter(f"an adapter directory may hold at most {max_files} files, got {len(names)}")
+    seen: dict[str, str] = {}
+    for name in names:
+        check_file_name(name)
+        key = name.casefold()
+        if key in seen:
+            what = "twice" if seen[key] == name else f"twice ({seen[key]} and {name} differ only in case)"
+            raise InvalidAdapter(f"file {name} is pushed {what}; push each file once")
+        seen[key] = name
+    missing = [f for f in REQUIRED_FILES if f not in names]
+    if missing:
+        raise InvalidAdapter(
+            f"adapter directory is missing {' and '.join(missing)}; an adapter needs {' and '.join(REQUIRED_FILES)} "
+            "(PeftModel.save_pretrained writes both)"
+        )
+
+
+def peft_key_to_module(key: str) -> tuple[str, str]:
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'
+    -> ('model.layers.0.self_attn.q_proj', 'lora_A.weight'). A key at the root gives module ''."""
+    if not key.startswith(KEY_PREFIX):
+        raise InvalidAdapter(
+            f"tensor {key!r} does not start with {KEY_PREFIX!r}; this is not a PEFT adapter state dict. "
+            "Save the adapter with PeftModel.save_pretrained()"
+        )
+    rest = key[len(KEY_PREFIX) :]
+    for suffix in LORA_SUFFIXES:
+        if rest.endswith("." + suffix):
+            return rest[: -len(suffix) - 1], suffix
+    module, _, param = rest.rpartition(".")
+    if not param:
+        raise InvalidAdapter(f"tensor {key!r} has an empty parameter name; re-save the adapter")
+    return module, param
+
+
+def _saved_whole(spec: LoraSpec, module: str) -> bool:
+    """Is ``module`` a module in modules_to_save, or inside one?"""
+    parts = module.split(".") if module else []
+    return any(spec.is_module_to_save(".".join(parts[:i])) for i in range(len(parts), 0, -1))
+
+
+def _rank_origin(spec: LoraSpec, module: str) -> str:
+    key = pattern_key(spec.rank_pattern, module)
+    return f"rank {spec.r} (r)" if key is None else f"rank {spec.rank_pattern[key]} (rank_pattern {key!r})"
+
+
+def _fail(t: TensorInfo, msg: str) -> InvalidAdapter:
+    return InvalidAdapter(f"adapter_model.safetensors: tensor {t.name} {list(t.shape)}: {msg}")
+
+
+def _classify(spec: LoraSpec, t: TensorInfo, module: str, param: str) -> bool:
+    """Check that tensor ``t`` may be in the file. True if it belongs to a LoRA layer of ``module``."""
+    targeted = spec.targets(module)
+    if param in LORA_SUFFIXES and param not in ("base_layer.weight", "base_layer.bias"):
+        if param in ("lora_A.bias", "lora_B.bias"):
+            raise _fail(t, "a LoRA bias (lora_bias=True) is not supported; train the adapter with lora_bias=False")
+        if not targeted:
+            raise _fail(
+                t,
+                f"module {module} is not selected by target_modules={spec.target_modules!r} (with exclude_modules, "
+                "layers_to_transform and modules_to_save applied); fix target_modules in adapter_config.json or "
+                "remove the tensor",
+            )
+        if t.dtype not in _FLOAT_DTYPES:
+            raise _fail(t, f"dtype {t.dtype} is not a float dtype; save LoRA weights as F32, F16 or BF16")
+        if param == "lora_magnitude_vector" and not spec.use_dora:
+            raise _fail(t, "a DoRA magnitude vector, but adapter_config.json has use_dora=false; set use_dora=true")
+        return True
+    if _saved_whole(spec, module):
+        return False
+    if param in ("base_layer.weight", "base_layer.bias"):
+        if not targeted:
+            raise _fail(t, f"module {module} is not selected by target_modules={spec.target_modules!r}")
+        if param == "base_layer.bias" and spec.bias == "none":
+            raise _fail(t, "a bias is saved but adapter_config.json has bias='none'; set bias to 'all' or 'lora_only'")
+        return True
+    if param == "bias" and spec.bias == "all":
+        return False
+    if param == "bias":
+        raise _fail(
+            t,
+            f"a bias of module {module}, which is neither a LoRA target nor in modules_to_save; only bias='all' "
+            f"saves such biases (adapter_config.json has bias={spec.bias!r})",
+        )
+    raise _fail(
+        t,
+        f"module {module or '<root>'} is neither selected by target_modules={spec.target_modules!r} nor listed in "
+        f"modules_to_save={list(spec.modules_to_save)!r}; add it to modules_to_save or remove the tensor",
+    )
+
+
+def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo]) -> None:
+    """One LoRA layer: factors present, 2-D, ranks agree with rank_for(), DoRA magnitude and base tensors fit."""
+    linear = "lora_A.weight" in parts or "lora_B.weight" in parts
+    embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
+    any_t = next(iter(parts.values()))
+    if linear and embedding:
+        raise _fail(any_t, f"module {module} has both lora_A/lora_B and lora_embedding_A/B; keep one pair")
+    if not (linear or embedding):
+        raise _fail(any_t, f"module {module} has no lora_A/lora_B (or lora_embedding_A/B) pair; re-save the adapter")
+    a_key, b_key = ("lora_A.weight", "lora_B.weight") if linear else ("lora_embedding_A", "lora_embedding_B")
+    for have, want in ((a_key, b_key), (b_key, a_key)):
+        if want not in parts:
+            raise _fail(parts[have], f"module {module} has {have} but no {want}; an adapter needs both factors")
+    a, b = parts[a_key], parts[b_key]
+    for t, form in ((a, "[r, in_features]" if linear else "[r, num_embeddings]"), (b, "[out_features, r]")):
+        if len(t.shape) != 2:
+            raise _fail(t, f"expected a 2-D {form} matrix; only Linear, Conv1D and Embedding LoRA layers are served")
+        if 0 in t.shape:
+            raise _fail(t, "has a zero dimension; were ZeRO-3/FSDP shards gathered before save_pretrained()?")
+    r = spec.rank_for(module)
+    # A: [r, in]   B: [out, r]
+    if a.shape[0] != r or b.shape[1] != r:
+        raise InvalidAdapter(
+            f"adapter_model.safetensors: module {module}: {a.name} is {list(a.shape)} and {b.name} is "
+            f"{list(b.shape)}, but adapter_config.json gives it {_rank_origin(spec, module)}; expected "
+            f"[{r}, in] and [out, {r}]. Fix r/rank_pattern in adapter_config.json to match the weights"
+        )
+    out_dim, in_dim = b.shape[0], a.shape[1]
+    mag = parts.get("lora_magnitude_vector")
+    if spec.use_dora and mag is None:
+        raise _fail(b, f"adapter_config.json has use_dora=true but module {module} has no lora_magnitude_vector")
+    if mag is not None and mag.shape != (out_dim,):
+        raise _fail(mag, f"expected [{out_dim}], the out dimension of {b.name} {list(b.shape)}")
+    bias = parts.get("base_layer.bias")
+    if bias is not None and bias.shape != (out_dim,):
+        raise _fail(bias, f"expected [{out_dim}], the out dimension of {b.name} {list(b.shape)}")
+    base = parts.get("base_layer.weight")
+    if base is not None:
+        # Linear stores [out, in] (GPT-2 Conv1D with fan_in_fan_out: [in, out]); Embedding [num_embeddings, dim].
+        want = [(out_dim, in_dim)] if linear else [(in_dim, out_dim)]
+        if linear and spec.fan_in_fan_out:
+            want.append((in_dim, out_dim))
+        if base.shape not in want:
+            raise _fail(
+                base, f"does not fit {a.name} {list(a.shape)} and {b.name} {list(b.shape)}; expected {list(want[0])}"
+            )
+
+
+def check_adapter(spec: LoraSpec, header: SafetensorsHeader) -> None:
+    layers: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
+    for name, t in header.tensors.items():
+        module, param = peft_key_to_module(name)
+        if _classify(spec, t, module, param):
+            layers[module][param] = t  # (module, param) is unique: the suffix split is one-to-one
+    for module, parts in layers.items():
+        _check_layer(spec, module, parts)  # every layer here has an A/B pair after this
+    if not layers:
+        raise InvalidAdapter(
+            "adapter_model.safetensors holds no LoRA tensors (lora_A/lora_B or lora_embedding_A/B); "
+            "was it saved from a model without LoRA layers?"
+        )
