@@ -120,7 +120,7 @@ def _check_module(path: str, m: ModuleLora, base: nn.Module) -> str:
                 )
     if m.base_weight is not None:
         w = getattr(base, "weight", None)
-        if w is None or w.shape != m.base_weight.shape or not torch.equal(w.to(m.base_weight.dtype), m.base_weight):
+        if w is None or w.shape != m.base_weight.shape or not _same_values(w, m.base_weight):
             raise Incompatible(
                 f"adapter carries its own base weight for {path} ({_shape(m.base_weight)}) that differs from the "
                 f"loaded base model's ({_shape(w) if w is not None else 'none'}); it was trained on a different "
@@ -129,6 +129,12 @@ def _check_module(path: str, m: ModuleLora, base: nn.Module) -> str:
     if kind is None:
         raise Incompatible(f"adapter has no tensors that change {path}")
     return kind
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal, compared in the coarser of the two dtypes (an fp32 copy of a bf16 base is the same weight)."""
+    coarse = a.dtype if torch.finfo(a.dtype).eps >= torch.finfo(b.dtype).eps else b.dtype
+    return torch.equal(a.to(coarse), b.to(device=a.device, dtype=coarse))
 
 
 def _check_copy(path: str, state: dict[str, torch.Tensor], base: nn.Module) -> None:

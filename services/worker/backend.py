@@ -1,0 +1,121 @@
+"""The work behind the adapter cache: fetch and verify from the store, parse and check against the loaded base,
+install into a slot, keep verified copies on local disk. Blocking; the cache calls it from worker threads.
+
+The bytes that are parsed are the very bytes whose sha256 was checked (held in memory, never re-read between
+verification and load). Parsing is safetensors only: no pickle is ever deserialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+
+from services.common.errors import ChecksumMismatch, Incompatible, InvalidAdapter
+from services.worker.lora import AdapterWeights, LoraModel
+from store.adapter_config import parse_adapter_config
+from store.client import StoreClient
+from store.manifest import Manifest
+from store.refs import AdapterKey
+from store.safetensors_header import header_bytes_needed, parse_header
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def verify_files(manifest: Manifest, files: dict[str, bytes]) -> None:
+    for entry in manifest.files:
+        data = files.get(entry.name)
+        actual = hashlib.sha256(data).hexdigest() if data is not None else "missing"
+        if actual != entry.sha256 or len(data or b"") != entry.size:
+            raise ChecksumMismatch(f"{manifest.key}: {entry.name} does not hash to its manifest digest "
+                                   f"({actual} != {entry.sha256}); the copy is corrupt: fetch it again")
+
+
+class WorkerBackend:
+    def __init__(self, store: StoreClient, lora: LoraModel, *, fingerprint: str, disk_dir: str | Path,
+                 dtype: torch.dtype, device: torch.device, max_rank: int = 256):
+        self._store = store
+        self._lora = lora
+        self._fingerprint = fingerprint
+        self._disk = Path(disk_dir)
+        self._dtype = dtype
+        self._device = device
+        self._max_rank = max_rank
+
+    # --- fetch and parse ------------------------------------------------------------------------------------------
+    def fetch(self, key: str) -> tuple[Manifest, dict[str, bytes]]:
+        manifest, files = self._store.fetch(key)  # every byte checked against the manifest's sha256
+        if str(manifest.key) != key:
+            raise ChecksumMismatch(f"asked the store for {key} but got {manifest.key}")
+        return manifest, files
+
+    def parse(self, manifest: Manifest, files: dict[str, bytes]) -> AdapterWeights:
+        verify_files(manifest, files)
+        recorded = manifest.base_model.fingerprint
+        if recorded and recorded != self._fingerprint:
+            raise Incompatible(
+                f"{manifest.key} was made for base model {manifest.base_model.name_or_path or '?'} with fingerprint "
+                f"{recorded}, but this worker serves fingerprint {self._fingerprint}; route it to a worker with "
+                "that base model")
+        spec = parse_adapter_config(files[CONFIG], max_rank=self._max_rank)
+        raw = files[WEIGHTS]
+        parse_header(raw[:header_bytes_needed(raw[:8]) or 8], len(raw))  # bounds-checked before safetensors
+        try:
+            tensors = load_safetensors(raw)
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise InvalidAdapter(f"{manifest.key}: {WEIGHTS} cannot be read: {err}") from None
+        weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()})
+        self._lora.check(weights)  # every module exists and every shape fits: Incompatible otherwise
+        return weights
+
+    def nbytes(self, weights: AdapterWeights) -> int:
+        return weights.nbytes()
+
+    # --- slots ----------------------------------------------------------------------------------------------------
+    def install(self, slot: int, weights: AdapterWeights) -> None:
+        self._lora.install(slot, weights)
+
+    def remove(self, slot: int) -> None:
+        self._lora.remove(slot)
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- local disk tier --------------------------------------------------------------------------------------------
+    def _dir(self, key: str) -> Path:
+        return self._disk / AdapterKey.parse(key).digest.removeprefix("sha256:")
+
+    def save_disk(self, key: str, manifest: Manifest, files: dict[str, bytes]) -> int:
+        target = self._dir(key)
+        if target.exists():
+            return sum(len(b) for b in files.values())
+        self._disk.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self._disk, prefix=".tmp-"))
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / "manifest.json").write_text(json.dumps({"json": manifest.to_json(), "version": manifest.version}))
+        os.replace(tmp, target)
+        return sum(len(b) for b in files.values())
+
+    def load_disk(self, key: str) -> tuple[Manifest, dict[str, bytes]] | None:
+        """The files as saved, re-verified (digest of the manifest and sha256 of every file), or None."""
+        directory = self._dir(key)
+        try:
+            meta = json.loads((directory / "manifest.json").read_text())
+            manifest = Manifest.from_json(meta["json"], version=meta["version"])
+            if str(manifest.key) != key:
+                raise ChecksumMismatch("manifest on disk does not match its key")
+            files = {e.name: (directory / e.name).read_bytes() for e in manifest.files}
+            verify_files(manifest, files)
+            return manifest, files
+        except (OSError, ValueError, KeyError, ChecksumMismatch):
+            shutil.rmtree(directory, ignore_errors=True)
+            return None
+
+    def drop_disk(self, key: str) -> None:
+        shutil.rmtree(self._dir(key), ignore_errors=True)

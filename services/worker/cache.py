@@ -1,0 +1,323 @@
+"""The worker's adapter cache: active slots (on the model's device) -> host RAM -> local disk.
+
+Each tier has a budget and evicts least-recently-used entries that are neither pinned nor in use. Entries are
+keyed by the canonical version key (``name@sha256:...``), so an alias that moves never changes what an in-flight
+request runs on: it holds a lease on its key until it finishes. Concurrent requests for the same cold adapter
+share one load (single flight). Unload frees the tensors; an entry in use is dropped when its last lease ends.
+
+The cache decides *what* lives where; the :class:`Backend` does the work (fetch + verify, parse + check,
+install into a slot, disk I/O), in worker threads so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.common.errors import NotFound, ResourceExhausted
+
+ACTIVE, HOST, DISK = "active", "host", "disk"
+
+
+class Backend(Protocol):
+    def fetch(self, key: str) -> tuple[Any, dict[str, bytes]]: ...          # (manifest, verified file bytes)
+    def parse(self, manifest: Any, files: dict[str, bytes]) -> Any: ...     # -> weights (checked against the base)
+    def nbytes(self, weights: Any) -> int: ...
+    def install(self, slot: int, weights: Any) -> None: ...
+    def remove(self, slot: int) -> None: ...
+    def save_disk(self, key: str, manifest: Any, files: dict[str, bytes]) -> int: ...  # bytes written
+    def load_disk(self, key: str) -> tuple[Any, dict[str, bytes]] | None: ...         # verified again, or None
+    def drop_disk(self, key: str) -> None: ...
+
+
+@dataclass
+class Entry:
+    key: str
+    manifest: Any = None
+    weights: Any = None        # host-tier copy (CPU tensors)
+    nbytes: int = 0
+    disk_bytes: int = 0        # > 0: on local disk
+    slot: int | None = None    # active slot
+    pinned: bool = False
+    refs: int = 0
+    last_used: float = 0.0
+    hits: int = 0
+    dropping: bool = False     # unload requested while in use
+
+    @property
+    def tier(self) -> str:
+        return ACTIVE if self.slot is not None else HOST if self.weights is not None else DISK
+
+
+@dataclass
+class CacheStats:
+    cold_loads: int = 0
+    disk_loads: int = 0
+    host_loads: int = 0
+    hits: int = 0
+    evictions: dict[str, int] = field(default_factory=lambda: {ACTIVE: 0, HOST: 0, DISK: 0})
+
+
+class Lease:
+    """A request's hold on one adapter version in an active slot; release exactly once."""
+
+    def __init__(self, cache: "AdapterCache", entry: Entry):
+        self._cache, self.entry, self._open = cache, entry, True
+
+    @property
+    def slot(self) -> int:
+        assert self.entry.slot is not None
+        return self.entry.slot
+
+    @property
+    def key(self) -> str:
+        return self.entry.key
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self._cache._release(self.entry)
+
+
+class AdapterCache:
+    def __init__(self, backend: Backend, *, max_slots: int, host_bytes: int, disk_bytes: int,
+                 slot_wait_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self._b = backend
+        self.max_slots = max_slots
+        self.host_budget = host_bytes
+        self.disk_budget = disk_bytes
+        self._slot_wait = slot_wait_s
+        self._clock = clock
+        self._entries: dict[str, Entry] = {}
+        self._slots: dict[int, str] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._slot_freed: asyncio.Condition | None = None
+        self.stats = CacheStats()
+
+    # --- requests -----------------------------------------------------------------------------------------------
+    async def acquire(self, key: str) -> Lease:
+        """Lease ``key`` in an active slot, loading it (once, however many ask) if it is not there."""
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and entry.slot is not None:
+                entry.dropping = False  # new traffic cancels a pending unload
+                entry.refs += 1
+                entry.hits += 1
+                self.stats.hits += 1
+                self._touch(entry)
+                return Lease(self, entry)
+            pending = self._loading.get(key)
+            if pending is not None:
+                await asyncio.shield(pending)
+                continue
+            await self._single_flight(key, self._activate)
+
+    async def prefetch(self, key: str, tier: str = ACTIVE, pin: bool = False) -> Entry:
+        """LoadAdapter: bring ``key`` to ``tier`` (and pin it) without serving a request."""
+        if tier == ACTIVE:
+            lease = await self.acquire(key)
+            lease.entry.pinned = lease.entry.pinned or pin
+            lease.release()
+            return lease.entry
+        entry = self._entries.get(key)
+        if entry is None or (tier == HOST and entry.weights is None and entry.slot is None):
+            await self._single_flight(key, self._to_host if tier == HOST else self._to_disk)
+            entry = self._entries[key]
+        entry.pinned = entry.pinned or pin
+        return entry
+
+    def _release(self, entry: Entry) -> None:
+        entry.refs -= 1
+        if entry.refs == 0 and entry.dropping:
+            asyncio.ensure_future(self.unload(entry.key))
+        self._notify_slot()
+
+    # --- management ---------------------------------------------------------------------------------------------
+    def pin(self, key: str, pinned: bool) -> Entry:
+        entry = self._get(key)
+        entry.pinned = pinned
+        return entry
+
+    async def unload(self, key: str) -> bool:
+        """Drop ``key`` from every tier. In use: dropped as soon as its last request finishes."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        if entry.refs > 0:
+            entry.dropping = True
+            return True
+        if entry.slot is not None:
+            await self._deactivate(entry)
+        entry.weights = None
+        if entry.disk_bytes:
+            await asyncio.to_thread(self._b.drop_disk, key)
+        del self._entries[key]
+        return True
+
+    def entries(self) -> list[Entry]:
+        return sorted(self._entries.values(), key=lambda e: e.key)
+
+    def tier_bytes(self, tier: str) -> int:
+        if tier == DISK:
+            return sum(e.disk_bytes for e in self._entries.values())
+        if tier == HOST:
+            return sum(e.nbytes for e in self._entries.values() if e.weights is not None)
+        return sum(e.nbytes for e in self._entries.values() if e.slot is not None)
+
+    def loading(self) -> list[str]:
+        return sorted(self._loading)
+
+    def _get(self, key: str) -> Entry:
+        entry = self._entries.get(key)
+        if entry is None:
+            raise NotFound(f"adapter {key} is not resident on this worker; LoadAdapter it first")
+        return entry
+
+    # --- loading ------------------------------------------------------------------------------------------------
+    async def _single_flight(self, key: str, load) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            await load(key)
+            future.set_result(None)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._loading[key]
+
+    async def _to_host(self, key: str) -> Entry:
+        """Make sure ``key`` has a host-tier copy of its weights: from host, disk, or the store."""
+        entry = self._entries.setdefault(key, Entry(key))
+        if entry.weights is not None:
+            self.stats.host_loads += 1
+            return entry
+        files = None
+        if entry.disk_bytes:
+            loaded = await asyncio.to_thread(self._b.load_disk, key)
+            if loaded is not None:
+                entry.manifest, files = loaded
+                self.stats.disk_loads += 1
+            else:
+                entry.disk_bytes = 0  # vanished or corrupt on disk: fetch again
+        if files is None:
+            entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
+            self.stats.cold_loads += 1
+            await self._save_disk(entry, files)
+        try:
+            entry.weights = await asyncio.to_thread(self._b.parse, entry.manifest, files)
+        except BaseException:
+            if entry.slot is None and not entry.disk_bytes:
+                self._entries.pop(key, None)
+            raise
+        entry.nbytes = self._b.nbytes(entry.weights)
+        self._touch(entry)
+        await self._evict_host(keep=entry)
+        return entry
+
+    async def _to_disk(self, key: str) -> None:
+        entry = self._entries.setdefault(key, Entry(key))
+        if not entry.disk_bytes:
+            entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
+            self.stats.cold_loads += 1
+            await self._save_disk(entry, files)
+        self._touch(entry)
+
+    async def _save_disk(self, entry: Entry, files: dict[str, bytes]) -> None:
+        if self.disk_budget <= 0:
+            return
+        entry.disk_bytes = await asyncio.to_thread(self._b.save_disk, entry.key, entry.manifest, files)
+        await self._evict_disk(keep=entry)
+
+    async def _activate(self, key: str) -> None:
+        entry = await self._to_host(key)
+        weights = entry.weights
+        slot = await self._claim_slot(key)
+        try:
+            await asyncio.to_thread(self._b.install, slot, weights)
+        except BaseException:
+            del self._slots[slot]
+            self._notify_slot()
+            raise
+        entry.slot = slot
+        self._touch(entry)
+
+    async def _claim_slot(self, key: str) -> int:
+        """A free slot, evicting the least recently used idle entry if need be; waits for one to go idle."""
+        deadline = self._clock() + self._slot_wait
+        while True:
+            free = next((s for s in range(self.max_slots) if s not in self._slots), None)
+            if free is None:
+                idle = [self._entries[k] for k in self._slots.values()
+                        if not self._entries[k].pinned and self._entries[k].refs == 0]
+                if idle:
+                    victim = min(idle, key=lambda e: e.last_used)
+                    await self._deactivate(victim)
+                    self.stats.evictions[ACTIVE] += 1
+                    continue
+            if free is not None:
+                self._slots[free] = key  # reserved before any await: no two loads get one slot
+                return free
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ResourceExhausted(
+                    f"all {self.max_slots} adapter slots are pinned or serving requests; retry, unpin an adapter, "
+                    "or start the worker with more --max-slots")
+            self._slot_freed = self._slot_freed or asyncio.Condition()
+            async with self._slot_freed:
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _deactivate(self, entry: Entry) -> None:
+        slot, entry.slot = entry.slot, None
+        assert slot is not None
+        await asyncio.to_thread(self._b.remove, slot)
+        del self._slots[slot]
+        self._notify_slot()
+
+    def _notify_slot(self) -> None:
+        cond = self._slot_freed
+        if cond is None:
+            return
+
+        async def notify() -> None:
+            async with cond:
+                cond.notify_all()
+
+        asyncio.ensure_future(notify())
+
+    # --- eviction -----------------------------------------------------------------------------------------------
+    def _touch(self, entry: Entry) -> None:
+        entry.last_used = self._clock()
+
+    async def _evict_host(self, keep: Entry) -> None:
+        """Drop host copies, least recently used first, until the host tier fits its budget."""
+        while self.tier_bytes(HOST) > self.host_budget:
+            victims = [e for e in self._entries.values()
+                       if e.weights is not None and e is not keep and not e.pinned and e.refs == 0
+                       and e.key not in self._loading]
+            if not victims:
+                return
+            victim = min(victims, key=lambda e: e.last_used)
+            victim.weights = None  # the active slot (if any) keeps its own copy; disk keeps the bytes
+            self.stats.evictions[HOST] += 1
+            if victim.slot is None and not victim.disk_bytes:
+                del self._entries[victim.key]
+
+    async def _evict_disk(self, keep: Entry) -> None:
+        while self.tier_bytes(DISK) > self.disk_budget:
+            victims = [e for e in self._entries.values() if e.disk_bytes and e is not keep and not e.pinned]
+            if not victims:
+                return
+            victim = min(victims, key=lambda e: e.last_used)
+            await asyncio.to_thread(self._b.drop_disk, victim.key)
+            victim.disk_bytes = 0
+            self.stats.evictions[DISK] += 1
+            if victim.slot is None and victim.weights is None:
+                del self._entries[victim.key]

@@ -1,0 +1,198 @@
+"""The adapter cache's policy with a recording backend (no model): tiers, LRU, pins, leases, single flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.common.errors import InvalidAdapter, ResourceExhausted
+from services.worker.cache import ACTIVE, DISK, HOST, AdapterCache
+
+
+class FakeBackend:
+    def __init__(self, size: int = 100, fetch_delay: float = 0.0):
+        self.size, self.fetch_delay = size, fetch_delay
+        self.fetches: list[str] = []
+        self.installed: dict[int, str] = {}
+        self.disk: dict[str, dict] = {}
+        self.disk_loads: list[str] = []
+        self.bad: set[str] = set()
+
+    def fetch(self, key):
+        import time
+        time.sleep(self.fetch_delay)
+        self.fetches.append(key)
+        return {"key": key}, {"adapter_model.safetensors": key.encode()}
+
+    def parse(self, manifest, files):
+        if manifest["key"] in self.bad:
+            raise InvalidAdapter(f"{manifest['key']} has NaN weights")
+        return {"key": manifest["key"]}
+
+    def nbytes(self, weights):
+        return self.size
+
+    def install(self, slot, weights):
+        assert slot not in self.installed, "slot overwritten while occupied"
+        self.installed[slot] = weights["key"]
+
+    def remove(self, slot):
+        del self.installed[slot]
+
+    def save_disk(self, key, manifest, files):
+        self.disk[key] = files
+        return self.size
+
+    def load_disk(self, key):
+        self.disk_loads.append(key)
+        return ({"key": key}, self.disk[key]) if key in self.disk else None
+
+    def drop_disk(self, key):
+        self.disk.pop(key, None)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+def make(backend=None, slots=2, host=1000, disk=1000, wait=0.2):
+    backend = backend or FakeBackend()
+    return backend, AdapterCache(backend, max_slots=slots, host_bytes=host, disk_bytes=disk, slot_wait_s=wait,
+                                 clock=Clock())
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_for_a_cold_adapter_fetch_once():
+    backend, cache = make(FakeBackend(fetch_delay=0.05))
+
+    async def main():
+        leases = await asyncio.gather(*(cache.acquire("a@sha256:1") for _ in range(20)))
+        assert {lease.slot for lease in leases} == {0}
+        assert leases[0].entry.refs == 20
+        for lease in leases:
+            lease.release()
+
+    run(main())
+    assert backend.fetches == ["a@sha256:1"]
+    assert cache.stats.cold_loads == 1
+
+
+def test_least_recently_used_idle_adapter_is_evicted_from_the_slots():
+    backend, cache = make(slots=2)
+
+    async def main():
+        for key in ("a", "b"):
+            (await cache.acquire(key)).release()
+        (await cache.acquire("a")).release()  # a is now more recent than b
+        (await cache.acquire("c")).release()
+        return {e.key: e.tier for e in cache.entries()}
+
+    tiers = run(main())
+    assert tiers == {"a": ACTIVE, "b": HOST, "c": ACTIVE}
+    assert sorted(backend.installed.values()) == ["a", "c"]
+    assert cache.stats.evictions[ACTIVE] == 1
+
+
+def test_pinned_and_in_use_adapters_are_never_evicted():
+    backend, cache = make(slots=2, wait=0.3)
+
+    async def main():
+        await cache.prefetch("pinned", pin=True)
+        busy = await cache.acquire("busy")
+        with pytest.raises(ResourceExhausted, match="--max-slots"):
+            await cache.acquire("third")
+        assert sorted(backend.installed.values()) == ["busy", "pinned"]
+        busy.release()
+        lease = await cache.acquire("third")  # now "busy" is idle and goes
+        assert sorted(backend.installed.values()) == ["pinned", "third"]
+        lease.release()
+
+    run(main())
+
+
+def test_waiting_request_gets_the_slot_when_a_lease_ends():
+    backend, cache = make(slots=1, wait=5.0)
+
+    async def main():
+        first = await cache.acquire("a")
+        waiter = asyncio.ensure_future(cache.acquire("b"))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        first.release()
+        lease = await asyncio.wait_for(waiter, 2.0)
+        assert lease.key == "b" and backend.installed == {0: "b"}
+
+    run(main())
+
+
+def test_host_eviction_falls_back_to_disk_without_refetching():
+    backend, cache = make(slots=1, host=150, disk=1000)
+
+    async def main():
+        for key in ("a", "b", "a"):
+            (await cache.acquire(key)).release()
+
+    run(main())
+    assert backend.fetches == ["a", "b"]  # the second "a" came from local disk
+    assert backend.disk_loads == ["a"]
+    assert cache.stats.evictions[HOST] >= 1
+
+
+def test_disk_budget_evicts_least_recently_used_files():
+    backend, cache = make(slots=1, host=100, disk=250)
+
+    async def main():
+        for key in ("a", "b", "c"):
+            (await cache.acquire(key)).release()
+
+    run(main())
+    assert sorted(backend.disk) == ["b", "c"]
+    assert cache.tier_bytes(DISK) <= 250
+
+
+def test_unload_in_use_waits_for_the_last_request_then_frees_everything():
+    backend, cache = make()
+
+    async def main():
+        lease = await cache.acquire("a")
+        assert await cache.unload("a")
+        assert backend.installed == {0: "a"}  # still serving the request that holds it
+        lease.release()
+        await asyncio.sleep(0.05)
+        assert backend.installed == {} and backend.disk == {} and cache.entries() == []
+
+    run(main())
+
+
+def test_a_failed_load_reaches_every_waiter_and_leaves_nothing_behind():
+    backend = FakeBackend(fetch_delay=0.05)
+    backend.bad.add("nan")
+    _, cache = make(backend)
+
+    async def main():
+        results = await asyncio.gather(*(cache.acquire("nan") for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(r, InvalidAdapter) for r in results)
+
+    run(main())
+    assert backend.fetches == ["nan"] and backend.installed == {}
+    assert all(e.key != "nan" or e.slot is None for e in cache.entries())
+
+
+def test_load_to_host_and_disk_tiers_without_a_slot():
+    backend, cache = make()
+
+    async def main():
+        assert (await cache.prefetch("h", tier=HOST)).tier == HOST
+        assert (await cache.prefetch("d", tier=DISK)).tier == DISK
+
+    run(main())
+    assert backend.installed == {}
