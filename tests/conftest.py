@@ -3,16 +3,13 @@ real gRPC servers on port 0. Nothing here touches the machine's own Redis on 637
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -21,6 +18,7 @@ import redis
 
 from services.common.embedded_redis import RedisProcess, free_port
 from store.config import Limits, S3Config, StoreConfig
+from tests.helpers.servers import start_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,47 +79,6 @@ def store_config(redis_server, s3_config, tmp_path) -> StoreConfig:
     return StoreConfig(port=0, redis_url=redis_server.url, redis_prefix=f"t{uuid.uuid4().hex[:8]}:",
                        s3=s3_config, data_dir=str(tmp_path / "store"), chunk_size=256 << 10,
                        limits=Limits(max_file_bytes=256 << 20, max_rank=64))
-
-
-class ServerThread:
-    """Runs an asyncio gRPC server in a background thread with its own event loop."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro, timeout: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-
-def start_store(cfg: StoreConfig):
-    """Start an in-process store; returns (address, core, stop)."""
-    from store.server import create_store_server, make_blob_store, make_redis
-
-    thread = ServerThread()
-
-    async def build():
-        client = make_redis(cfg.redis_url)
-        store = create_store_server(cfg, client, make_blob_store(cfg))
-        await store.start()
-        return store, client
-
-    store, client = thread.run(build())
-
-    def stop():
-        async def down():
-            await store.stop(0)
-            await client.aclose()
-
-        thread.run(down())
-        thread.close()
-
-    return f"127.0.0.1:{store.port}", store.core, stop
 
 
 @pytest.fixture

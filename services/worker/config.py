@@ -1,0 +1,24 @@
+"""Typed configuration of a worker, built once at the entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    base_model: str
+    store: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    region: str = "local"
+    max_slots: int = 8               # adapters active on the device at once
+    host_bytes: int = 2 << 30        # host-RAM tier budget
+    disk_bytes: int = 20 << 30       # local-disk tier budget
+    disk_dir: str = ".adapterfleet/worker-cache"
+    max_batch: int = 32
+    max_new_tokens_limit: int = 2048
+    slot_wait_s: float = 30.0
+    max_rank: int = 256

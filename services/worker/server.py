@@ -1,0 +1,78 @@
+"""Assemble a worker from its config (apart from running it), and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from services.common.server import create_server, mark_serving
+from services.worker.backend import WorkerBackend
+from services.worker.cache import AdapterCache
+from services.worker.config import WorkerConfig
+from services.worker.engine import Engine
+from services.worker.lora import LoraModel
+from services.worker.model_host import ModelHost
+from services.worker.service import WorkerCore
+from services.worker.servicer import WorkerServicer
+from store.client import StoreClient
+
+log = logging.getLogger("adapterfleet.worker")
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+@dataclass
+class WorkerServer:
+    server: grpc.aio.Server
+    port: int
+    core: WorkerCore
+    _health: object
+
+    async def start(self) -> None:
+        self.core.engine.start()
+        await self.server.start()
+        await mark_serving(self._health, [SERVICE_NAME])
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await self.server.stop(grace)
+        self.core.engine.stop()
+
+
+def build_core(cfg: WorkerConfig, host: ModelHost | None = None) -> WorkerCore:
+    host = host or ModelHost.load(cfg.base_model, cfg.device, cfg.dtype)
+    lora = LoraModel(host.model, max_slots=cfg.max_slots)
+    store = StoreClient(cfg.store)
+    backend = WorkerBackend(store, lora, fingerprint=host.fingerprint, disk_dir=cfg.disk_dir, dtype=host.dtype,
+                            device=host.device, max_rank=cfg.max_rank)
+    cache = AdapterCache(backend, max_slots=cfg.max_slots, host_bytes=cfg.host_bytes, disk_bytes=cfg.disk_bytes,
+                         slot_wait_s=cfg.slot_wait_s)
+    engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch)
+    return WorkerCore(cfg, host, cache, engine, store)
+
+
+def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:
+    servicer = WorkerServicer(core)
+    server, port, health = create_server(
+        f"{cfg.host}:{cfg.port}", [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s)],
+        [SERVICE_NAME])
+    return WorkerServer(server, port, core, health)
+
+
+async def serve(cfg: WorkerConfig, on_ready=None) -> None:
+    core = await asyncio.to_thread(build_core, cfg)
+    worker = create_worker_server(cfg, core)
+    await worker.start()
+    log.info("worker serving %s on %s:%d (fingerprint %s)", cfg.base_model, cfg.host, worker.port,
+             core.host.fingerprint)
+    if on_ready:
+        on_ready(worker.port, core.host.fingerprint)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await worker.stop(grace=10.0)  # drain: in-flight streams get 10 s to finish

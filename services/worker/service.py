@@ -1,0 +1,167 @@
+"""The worker's domain API: resolve, lease, run on the engine, stream back. No generated stubs here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from services.common.errors import AdapterFleetError, InvalidArgument, Unavailable
+from services.worker.cache import ACTIVE, AdapterCache, Entry, Lease
+from services.worker.config import WorkerConfig
+from services.worker.engine import Engine, GenerateJob, ScoreJob
+from services.worker.lora import NO_ADAPTER
+from services.worker.model_host import ModelHost
+from services.worker.sampling import Sampling
+from store.client import StoreClient
+from store.refs import Ref
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    adapter: str = ""
+    prompt: str = ""
+    prompt_ids: tuple[int, ...] = ()
+    max_new_tokens: int = 16
+    sampling: Sampling = Sampling()
+    stop_ids: tuple[int, ...] = ()
+    routing_key: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateChunk:
+    token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: str
+    adapter_key: str
+    prompt_tokens: int
+
+
+class WorkerCore:
+    def __init__(self, cfg: WorkerConfig, host: ModelHost, cache: AdapterCache, engine: Engine, store: StoreClient):
+        self.cfg = cfg
+        self.host = host
+        self.cache = cache
+        self.engine = engine
+        self._store = store
+
+    # --- refs -----------------------------------------------------------------------------------------------------
+    async def resolve(self, ref: str, routing_key: str = "") -> str:
+        """A ref -> the canonical key ``name@sha256:...``; '' (the base model) stays ''."""
+        if not ref:
+            return ""
+        parsed = Ref.parse(ref)
+        if parsed.digest is not None:
+            return f"{parsed.name}@{parsed.digest}"
+        try:
+            resolved = await asyncio.to_thread(self._store.resolve, ref, routing_key)
+        except AdapterFleetError as err:
+            if err.code == "UNAVAILABLE":
+                raise Unavailable(f"cannot resolve {ref}: the store at {self._store.address} is unreachable") from err
+            raise
+        return resolved.key
+
+    async def _lease(self, ref: str, routing_key: str) -> tuple[str, Lease | None]:
+        key = await self.resolve(ref, routing_key)
+        return key, (await self.cache.acquire(key) if key else None)
+
+    # --- serving --------------------------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt: str, ids: tuple[int, ...]) -> list[int]:
+        if ids:
+            out = list(ids)
+        elif prompt:
+            if self.host.tokenizer is None:
+                raise InvalidArgument("this base model has no tokenizer; send prompt_ids instead of text")
+            out = self.host.tokenizer(prompt)["input_ids"]
+        else:
+            raise InvalidArgument("send a prompt (text) or prompt_ids")
+        vocab = self.host.model.get_input_embeddings().num_embeddings
+        bad = [t for t in out if not 0 <= t < vocab]
+        if bad:
+            raise InvalidArgument(f"token ids {bad[:5]} are outside the vocabulary (size {vocab})")
+        return out
+
+    def _max_positions(self) -> int | None:
+        c = self.host.model.config
+        return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+
+    async def generate(self, p: GenerateParams) -> AsyncIterator[GenerateChunk]:
+        ids = self._prompt_ids(p.prompt, p.prompt_ids)
+        limit = self._max_positions()
+        if p.max_new_tokens < 1 or p.max_new_tokens > self.cfg.max_new_tokens_limit:
+            raise InvalidArgument(f"max_new_tokens {p.max_new_tokens} must be 1..{self.cfg.max_new_tokens_limit}")
+        if limit and len(ids) + p.max_new_tokens > limit:
+            raise InvalidArgument(f"prompt of {len(ids)} tokens + max_new_tokens {p.max_new_tokens} exceeds the "
+                                  f"model's {limit} positions; shorten the prompt or ask for fewer tokens")
+        key, lease = await self._lease(p.adapter, p.routing_key)
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        job = GenerateJob(
+            prompt_ids=ids, slot=lease.slot if lease else NO_ADAPTER, max_new_tokens=p.max_new_tokens,
+            sampling=p.sampling, stop_ids=frozenset(p.stop_ids or self.host.eos_ids),
+            emit=lambda toks, fin, why: loop.call_soon_threadsafe(inbox.put_nowait, (toks, fin, why)),
+            fail=lambda exc: loop.call_soon_threadsafe(inbox.put_nowait, exc),
+        )
+        generated: list[int] = []
+        text_so_far = ""
+        try:
+            self.engine.submit(job)
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                toks, finished, why = item
+                generated += toks
+                text = ""
+                if self.host.tokenizer is not None:
+                    full = self.host.tokenizer.decode(generated, skip_special_tokens=True)
+                    text, text_so_far = full[len(text_so_far):], full
+                yield GenerateChunk(toks, text, finished, why, key, len(ids))
+                if finished:
+                    return
+        finally:
+            job.cancelled.set()  # a caller that went away frees its row at the next decode step
+            if lease:
+                lease.release()
+
+    async def score(self, adapter: str, token_ids: tuple[int, ...], text: str, routing_key: str = "") -> tuple[
+            str, list[float]]:
+        ids = self._prompt_ids(text, token_ids)
+        if len(ids) < 2:
+            raise InvalidArgument("scoring needs at least 2 tokens (log p of token i+1 given tokens 0..i)")
+        limit = self._max_positions()
+        if limit and len(ids) > limit:
+            raise InvalidArgument(f"{len(ids)} tokens exceed the model's {limit} positions")
+        key, lease = await self._lease(adapter, routing_key)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        try:
+            self.engine.submit(ScoreJob(ids, lease.slot if lease else NO_ADAPTER,
+                                        lambda r: loop.call_soon_threadsafe(_settle, done, r)))
+            return key, await done
+        finally:
+            if lease:
+                lease.release()
+
+    # --- management -------------------------------------------------------------------------------------------------
+    async def load(self, ref: str, pin: bool = False, tier: str = ACTIVE) -> Entry:
+        key = await self.resolve(ref)
+        if not key:
+            raise InvalidArgument("LoadAdapter needs an adapter ref")
+        return await self.cache.prefetch(key, tier or ACTIVE, pin)
+
+    async def unload(self, ref: str) -> bool:
+        return await self.cache.unload(await self.resolve(ref))
+
+    async def pin(self, ref: str, pinned: bool) -> Entry:
+        return self.cache.pin(await self.resolve(ref), pinned)
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

@@ -1,0 +1,62 @@
+"""The worker's gRPC servicer: proto in, one domain call, proto out."""
+
+from __future__ import annotations
+
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from services.worker.cache import Entry
+from services.worker.sampling import Sampling
+from services.worker.service import GenerateParams, WorkerCore
+
+
+def state_pb(e: Entry, core: WorkerCore) -> worker_pb2.AdapterState:
+    tier = "loading" if e.key in core.cache.loading() and e.slot is None else e.tier
+    return worker_pb2.AdapterState(key=e.key, tier=tier, bytes=e.nbytes or e.disk_bytes, pinned=e.pinned,
+                                   in_use=e.refs, slot=-1 if e.slot is None else e.slot, hits=e.hits)
+
+
+def sampling_from_pb(pb: worker_pb2.SamplingParams) -> Sampling:
+    return Sampling(temperature=pb.temperature, top_k=pb.top_k, top_p=pb.top_p or 1.0,
+                    seed=pb.seed if pb.has_seed else None)
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, core: WorkerCore):
+        self.core = core
+
+    async def Generate(self, request, context):
+        params = GenerateParams(
+            adapter=request.adapter, prompt=request.prompt, prompt_ids=tuple(request.prompt_ids),
+            max_new_tokens=request.max_new_tokens or 16, sampling=sampling_from_pb(request.sampling),
+            stop_ids=tuple(request.stop_ids), routing_key=request.routing_key)
+        async for c in self.core.generate(params):
+            yield worker_pb2.GenerateResponse(token_ids=c.token_ids, text=c.text, finished=c.finished,
+                                              finish_reason=c.finish_reason, adapter_key=c.adapter_key,
+                                              prompt_tokens=c.prompt_tokens)
+
+    async def Score(self, request, context):
+        key, logprobs = await self.core.score(request.adapter, tuple(request.token_ids), request.text,
+                                              request.routing_key)
+        return worker_pb2.ScoreResponse(logprobs=logprobs, adapter_key=key)
+
+    async def LoadAdapter(self, request, context):
+        return state_pb(await self.core.load(request.ref, request.pin, request.tier), self.core)
+
+    async def UnloadAdapter(self, request, context):
+        return worker_pb2.UnloadAdapterResponse(unloaded=await self.core.unload(request.ref))
+
+    async def Pin(self, request, context):
+        return state_pb(await self.core.pin(request.ref, request.pinned), self.core)
+
+    async def ListResident(self, request, context):
+        return worker_pb2.ListResidentResponse(adapters=[state_pb(e, self.core) for e in self.core.cache.entries()])
+
+    async def Stats(self, request, context):
+        core, cache, engine = self.core, self.core.cache, self.core.engine
+        return worker_pb2.WorkerStats(
+            base_model=core.host.path, fingerprint=core.host.fingerprint, queue_depth=engine.queue_depth,
+            running=engine.stats.running, requests_total=engine.stats.requests,
+            tokens_generated=engine.stats.tokens, tokens_per_second=engine.stats.tokens_per_second(),
+            adapters=[state_pb(e, core) for e in cache.entries()], max_slots=cache.max_slots,
+            active_bytes=cache.tier_bytes("active"), host_bytes=cache.tier_bytes("host"),
+            disk_bytes=cache.tier_bytes("disk"), region=core.cfg.region, cold_loads=cache.stats.cold_loads,
+            evictions=sum(cache.stats.evictions.values()))
