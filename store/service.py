@@ -112,7 +112,9 @@ class AdapterStoreCore:
         versions = await self.index.versions(ref.name)
         live = [v for v in versions if v not in yanked]
         if not live:
-            raise NotFound(f"adapter {ref.name} has no versions" + (" that are not yanked" if versions else ""))
+            if versions:
+                raise NotFound(f"every version of {ref.name} is yanked; push a new one or fetch one by digest")
+            raise NotFound(f"adapter {ref.name} does not exist; `adapterfleet ls` lists adapters")
         return Resolution(await self.index.manifest(ref.name, versions[max(live)]))
 
     async def _by_version(self, name: str, version: int) -> Manifest:

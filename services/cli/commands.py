@@ -56,6 +56,14 @@ def dispatch(args, store_addr: str) -> int:
         from services.cli.store_serve import run_store  # noqa: PLC0415
 
         return run_store(args)
+    if args.command == "worker":
+        from services.cli.worker_serve import run_worker  # noqa: PLC0415 - imports torch
+
+        return run_worker(args, store_addr)
+    if args.command in ("generate", "score"):
+        from services.cli.inference import run_inference  # noqa: PLC0415
+
+        return run_inference(args)
     from store.client import StoreClient  # noqa: PLC0415
 
     with StoreClient(store_addr) as client:

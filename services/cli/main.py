@@ -17,7 +17,7 @@ DEFAULT_STORE = "127.0.0.1:50051"
 
 
 def _store_addr(args) -> str:
-    return args.store or os.environ.get("ADAPTERFLEET_STORE") or DEFAULT_STORE
+    return getattr(args, "store", None) or os.environ.get("ADAPTERFLEET_STORE") or DEFAULT_STORE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-file-mb", type=int, default=4096)
     s.add_argument("--max-rank", type=int, default=256)
     s.add_argument("--log-level", default="INFO")
+
+    worker = sub.add_parser("worker", help="a worker: one base model, many adapters").add_subparsers(
+        dest="worker_cmd", required=True)
+    s = worker.add_parser("serve", help="serve a transformers causal LM directory with adapters from the store")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50061)
+    s.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
+    s.add_argument("--base-model", required=True, help="directory written by save_pretrained")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--region", default="local")
+    s.add_argument("--max-slots", type=int, default=8, help="adapters active on the device at once")
+    s.add_argument("--host-cache-mb", type=int, default=2048, help="host-RAM tier budget")
+    s.add_argument("--disk-cache-mb", type=int, default=20480, help="local-disk tier budget")
+    s.add_argument("--disk-cache-dir", default=".adapterfleet/worker-cache")
+    s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--log-level", default="INFO")
+
+    for verb in ("generate", "score"):
+        s = sub.add_parser(verb, help=f"{verb} through a worker or a router")
+        target = s.add_mutually_exclusive_group(required=True)
+        target.add_argument("--worker", help="worker address")
+        target.add_argument("--router", help="router address")
+        s.add_argument("--adapter", default="", help="ref; none: the base model")
+        s.add_argument("--prompt-ids", help="comma-separated token ids")
+        s.add_argument("--json", action="store_true")
+        s.add_argument("--routing-key", default="")
+        if verb == "generate":
+            s.add_argument("--prompt", help="text (the base model directory must have a tokenizer)")
+            s.add_argument("--max-new-tokens", type=int, default=16)
+            s.add_argument("--temperature", type=float, default=0.0)
+            s.add_argument("--top-k", type=int, default=0)
+            s.add_argument("--top-p", type=float, default=1.0)
+            s.add_argument("--seed", type=int)
+            s.add_argument("--stop-ids", help="comma-separated; default: the model's eos")
+        else:
+            s.add_argument("--text", help="text to score instead of --prompt-ids")
 
     def store_flag(sp):
         sp.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
@@ -108,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.cli import commands  # noqa: PLC0415 - keep `--help` instant
 
     try:
-        return commands.dispatch(args, _store_addr(args) if hasattr(args, "store") else DEFAULT_STORE)
+        return commands.dispatch(args, _store_addr(args))
     except AdapterFleetError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 1

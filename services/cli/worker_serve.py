@@ -1,0 +1,29 @@
+"""`adapterfleet worker serve`: flags -> WorkerConfig, then run (imports torch and transformers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.worker.config import WorkerConfig
+
+
+def config_from_args(args, store_addr: str) -> WorkerConfig:
+    return WorkerConfig(
+        base_model=args.base_model, store=store_addr, host=args.host, port=args.port, device=args.device,
+        dtype=args.dtype, region=args.region, max_slots=args.max_slots, host_bytes=args.host_cache_mb << 20,
+        disk_bytes=args.disk_cache_mb << 20, disk_dir=args.disk_cache_dir, max_batch=args.max_batch,
+    )
+
+
+def run_worker(args, store_addr: str) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from services.worker.server import serve  # noqa: PLC0415
+
+    cfg = config_from_args(args, store_addr)
+
+    def ready(port: int, fingerprint: str) -> None:
+        print(f"worker listening on {cfg.host}:{port} base={cfg.base_model} fingerprint={fingerprint}", flush=True)
+
+    asyncio.run(serve(cfg, on_ready=ready))
+    return 0
