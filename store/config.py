@@ -40,4 +40,6 @@ class StoreConfig:
     chunk_size: int = 1 << 20           # fetch chunk size
     lease_seconds: float = 3600.0       # a push must finish within this, or its blobs may be collected
     gc_grace_seconds: float = 3600.0    # GC leaves blobs younger than this alone
+    blob_cache_bytes: int = 512 << 20   # in-memory LRU of small blobs (0: off)
+    blob_cache_max_item: int = 16 << 20
     limits: Limits = field(default_factory=Limits)

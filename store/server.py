@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from adapterfleet.v1 import store_pb2, store_pb2_grpc
 from services.common.server import create_server, mark_serving
 from store.blobs.base import BlobStore
+from store.blobs.cache import CachedBlobStore
 from store.blobs.local import LocalBlobStore
 from store.blobs.s3 import S3BlobStore
 from store.config import StoreConfig
@@ -26,12 +27,14 @@ SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["AdapterStore"].full_name
 
 def make_blob_store(cfg: StoreConfig) -> BlobStore:
     if cfg.s3 is not None:
-        blobs = S3BlobStore(cfg.s3)
+        blobs: BlobStore = S3BlobStore(cfg.s3)
         blobs.ensure_bucket()
-        return blobs
-    local = LocalBlobStore(f"{cfg.data_dir}/blobs")
-    local.ensure()
-    return local
+    else:
+        blobs = LocalBlobStore(f"{cfg.data_dir}/blobs")
+        blobs.ensure()
+    if cfg.blob_cache_bytes > 0:
+        blobs = CachedBlobStore(blobs, budget=cfg.blob_cache_bytes, max_item=cfg.blob_cache_max_item)
+    return blobs
 
 
 def make_redis(url: str) -> aioredis.Redis:

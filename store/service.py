@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from services.common.aio import prefetch
+from services.common.aio import Prefetch
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from store.blobs.base import BlobStore
 from store.config import StoreConfig
@@ -135,11 +135,18 @@ class AdapterStoreCore:
         if resume_file and resume_offset > manifest.files[start].size:
             raise InvalidArgument(f"resume offset {resume_offset} is past the end of {resume_file}")
         yield manifest
-        for i, entry in enumerate(manifest.files[start:]):
-            offset = resume_offset if i == 0 else 0
-            async for data in prefetch(self.blobs.read(entry.sha256, offset, chunk_size)):
-                yield FileChunk(entry.name, offset, data)
-                offset += len(data)
+        entries = manifest.files[start:]
+        offsets = [resume_offset] + [0] * (len(entries) - 1)
+        # every file's read starts now, so small files' round trips overlap the first file's stream
+        readers = [Prefetch(self.blobs.read(e.sha256, off, chunk_size)) for e, off in zip(entries, offsets)]
+        try:
+            for entry, offset, reader in zip(entries, offsets, readers):
+                async for data in reader:
+                    yield FileChunk(entry.name, offset, data)
+                    offset += len(data)
+        finally:
+            for reader in readers:
+                reader.close()
 
     # --- listing ----------------------------------------------------------------------------------------------------
     async def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:

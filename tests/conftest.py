@@ -75,9 +75,10 @@ def redis_client(redis_server) -> redis.Redis:
 
 @pytest.fixture
 def store_config(redis_server, s3_config, tmp_path) -> StoreConfig:
-    """A store with its own Redis prefix and bucket, so tests never see each other's data."""
+    """A store with its own Redis prefix and bucket, so tests never see each other's data. The blob cache is off
+    so that tests reach S3 (tests/store/test_blob_cache.py covers the cache)."""
     return StoreConfig(port=0, redis_url=redis_server.url, redis_prefix=f"t{uuid.uuid4().hex[:8]}:",
-                       s3=s3_config, data_dir=str(tmp_path / "store"), chunk_size=256 << 10,
+                       s3=s3_config, data_dir=str(tmp_path / "store"), chunk_size=256 << 10, blob_cache_bytes=0,
                        limits=Limits(max_file_bytes=256 << 20, max_rank=64))
 
 

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", type=int, default=1 << 20)
     s.add_argument("--max-file-mb", type=int, default=4096)
     s.add_argument("--max-rank", type=int, default=256)
+    s.add_argument("--blob-cache-mb", type=int, default=512, help="in-memory cache of small blobs (0: off)")
     s.add_argument("--log-level", default="INFO")
 
     worker = sub.add_parser("worker", help="a worker: one base model, many adapters").add_subparsers(

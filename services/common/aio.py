@@ -4,49 +4,57 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
 
 
-async def prefetch(it: Iterator[T], depth: int = 4) -> AsyncIterator[T]:
+class Prefetch(Generic[T]):
     """Run a blocking iterator in its own thread, up to ``depth`` items ahead of the consumer.
 
-    Overlaps the producer's I/O (e.g. reading S3) with the consumer's (e.g. sending gRPC messages). If the
-    consumer stops early, the producer stops at its next item.
+    The producer starts as soon as this object is made (so several can run ahead at once, e.g. the S3 reads of
+    every file of a fetch) and overlaps its I/O with the consumer's. ``close()`` stops it at its next item.
+    Must be created inside a running event loop.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    room = threading.Semaphore(depth)
-    stop = threading.Event()
 
-    def produce() -> None:
+    def __init__(self, it: Iterator[T], depth: int = 4):
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._room = threading.Semaphore(depth)
+        self._stop = threading.Event()
+        self._it = it
+        self._loop.run_in_executor(None, self._produce)
+
+    def _produce(self) -> None:
+        put = self._queue.put_nowait
         try:
-            for item in it:
-                room.acquire()
-                if stop.is_set():
+            for item in self._it:
+                self._room.acquire()
+                if self._stop.is_set():
                     return
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                self._loop.call_soon_threadsafe(put, item)
+            self._loop.call_soon_threadsafe(put, _DONE)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            self._loop.call_soon_threadsafe(put, exc)
         finally:
-            close = getattr(it, "close", None)
+            close = getattr(self._it, "close", None)
             if close:
                 close()
 
-    loop.run_in_executor(None, produce)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            room.release()
-            yield item
-    finally:
-        stop.set()
-        room.release()  # wake a producer waiting for room; it sees `stop` and ends
+    def __aiter__(self) -> "Prefetch[T]":
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self._queue.get()
+        if item is _DONE:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        self._room.release()
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._room.release()  # wake a producer waiting for room; it sees the stop and ends

@@ -1,0 +1,116 @@
+"""An in-memory LRU of small blobs in front of any BlobStore.
+
+Blobs are immutable and content-addressed, so a cached copy can never be stale: the cache needs no invalidation
+beyond GC's deletes. Pushes fill it (write-through) and reads fill it, so the configs and weights of hot adapters
+are served to many workers without a round trip to S3. Large blobs (over ``max_item``) always stream from the
+backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from store.blobs.base import BlobInfo, BlobStore
+
+
+class _CachingWriter:
+    """Wraps a backend writer; keeps the bytes of a small blob to cache them once it is committed."""
+
+    def __init__(self, inner, cache: "CachedBlobStore"):
+        self._inner, self._cache = inner, cache
+        self.sha256, self.size = inner.sha256, inner.size
+        self._buf = bytearray() if inner.size <= cache.max_item else None
+
+    @property
+    def received(self) -> int:
+        return self._inner.received
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data)
+        if self._buf is not None:
+            self._buf += data
+
+    def verify(self) -> None:
+        self._inner.verify()
+
+    def commit(self) -> None:
+        self._inner.commit()
+        if self._buf is not None:
+            self._cache.put(self.sha256, bytes(self._buf))
+
+    def abort(self) -> None:
+        self._buf = None
+        self._inner.abort()
+
+
+class CachedBlobStore(BlobStore):
+    def __init__(self, inner: BlobStore, *, budget: int, max_item: int):
+        self.inner = inner
+        self.budget = budget
+        self.max_item = max_item
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sha256: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(sha256)
+            if data is not None:
+                self._items.move_to_end(sha256)
+            return data
+
+    def put(self, sha256: str, data: bytes) -> None:
+        if len(data) > self.max_item or len(data) > self.budget:
+            return
+        with self._lock:
+            if sha256 in self._items:
+                return
+            self._items[sha256] = data
+            self._bytes += len(data)
+            while self._bytes > self.budget:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+    def exists(self, sha256: str) -> bool:
+        return self.get(sha256) is not None or self.inner.exists(sha256)
+
+    def writer(self, sha256: str, size: int):
+        return _CachingWriter(self.inner.writer(sha256, size), self)
+
+    def read(self, sha256: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        data = self.get(sha256)
+        if data is not None:
+            self.hits += 1
+            for start in range(offset, len(data), chunk_size):
+                yield data[start:start + chunk_size]
+            return
+        self.misses += 1
+        keep = bytearray() if offset == 0 else None
+        for chunk in self.inner.read(sha256, offset, chunk_size):
+            if keep is not None:
+                keep += chunk
+                if len(keep) > self.max_item:
+                    keep = None
+            yield chunk
+        if keep is not None:
+            self.put(sha256, bytes(keep))
+
+    def list(self) -> Iterator[BlobInfo]:
+        return self.inner.list()
+
+    def delete(self, sha256: str) -> None:
+        with self._lock:
+            data = self._items.pop(sha256, None)
+            if data is not None:
+                self._bytes -= len(data)
+        self.inner.delete(sha256)
+
+    def abort_stale_uploads(self, older_than: float) -> int:
+        return self.inner.abort_stale_uploads(older_than)
+
+    def close(self) -> None:
+        self.inner.close()
