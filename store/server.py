@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 
-from adapterfleet.v1 import store_pb2, store_pb2_grpc
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 from services.common.server import create_server, mark_serving
 from store.blobs.base import BlobStore
 from store.blobs.cache import CachedBlobStore
@@ -18,11 +18,14 @@ from store.blobs.local import LocalBlobStore
 from store.blobs.s3 import S3BlobStore
 from store.config import StoreConfig
 from store.index import RedisIndex
+from store.registry import RedisRegistry
+from store.registry_servicer import RegistryServicer
 from store.service import AdapterStoreCore
 from store.servicer import StoreServicer
 
 log = logging.getLogger("adapterfleet.store")
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["AdapterStore"].full_name
+REGISTRY_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 
 
 def make_blob_store(cfg: StoreConfig) -> BlobStore:
@@ -51,7 +54,7 @@ class StoreServer:
     async def start(self) -> None:
         await self.core.index.ping()
         await self.server.start()
-        await mark_serving(self._health, [SERVICE_NAME])
+        await mark_serving(self._health, [SERVICE_NAME, REGISTRY_NAME])
 
     async def stop(self, grace: float | None = 1.0) -> None:
         await self.server.stop(grace)
@@ -60,10 +63,12 @@ class StoreServer:
 def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: BlobStore) -> StoreServer:
     core = AdapterStoreCore(cfg, blobs, RedisIndex(redis_client, cfg.redis_prefix))
     servicer = StoreServicer(core)
+    registry = RegistryServicer(RedisRegistry(redis_client, cfg.redis_prefix))
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}",
-        [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
+        [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s),
+         lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(registry, s)],
+        [SERVICE_NAME, REGISTRY_NAME],
     )
     return StoreServer(server, port, core, health)
 

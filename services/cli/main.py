@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disk-cache-mb", type=int, default=20480, help="local-disk tier budget")
     s.add_argument("--disk-cache-dir", default=".adapterfleet/worker-cache")
     s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--advertise", default="", help="address routers should use (default HOST:PORT)")
     s.add_argument("--log-level", default="INFO")
 
     for verb in ("generate", "score"):

@@ -22,3 +22,6 @@ class WorkerConfig:
     max_new_tokens_limit: int = 2048
     slot_wait_s: float = 30.0
     max_rank: int = 256
+    advertise: str = ""              # address routers should call (default host:port)
+    announce_every_s: float = 1.0
+    announce_ttl_s: float = 3.0      # a worker that stops announcing is out after this

@@ -11,6 +11,7 @@ import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from services.common.server import create_server, mark_serving
+from services.worker.announcer import Announcer
 from services.worker.backend import WorkerBackend
 from services.worker.cache import AdapterCache
 from services.worker.config import WorkerConfig
@@ -30,14 +31,17 @@ class WorkerServer:
     server: grpc.aio.Server
     port: int
     core: WorkerCore
+    announcer: Announcer
     _health: object
 
     async def start(self) -> None:
         self.core.engine.start()
         await self.server.start()
         await mark_serving(self._health, [SERVICE_NAME])
+        self.announcer.start()
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        await self.announcer.stop()  # routers stop sending new work first
         await self.server.stop(grace)
         self.core.engine.stop()
 
@@ -59,7 +63,9 @@ def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}", [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s)],
         [SERVICE_NAME])
-    return WorkerServer(server, port, core, health)
+    announcer = Announcer(core, cfg.store, cfg.advertise or f"{cfg.host}:{port}", every_s=cfg.announce_every_s,
+                          ttl_s=cfg.announce_ttl_s)
+    return WorkerServer(server, port, core, announcer, health)
 
 
 async def serve(cfg: WorkerConfig, on_ready=None) -> None:

@@ -26,6 +26,7 @@ class GenerateParams:
     sampling: Sampling = Sampling()
     stop_ids: tuple[int, ...] = ()
     routing_key: str = ""
+    resume_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class WorkerCore:
         self.cache = cache
         self.engine = engine
         self._store = store
+        self.inflight = 0  # requests in flight: the load the worker announces
 
     # --- refs -----------------------------------------------------------------------------------------------------
     async def resolve(self, ref: str, routing_key: str = "") -> str:
@@ -87,24 +89,39 @@ class WorkerCore:
         return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
     async def generate(self, p: GenerateParams) -> AsyncIterator[GenerateChunk]:
-        ids = self._prompt_ids(p.prompt, p.prompt_ids)
-        limit = self._max_positions()
+        self.inflight += 1
+        try:
+            async for chunk in self._generate(p):
+                yield chunk
+        finally:
+            self.inflight -= 1
+
+    async def _generate(self, p: GenerateParams) -> AsyncIterator[GenerateChunk]:
+        prompt = self._prompt_ids(p.prompt, p.prompt_ids)
         if p.max_new_tokens < 1 or p.max_new_tokens > self.cfg.max_new_tokens_limit:
             raise InvalidArgument(f"max_new_tokens {p.max_new_tokens} must be 1..{self.cfg.max_new_tokens_limit}")
-        if limit and len(ids) + p.max_new_tokens > limit:
+        if len(p.resume_ids) >= p.max_new_tokens:
+            raise InvalidArgument(f"{len(p.resume_ids)} resume_ids leave nothing of max_new_tokens "
+                                  f"{p.max_new_tokens} to generate")
+        ids = prompt + list(self._prompt_ids("", p.resume_ids)) if p.resume_ids else prompt
+        limit = self._max_positions()
+        if limit and len(prompt) + p.max_new_tokens > limit:
             raise InvalidArgument(f"prompt of {len(ids)} tokens + max_new_tokens {p.max_new_tokens} exceeds the "
                                   f"model's {limit} positions; shorten the prompt or ask for fewer tokens")
         key, lease = await self._lease(p.adapter, p.routing_key)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         job = GenerateJob(
-            prompt_ids=ids, slot=lease.slot if lease else NO_ADAPTER, max_new_tokens=p.max_new_tokens,
+            prompt_ids=ids, slot=lease.slot if lease else NO_ADAPTER,
+            max_new_tokens=p.max_new_tokens - len(p.resume_ids),
             sampling=p.sampling, stop_ids=frozenset(p.stop_ids or self.host.eos_ids),
             emit=lambda toks, fin, why: loop.call_soon_threadsafe(inbox.put_nowait, (toks, fin, why)),
             fail=lambda exc: loop.call_soon_threadsafe(inbox.put_nowait, exc),
         )
-        generated: list[int] = []
+        generated: list[int] = list(p.resume_ids)
         text_so_far = ""
+        if self.host.tokenizer is not None and generated:  # resumed: the caller already has this text
+            text_so_far = self.host.tokenizer.decode(generated, skip_special_tokens=True)
         try:
             self.engine.submit(job)
             while True:
@@ -117,7 +134,7 @@ class WorkerCore:
                 if self.host.tokenizer is not None:
                     full = self.host.tokenizer.decode(generated, skip_special_tokens=True)
                     text, text_so_far = full[len(text_so_far):], full
-                yield GenerateChunk(toks, text, finished, why, key, len(ids))
+                yield GenerateChunk(toks, text, finished, why, key, len(prompt))
                 if finished:
                     return
         finally:
@@ -136,11 +153,13 @@ class WorkerCore:
         key, lease = await self._lease(adapter, routing_key)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
+        self.inflight += 1
         try:
             self.engine.submit(ScoreJob(ids, lease.slot if lease else NO_ADAPTER,
                                         lambda r: loop.call_soon_threadsafe(_settle, done, r)))
             return key, await done
         finally:
+            self.inflight -= 1
             if lease:
                 lease.release()
 

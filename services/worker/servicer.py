@@ -27,7 +27,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         params = GenerateParams(
             adapter=request.adapter, prompt=request.prompt, prompt_ids=tuple(request.prompt_ids),
             max_new_tokens=request.max_new_tokens or 16, sampling=sampling_from_pb(request.sampling),
-            stop_ids=tuple(request.stop_ids), routing_key=request.routing_key)
+            stop_ids=tuple(request.stop_ids), routing_key=request.routing_key, resume_ids=tuple(request.resume_ids))
         async for c in self.core.generate(params):
             yield worker_pb2.GenerateResponse(token_ids=c.token_ids, text=c.text, finished=c.finished,
                                               finish_reason=c.finish_reason, adapter_key=c.adapter_key,

@@ -182,3 +182,31 @@ def test_bad_requests_are_invalid_argument(fleet):
     with pytest.raises(grpc.RpcError) as err:
         stub.Score(worker_pb2.ScoreRequest(adapter="acme/nothing", token_ids=[1, 2]))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_resumed_generation_continues_exactly_where_it_stopped(fleet):
+    stub, _, keys, _ = fleet
+    req = worker_pb2.GenerateRequest(adapter=keys["wide"], prompt_ids=PROMPTS[2], max_new_tokens=8, stop_ids=[127])
+    whole = [t for c in stub.Generate(req) for t in c.token_ids]
+    req.resume_ids.extend(whole[:3])
+    rest = [t for c in stub.Generate(req) for t in c.token_ids]
+    assert whole[:3] + rest == whole
+
+
+def test_worker_announces_itself_and_its_adapters_to_the_registry(fleet):
+    import time
+
+    from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
+
+    stub, core, keys, store = fleet
+    stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref=keys["plain"]))
+    registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(store.address))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        workers = registry.ListWorkers(registry_pb2.ListWorkersRequest()).workers
+        if workers and any(a.key == keys["plain"] and a.tier == "active" for a in workers[0].adapters):
+            break
+        time.sleep(0.2)
+    [info] = workers
+    assert info.fingerprint == core.host.fingerprint and info.capacity == 4
+    assert {a.key: a.tier for a in info.adapters}[keys["plain"]] == "active"

@@ -1,0 +1,66 @@
+"""Tells the registry (hosted by the store) every second what this worker holds and how loaded it is."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import grpc
+
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
+from services.common.server import CHANNEL_OPTIONS
+from services.worker.service import WorkerCore
+
+log = logging.getLogger("adapterfleet.worker")
+
+
+class Announcer:
+    def __init__(self, core: WorkerCore, store_address: str, advertise: str, *, every_s: float = 1.0,
+                 ttl_s: float = 3.0, worker_id: str = ""):
+        self._core = core
+        self._store_address = store_address
+        self.advertise = advertise
+        self.id = worker_id or uuid.uuid4().hex[:12]
+        self._every = every_s
+        self._ttl = ttl_s
+        self._task: asyncio.Task | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    def info(self, draining: bool = False) -> registry_pb2.WorkerInfo:
+        core, cache = self._core, self._core.cache
+        adapters = [registry_pb2.ResidentAdapter(key=e.key, tier=e.tier) for e in cache.entries()]
+        adapters += [registry_pb2.ResidentAdapter(key=k, tier="loading") for k in cache.loading()
+                     if all(a.key != k for a in adapters)]
+        return registry_pb2.WorkerInfo(
+            id=self.id, address=self.advertise, region=core.cfg.region, capacity=cache.max_slots,
+            load=float(core.inflight), adapters=adapters, fingerprint=core.host.fingerprint,
+            base_model=core.host.path, ttl_seconds=self._ttl, draining=draining)
+
+    async def announce(self, draining: bool = False) -> None:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self._store_address, options=CHANNEL_OPTIONS)
+        stub = registry_pb2_grpc.RegistryStub(self._channel)
+        await stub.Announce(self.info(draining), timeout=2.0)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.announce()
+            except grpc.RpcError as err:
+                log.warning("cannot announce to the registry at %s: %s", self._store_address, err.code())
+            await asyncio.sleep(self._every)
+
+    async def stop(self) -> None:
+        """Announce that we are draining (routers stop sending), then go quiet."""
+        if self._task:
+            self._task.cancel()
+        try:
+            await self.announce(draining=True)
+        except grpc.RpcError:
+            pass
+        if self._channel is not None:
+            await self._channel.close()

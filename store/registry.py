@@ -1,0 +1,60 @@
+"""Worker membership in Redis: each announcement replaces the worker's record and extends its expiry.
+
+    P workers          HASH  worker id -> record JSON
+    P workers:expiry   ZSET  worker id -> unix time the record stops counting
+A worker that stops announcing is gone after its TTL; stale records are swept on read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import redis.asyncio as aioredis
+
+from services.common.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    id: str
+    address: str
+    region: str = "local"
+    capacity: int = 0
+    load: float = 0.0
+    adapters: dict[str, str] = field(default_factory=dict)  # key -> tier
+    fingerprint: str = ""
+    base_model: str = ""
+    draining: bool = False
+
+
+class RedisRegistry:
+    def __init__(self, client: aioredis.Redis, prefix: str = "af:", default_ttl: float = 3.0):
+        self._r = client
+        self._hash = f"{prefix}workers"
+        self._expiry = f"{prefix}workers:expiry"
+        self.default_ttl = default_ttl
+
+    async def announce(self, record: WorkerRecord, ttl: float = 0.0) -> None:
+        if not record.id or not record.address:
+            raise InvalidArgument("a worker announcement needs an id and an address")
+        expiry = time.time() + (ttl or self.default_ttl)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._hash, record.id, json.dumps(asdict(record), sort_keys=True))
+            pipe.zadd(self._expiry, {record.id: expiry})
+            await pipe.execute()
+
+    async def workers(self, region: str = "") -> list[WorkerRecord]:
+        now = time.time()
+        dead = await self._r.zrangebyscore(self._expiry, "-inf", now - 60)
+        if dead:  # swept a minute after expiry; until then they are just not listed
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._hash, *dead)
+                pipe.zrem(self._expiry, *dead)
+                await pipe.execute()
+        live = await self._r.zrangebyscore(self._expiry, now, "+inf")
+        if not live:
+            return []
+        records = [WorkerRecord(**json.loads(raw)) for raw in await self._r.hmget(self._hash, live) if raw]
+        return sorted((r for r in records if not region or r.region == region), key=lambda r: r.id)
