@@ -60,6 +60,10 @@ def dispatch(args, store_addr: str) -> int:
         from services.cli.worker_serve import run_worker  # noqa: PLC0415 - imports torch
 
         return run_worker(args, store_addr)
+    if args.command == "router":
+        from services.cli.router_serve import run_router  # noqa: PLC0415
+
+        return run_router(args, store_addr)
     if args.command in ("generate", "score"):
         from services.cli.inference import run_inference  # noqa: PLC0415
 

@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--advertise", default="", help="address routers should use (default HOST:PORT)")
     s.add_argument("--log-level", default="INFO")
 
+    router = sub.add_parser("router", help="the router: affinity, bounded load, failover").add_subparsers(
+        dest="router_cmd", required=True)
+    s = router.add_parser("serve", help="route Generate/Score to the workers that hold each adapter")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50071)
+    s.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
+    s.add_argument("--redis-url", help="read the worker registry straight from the store's Redis")
+    s.add_argument("--redis-prefix", default="af:")
+    s.add_argument("--region", default="local")
+    s.add_argument("--eps", type=float, default=0.25, help="bounded load: load <= (1+eps) x average")
+    s.add_argument("--hot-rps-per-copy", type=float, default=20.0, help="add a copy above this rate per copy")
+    s.add_argument("--max-copies", type=int, default=4)
+    s.add_argument("--log-level", default="INFO")
+
     for verb in ("generate", "score"):
         s = sub.add_parser(verb, help=f"{verb} through a worker or a router")
         target = s.add_mutually_exclusive_group(required=True)

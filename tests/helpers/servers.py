@@ -51,21 +51,64 @@ def start_store(cfg: StoreConfig):
 
 def start_worker(cfg, host=None):
     """Start an in-process worker; returns (address, core, stop)."""
-    from services.worker.server import build_core, create_worker_server
+    handle = WorkerHandle(cfg, host)
+    return handle.address, handle.core, handle.stop
+
+
+class WorkerHandle:
+    """An in-process worker that can stop cleanly (drain) or crash (vanish without a word)."""
+
+    def __init__(self, cfg, host=None):
+        from services.worker.server import build_core, create_worker_server
+
+        self._thread = ServerThread()
+
+        async def build():
+            worker = create_worker_server(cfg, build_core(cfg, host))
+            await worker.start()
+            return worker
+
+        self.worker = self._thread.run(build(), timeout=120)
+        self.core = self.worker.core
+        self.address = f"127.0.0.1:{self.worker.port}"
+        self.id = self.worker.announcer.id
+        self._up = True
+
+    def stop(self) -> None:
+        if self._up:
+            self._up = False
+            self._thread.run(self.worker.stop(0))
+            self._thread.close()
+
+    def crash(self) -> None:
+        """Like kill -9: in-flight calls break, no draining announcement; the registry entry just expires."""
+        if self._up:
+            self._up = False
+
+            async def die():
+                self.worker.announcer._task.cancel()  # noqa: SLF001
+                await self.worker.server.stop(0)
+
+            self._thread.run(die())
+            self.core.engine.stop()
+            self._thread.close()
+
+
+def start_router(cfg):
+    """Start an in-process router; returns (address, core, stop)."""
+    from services.router.server import create_router_server
 
     thread = ServerThread()
 
     async def build():
-        core = build_core(cfg, host)
-        worker = create_worker_server(cfg, core)
-        await worker.start()
-        return worker
+        router = create_router_server(cfg)
+        await router.start()
+        return router
 
-    worker = thread.run(build(), timeout=120)
+    router = thread.run(build())
 
     def stop():
-        thread.run(worker.stop(0))
-        worker.core.engine.stop()
+        thread.run(router.stop(0))
         thread.close()
 
-    return f"127.0.0.1:{worker.port}", worker.core, stop
+    return f"127.0.0.1:{router.port}", router.core, stop

@@ -1,0 +1,27 @@
+"""`adapterfleet router serve`: flags -> RouterConfig, then run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.router.config import RouterConfig
+from services.router.placement import PlacementConfig
+
+
+def config_from_args(args, store_addr: str) -> RouterConfig:
+    return RouterConfig(
+        store=store_addr, host=args.host, port=args.port, region=args.region, redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
+        placement=PlacementConfig(eps=args.eps, hot_requests_per_copy=args.hot_rps_per_copy,
+                                  max_copies=args.max_copies),
+    )
+
+
+def run_router(args, store_addr: str) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from services.router.server import serve  # noqa: PLC0415
+
+    cfg = config_from_args(args, store_addr)
+    asyncio.run(serve(cfg, on_ready=lambda port: print(f"router listening on {cfg.host}:{port}", flush=True)))
+    return 0

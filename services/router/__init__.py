@@ -1,0 +1,1 @@
+"""The router: worker registry, placement policy (placement.py), proxy, rollouts."""

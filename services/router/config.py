@@ -1,0 +1,21 @@
+"""Typed configuration of a router, built once at the entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.router.placement import PlacementConfig
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    store: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    region: str = "local"
+    redis_url: str | None = None      # read the registry straight from the store's Redis instead of via the store
+    redis_prefix: str = "af:"
+    poll_s: float = 0.5               # registry refresh period: a new worker gets traffic within ~poll_s + 1 s
+    unhealthy_s: float = 3.0          # a worker whose call failed is skipped this long
+    max_attempts: int = 4             # workers tried per request before giving up
+    placement: PlacementConfig = field(default_factory=PlacementConfig)

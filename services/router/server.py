@@ -1,0 +1,88 @@
+"""Assemble a router from its config (apart from running it), and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.common.server import create_server, mark_serving
+from services.router.config import RouterConfig
+from services.router.membership import Membership
+from services.router.placement import Placement
+from services.router.proxy import RouterCore
+from services.router.resolver import Resolver
+from services.router.servicer import RouterServicer, RouterWorkerServicer
+from store.aio_client import AsyncStoreClient
+
+log = logging.getLogger("adapterfleet.router")
+NAMES = [worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
+         router_pb2.DESCRIPTOR.services_by_name["Router"].full_name]
+
+
+def registry_source(cfg: RouterConfig, store: AsyncStoreClient):
+    """Where membership comes from: the store's Registry RPC, or its Redis directly (--redis-url)."""
+    if cfg.redis_url is None:
+        return lambda: store.workers()
+    from store.registry import RedisRegistry
+    from store.server import make_redis
+
+    registry = RedisRegistry(make_redis(cfg.redis_url), cfg.redis_prefix)
+    return registry.workers
+
+
+@dataclass
+class RouterServer:
+    server: grpc.aio.Server
+    port: int
+    core: RouterCore
+    store: AsyncStoreClient
+    _health: object
+
+    async def start(self) -> None:
+        try:
+            await self.core.membership.refresh()
+        except Exception as err:  # noqa: BLE001 - the poller keeps trying
+            log.warning("no worker registry yet: %s", err)
+        self.core.membership.start()
+        self.core.resolver.start()
+        await self.server.start()
+        await mark_serving(self._health, NAMES)
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await self.server.stop(grace)
+        await self.core.membership.stop()
+        await self.core.resolver.stop()
+        await self.core.close()
+        await self.store.close()
+
+
+def create_router_server(cfg: RouterConfig) -> RouterServer:
+    store = AsyncStoreClient(cfg.store)
+    membership = Membership(registry_source(cfg, store), poll_s=cfg.poll_s, unhealthy_s=cfg.unhealthy_s)
+    core = RouterCore(cfg, membership, Resolver(store), Placement(cfg.placement))
+    worker_api, router_api = RouterWorkerServicer(core), RouterServicer(core)
+    server, port, health = create_server(
+        f"{cfg.host}:{cfg.port}",
+        [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(worker_api, s),
+         lambda s: router_pb2_grpc.add_RouterServicer_to_server(router_api, s)],
+        NAMES)
+    return RouterServer(server, port, core, store, health)
+
+
+async def serve(cfg: RouterConfig, on_ready=None) -> None:
+    router = create_router_server(cfg)
+    await router.start()
+    log.info("router serving on %s:%d (region %s)", cfg.host, router.port, cfg.region)
+    if on_ready:
+        on_ready(router.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await router.stop(grace=10.0)

@@ -1,0 +1,50 @@
+"""The router's gRPC servicers: the worker API (Generate, Score) for callers and Stats for operators."""
+
+from __future__ import annotations
+
+import time
+
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
+from services.router.proxy import RouterCore
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _request_id(context) -> str:
+    return dict(context.invocation_metadata() or ()).get("x-request-id", "")
+
+
+class RouterWorkerServicer(worker_pb2_grpc.WorkerServicer):
+    """Generate and Score, routed. The management calls (LoadAdapter, ...) are per worker: UNIMPLEMENTED here."""
+
+    def __init__(self, core: RouterCore):
+        self.core = core
+
+    async def Generate(self, request, context):
+        async for msg in self.core.generate(request, deadline=_deadline(context), request_id=_request_id(context)):
+            yield msg
+
+    async def Score(self, request, context):
+        return await self.core.score(request, deadline=_deadline(context), request_id=_request_id(context))
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, core: RouterCore):
+        self.core = core
+
+    async def Stats(self, request, context):
+        core = self.core
+        now = core._clock()  # noqa: SLF001 - the same clock the placement heat uses
+        views = core.membership.views()
+        return router_pb2.RouterStats(
+            requests=core.requests, retries=core.retries, failures=core.failures,
+            affinity_hit_rate=core.affinity_hit_rate(), region=core.cfg.region,
+            adapters=[router_pb2.AdapterRouteStats(key=k, hits=c.hits, misses=c.misses,
+                                                   replications=c.replications, heat=core.placement.heat(k, now))
+                      for k, c in sorted(core.adapters.items())],
+            workers=[router_pb2.WorkerRouteStats(id=w.id, address=w.address, region=w.region, load=w.load,
+                                                 inflight=core.membership.inflight[w.id], healthy=w.healthy,
+                                                 resident=len(w.resident)) for w in views])

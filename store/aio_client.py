@@ -1,0 +1,52 @@
+"""An asyncio client of the store for services that run on an event loop (the router): resolve, watch, and the
+worker registry. Errors come back as the domain's typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
+from services.common.grpc_errors import error_from_rpc
+from services.common.server import CHANNEL_OPTIONS
+from store import proto_convert as pc
+from store.client import Resolved
+from store.index import StoreEvent
+from store.registry import WorkerRecord
+from store.registry_servicer import record_from_pb
+
+
+class AsyncStoreClient:
+    def __init__(self, address: str, *, timeout: float = 5.0):
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._store = store_pb2_grpc.AdapterStoreStub(self._channel)
+        self._registry = registry_pb2_grpc.RegistryStub(self._channel)
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def resolve(self, ref: str, routing_key: str = "") -> Resolved:
+        try:
+            r = await self._store.Resolve(store_pb2.ResolveRequest(ref=ref, routing_key=routing_key),
+                                          timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(err) from None
+        return Resolved(pc.manifest_from_pb(r.manifest), r.key, r.alias, pc.targets_from_pb(r.alias_targets))
+
+    async def watch(self, cursor: str = "$") -> AsyncIterator[StoreEvent]:
+        try:
+            async for pb in self._store.Watch(store_pb2.WatchRequest(cursor=cursor)):
+                yield pc.event_from_pb(pb)
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(err) from None
+
+    async def workers(self, region: str = "") -> list[WorkerRecord]:
+        try:
+            r = await self._registry.ListWorkers(registry_pb2.ListWorkersRequest(region=region),
+                                                 timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(err) from None
+        return [record_from_pb(w) for w in r.workers]
