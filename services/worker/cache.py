@@ -92,7 +92,8 @@ class AdapterCache:
         self._slot_wait = slot_wait_s
         self._clock = clock
         self._entries: dict[str, Entry] = {}
-        self._slots: dict[int, str] = {}
+        self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
+        self._removing: set[int] = set()          # slots whose adapter is being taken out
         self._loading: dict[str, asyncio.Future] = {}
         self._slot_freed: asyncio.Condition | None = None
         self.stats = CacheStats()
@@ -247,21 +248,26 @@ class AdapterCache:
         self._touch(entry)
 
     async def _claim_slot(self, key: str) -> int:
-        """A free slot, evicting the least recently used idle entry if need be; waits for one to go idle."""
+        """A free slot, evicting the least recently used idle entry if need be; waits for one to go idle.
+
+        The slot is reserved for ``key`` before any await, so concurrent loads never get the same slot, and a
+        slot whose adapter is still being removed is not free yet.
+        """
         deadline = self._clock() + self._slot_wait
         while True:
-            free = next((s for s in range(self.max_slots) if s not in self._slots), None)
-            if free is None:
-                idle = [self._entries[k] for k in self._slots.values()
-                        if not self._entries[k].pinned and self._entries[k].refs == 0]
-                if idle:
-                    victim = min(idle, key=lambda e: e.last_used)
-                    await self._deactivate(victim)
-                    self.stats.evictions[ACTIVE] += 1
-                    continue
+            free = next((s for s in range(self.max_slots) if s not in self._slots and s not in self._removing), None)
             if free is not None:
-                self._slots[free] = key  # reserved before any await: no two loads get one slot
+                self._slots[free] = key
                 return free
+            idle = [e for e in (self._entries.get(k) for k in self._slots.values())
+                    if e is not None and e.slot is not None and not e.pinned and e.refs == 0]
+            if idle:
+                victim = min(idle, key=lambda e: e.last_used)
+                slot, victim.slot = victim.slot, None
+                self._slots[slot] = key  # handed over directly: nobody else can take it meanwhile
+                await asyncio.to_thread(self._b.remove, slot)
+                self.stats.evictions[ACTIVE] += 1
+                return slot
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ResourceExhausted(
@@ -276,9 +282,14 @@ class AdapterCache:
 
     async def _deactivate(self, entry: Entry) -> None:
         slot, entry.slot = entry.slot, None
-        assert slot is not None
-        await asyncio.to_thread(self._b.remove, slot)
+        if slot is None:
+            return
         del self._slots[slot]
+        self._removing.add(slot)
+        try:
+            await asyncio.to_thread(self._b.remove, slot)
+        finally:
+            self._removing.discard(slot)
         self._notify_slot()
 
     def _notify_slot(self) -> None:

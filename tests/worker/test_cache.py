@@ -61,10 +61,10 @@ class Clock:
         return self.t
 
 
-def make(backend=None, slots=2, host=1000, disk=1000, wait=0.2):
+def make(backend=None, slots=2, host=1000, disk=1000, wait=0.2, clock=None):
     backend = backend or FakeBackend()
     return backend, AdapterCache(backend, max_slots=slots, host_bytes=host, disk_bytes=disk, slot_wait_s=wait,
-                                 clock=Clock())
+                                 clock=clock or Clock())
 
 
 def run(coro):
@@ -196,3 +196,26 @@ def test_load_to_host_and_disk_tiers_without_a_slot():
 
     run(main())
     assert backend.installed == {}
+
+
+def test_many_concurrent_loads_over_few_slots_never_share_or_overwrite_a_slot():
+    import time as _time
+
+    class SlowRemove(FakeBackend):
+        def remove(self, slot):
+            _time.sleep(0.01)  # removal takes time: concurrent loads must not pick the same victim or slot
+            super().remove(slot)
+
+    backend, cache = make(SlowRemove(), slots=2, wait=5.0, clock=_time.monotonic)
+
+    async def main():
+        async def use(key):
+            lease = await cache.acquire(key)
+            assert backend.installed[lease.slot] == key
+            await asyncio.sleep(0.005)
+            lease.release()
+
+        await asyncio.gather(*(use(f"k{i % 7}") for i in range(60)))
+
+    run(main())
+    assert len(backend.installed) <= 2
