@@ -253,7 +253,8 @@ class Placement:
 
     def _prune(self, now: float) -> None:
         decay = self._decay
-        self._heat = {k: e for k, e in self._heat.items() if e[0] * math.exp(-decay * max(0.0, now - e[1])) >= _HEAT_FORGET}
+        self._heat = {k: e for k, e in self._heat.items()
+                      if e[0] * math.exp(-decay * max(0.0, now - e[1])) >= _HEAT_FORGET}
 
 
 def _by_load(w: WorkerView) -> tuple[float, str]:

@@ -64,20 +64,22 @@ class RouterCore:
             await channel.close()
 
     def _pick(self, key: str, tried: set[str]) -> WorkerView:
+        """The next worker for ``key``; the first pick of a request also counts it (heat, hits) once."""
         views = self.membership.views()
         candidates = self.placement.choose(key, views, region=self.cfg.region, exclude=tried)
         if not candidates:
             raise Unavailable(f"no healthy worker can take this request (tried {len(tried)}); the fleet has "
                               f"{len(views)} registered workers: check that workers run and announce to the store")
         worker = candidates[0]
-        if key:
+        if key and not tried:
             counters = self.adapters[key]
             if key in worker.resident:
                 counters.hits += 1
             else:
                 counters.misses += 1
-            self.membership.expect(worker.id, key)
             self._replicate(key, views)
+        if key:
+            self.membership.expect(worker.id, key)
         return worker
 
     def _replicate(self, key: str, views: list[WorkerView]) -> None:
