@@ -41,7 +41,8 @@ def make_blob_store(cfg: StoreConfig) -> BlobStore:
 
 
 def make_redis(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    # reads wait up to socket_timeout: it must exceed the 5 s XREAD BLOCK of Watch (redis-py defaults to 5 s)
+    return aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
 
 @dataclass

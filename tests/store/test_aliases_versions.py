@@ -155,3 +155,17 @@ def test_watch_from_now_sees_only_new_events(three_versions, tmp_path):
     c.set_alias("demo", "prod", ((3, 100),))
     t.join(10)
     assert got and got[0].type == "ALIAS_CHANGED" and got[0].targets == ((3, 100),)
+
+
+def test_an_idle_watch_outlives_the_blocking_read(three_versions):
+    """Nothing happens for longer than one blocking XREAD; the stream stays up and then delivers."""
+    import time
+
+    c = three_versions
+    got = []
+    t = threading.Thread(target=lambda: got.append(next(iter(c.watch(cursor="$")))))
+    t.start()
+    time.sleep(6.5)  # > the store's 5 s block and redis-py's default 5 s read timeout
+    c.set_alias("demo", "late", ((1, 100),))
+    t.join(10)
+    assert got and got[0].alias == "late"
