@@ -33,9 +33,14 @@ def fleet(tmp_path_factory):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
     line = worker.stdout.readline()
     assert "worker listening" in line and "fingerprint=sha256:" in line, worker.stderr.read()
-    yield store, f"127.0.0.1:{port}", adapter
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(30)
+    rport = free_port()
+    router = subprocess.Popen([*CLI, "router", "serve", "--port", str(rport), "--log-level", "WARNING"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    assert "router listening" in router.stdout.readline(), router.stderr.read()
+    yield store, f"127.0.0.1:{port}", adapter, f"127.0.0.1:{rport}"
+    for proc in (router, worker):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
     store.stop()
 
 
@@ -46,7 +51,7 @@ def cli(*args):
 
 
 def test_generate_and_score_json_contract(fleet):
-    store, worker, adapter = fleet
+    store, worker, adapter, _ = fleet
     run_cli("push", str(adapter), "--name", "acme/tiny", "--alias", "prod", store=store.address)
     base = json.loads(cli("generate", "--worker", worker, "--prompt-ids", "5,6,7", "--max-new-tokens", "4",
                           "--json"))
@@ -60,17 +65,26 @@ def test_generate_and_score_json_contract(fleet):
 
 
 def test_text_in_text_out_with_the_model_tokenizer(fleet):
-    _, worker, _ = fleet
+    _, worker, _, _ = fleet
     out = json.loads(cli("generate", "--worker", worker, "--prompt", "hello", "--max-new-tokens", "5", "--json",
                          "--stop-ids", "0"))
     assert isinstance(out["text"], str) and len(out["token_ids"]) == 5
 
 
 def test_errors_exit_non_zero_with_the_message(fleet):
-    _, worker, _ = fleet
+    _, worker, _, _ = fleet
     out = subprocess.run([*CLI, "score", "--worker", worker, "--adapter", "acme/none", "--prompt-ids", "1,2"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 1 and "does not exist" in out.stderr
     out = subprocess.run([sys.executable, "-m", "services.cli.main", "generate", "--worker", worker,
                           "--prompt-ids", "x"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 1 and "comma-separated" in out.stderr
+
+
+def test_generate_through_the_router_matches_the_worker(fleet):
+    store, worker, adapter, router = fleet
+    run_cli("push", str(adapter), "--name", "acme/routed", store=store.address)
+    args = ("--adapter", "acme/routed", "--prompt-ids", "9,8,7", "--max-new-tokens", "5", "--stop-ids", "0", "--json")
+    direct = json.loads(cli("generate", "--worker", worker, *args))
+    routed = json.loads(cli("generate", "--router", router, *args))
+    assert routed["token_ids"] == direct["token_ids"] and routed["adapter_key"] == direct["adapter_key"]
