@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for people and CI.
-#   ./dev.sh run    set up (idempotent) and run the fleet on its embedded default (no external services)
+#   ./dev.sh run    set up (idempotent) and run the fleet (store, workers, router) on localhost, no external services
 #   ./dev.sh test   set up and run every test (starts its own redis-server and S3 server on free ports)
 #   ./dev.sh setup  only set up .venv
 #   ./dev.sh protos regenerate the checked-in gRPC stubs
@@ -41,7 +41,7 @@ case "${1:-}" in
   run)
     setup
     shift
-    exec "$VENV/bin/adapterfleet" store serve "$@"
+    exec "$VENV/bin/adapterfleet" up "$@"
     ;;
   test)
     setup

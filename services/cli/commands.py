@@ -60,6 +60,10 @@ def dispatch(args, store_addr: str) -> int:
         from services.cli.worker_serve import run_worker  # noqa: PLC0415 - imports torch
 
         return run_worker(args, store_addr)
+    if args.command == "up":
+        from services.cli.up import run_up  # noqa: PLC0415
+
+        return run_up(args)
     if args.command == "router":
         from services.cli.router_serve import run_router  # noqa: PLC0415
 

@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-copies", type=int, default=4)
     s.add_argument("--log-level", default="INFO")
 
+    s = sub.add_parser("up", help="run a whole fleet on localhost: store, workers, router (Ctrl-C stops it)")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--port", type=int, default=50051, help="store port; workers take PORT+10.., the router PORT+20")
+    s.add_argument("--base-model", default="", help="default: a small demo Llama built with a fixed seed")
+    s.add_argument("--data-dir", default=".adapterfleet")
+    s.add_argument("--max-slots", type=int, default=8)
+    s.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)
+
     for verb in ("generate", "score"):
         s = sub.add_parser(verb, help=f"{verb} through a worker or a router")
         target = s.add_mutually_exclusive_group(required=True)
