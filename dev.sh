@@ -47,6 +47,7 @@ case "${1:-}" in
     setup
     shift
     check_protos
+    "$VENV/bin/ruff" check --select F,E9 --exclude protos -q services store tests benchmarks
     set +e
     "$VENV/bin/python" -m pytest "$@"
     rc=$?
