@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
-from services.common.errors import AdapterFleetError, ChecksumMismatch, InvalidArgument, Unavailable
+from services.common.errors import AdapterFleetError, ChecksumMismatch, InvalidArgument
 from services.common.grpc_errors import error_from_rpc
 from services.common.server import CHANNEL_OPTIONS
 from store import proto_convert as pc
@@ -129,10 +129,10 @@ class StoreClient:
     def fetch(self, ref: str, *, progress: Progress | None = None, routing_key: str = "",
               max_resumes: int = 5) -> tuple[Manifest, dict[str, bytes]]:
         """Fetch a version into memory; every file verified against its sha256 before it is returned."""
-        buffers: dict[str, bytearray] = {}
-        manifest = self._download(ref, lambda name: buffers.setdefault(name, bytearray()).extend,
+        parts: dict[str, list[bytes]] = {}
+        manifest = self._download(ref, lambda name: parts.setdefault(name, []).append,
                                   progress=progress, routing_key=routing_key, max_resumes=max_resumes)
-        return manifest, {name: bytes(buf) for name, buf in buffers.items()}
+        return manifest, {e.name: b"".join(parts.get(e.name, ())) for e in manifest.files}  # one copy, at the end
 
     def pull(self, ref: str, dest: str | os.PathLike, *, progress: Progress | None = None) -> Manifest:
         """Download a version into directory ``dest``; it appears whole (verified) or not at all."""
@@ -248,7 +248,3 @@ class StoreClient:
             if err.code() == grpc.StatusCode.CANCELLED:
                 return
             raise error_from_rpc(err) from None
-
-
-def unavailable(address: str) -> Unavailable:
-    return Unavailable(f"cannot reach the store at {address}; pass --store or set ADAPTERFLEET_STORE")
