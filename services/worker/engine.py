@@ -1,10 +1,11 @@
 """The worker's batch engine: one thread that owns the model's forwards.
 
-Requests queue up while a batch runs; when the engine is free it takes everything waiting (up to ``max_batch``)
-as the next batch, so a lone request on an idle engine starts at once and a busy engine batches naturally
-(dynamic batching). Rows of one batch may use different adapter slots, or none. Generation runs prefill on the
-left-padded prompts, then one decode step at a time over the KV cache; a row that finishes (stop id, length, or a
-cancelled caller) leaves the batch at once (``batch_select_indices``) so the rest run on fewer rows.
+Continuous batching at decode-step granularity. Requests queue up; the engine takes everything waiting (up to
+``max_batch``) as a batch, so a lone request on an idle engine starts at once. While a batch decodes, requests
+that arrive are prefilled on their own and *joined* into the running batch between two decode steps (their KV
+cache left-padded to the same length and concatenated along the batch), and scoring requests run between steps,
+so nobody waits for a long generation to finish. Rows of one batch may use different adapter slots, or none. A
+row that finishes (stop id, length, or a cancelled caller) leaves the batch at once (``batch_select_indices``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from services.worker.lora import LoraModel
 from services.worker.sampling import Sampling, choose
@@ -71,6 +73,7 @@ class Engine:
         self._device = device
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
+        self._backlog: list[GenerateJob] = []  # taken from the queue but not joinable into the running batch
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stats = EngineStats()
@@ -97,31 +100,39 @@ class Engine:
         return self._queue.qsize()
 
     # --- the loop ---------------------------------------------------------------------------------------------------
+    def _take(self, limit: int, block: bool) -> list[GenerateJob | ScoreJob]:
+        """Up to ``limit`` waiting jobs (the backlog first); blocks for the first one only if ``block``."""
+        jobs: list = []
+        while self._backlog and len(jobs) < limit:
+            jobs.append(self._backlog.pop(0))
+        while len(jobs) < limit and not self._stop.is_set():
+            try:
+                job = self._queue.get(block=block and not jobs)
+            except queue.Empty:
+                break
+            if job is None:
+                self._stop.set()
+                break
+            jobs.append(job)
+        self.stats.requests += len(jobs)
+        return jobs
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs = [first]
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._stop.set()
-                    break
-                jobs.append(job)
-            scores = [j for j in jobs if isinstance(j, ScoreJob)]
-            gens = [j for j in jobs if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
-            self.stats.requests += len(jobs)
+            jobs = self._take(self.max_batch, block=True)
+            if not jobs:
+                continue
             self.stats.batches += 1
-            self.stats.running = len(jobs)
-            if scores:
-                self._guard(scores, self._score)
+            self._run_scores([j for j in jobs if isinstance(j, ScoreJob)])
+            gens = [j for j in jobs if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
             if gens:
+                self.stats.running = len(gens)
                 self._guard(gens, self._generate)
-            self.stats.running = 0
+                self.stats.running = 0
+
+    def _run_scores(self, scores: list[ScoreJob]) -> None:
+        if scores:
+            self._guard(scores, self._score)
 
     def _guard(self, jobs, run) -> None:
         try:
@@ -159,7 +170,8 @@ class Engine:
             out = self._model(use_cache=True, **kw)
         return out.logits[:, -1, :].float()  # [B, V]
 
-    def _generate(self, jobs: list[GenerateJob]) -> None:
+    def _prefill(self, jobs: list[GenerateJob]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """Left-padded prompts through the model: (last logits [B, V], cache, mask [B, T], last position [B, 1])."""
         longest = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(jobs), longest), self._pad, dtype=torch.long)
         mask = torch.zeros((len(jobs), longest), dtype=torch.long)
@@ -171,28 +183,16 @@ class Engine:
         cache = DynamicCache()
         logits = self._forward([j.slot for j in jobs], input_ids=ids, attention_mask=mask, position_ids=positions,
                                cache=cache)
-        live = list(range(len(jobs)))                # batch row -> job index
+        return logits, cache, mask, positions[:, -1:]
+
+    def _generate(self, jobs: list[GenerateJob]) -> None:
+        logits, cache, mask, last_pos = self._prefill(jobs)
+        live = list(range(len(jobs)))                # batch row -> index into jobs
         produced = [0] * len(jobs)
         generators = [j.sampling.generator() for j in jobs]
-        last_pos = positions[:, -1:]                                                         # [B, 1]
         while True:
             tokens = choose(logits, [jobs[k].sampling for k in live], [generators[k] for k in live])
-            keep, emitted = [], 0
-            for row, (k, tok) in enumerate(zip(live, tokens)):
-                job = jobs[k]
-                produced[k] += 1
-                emitted += 1
-                if job.cancelled.is_set():
-                    continue
-                if tok in job.stop_ids:
-                    job.emit([tok], True, "stop")
-                elif produced[k] >= job.max_new_tokens:
-                    job.emit([tok], True, "length")
-                else:
-                    job.emit([tok], False, "")
-                    keep.append(row)
-            self.stats.tokens += emitted
-            self.stats.recent.append((time.monotonic(), emitted))
+            keep = self._emit(jobs, live, tokens, produced)
             if not keep:
                 return
             next_ids = torch.tensor(tokens, device=self._device).unsqueeze(-1)                 # [B, 1]
@@ -205,4 +205,68 @@ class Engine:
             last_pos = last_pos + 1
             logits = self._forward([jobs[k].slot for k in live], input_ids=next_ids, attention_mask=mask,
                                    position_ids=last_pos, cache=cache)
+            # between two decode steps: scoring requests run, new generations join the batch
+            waiting = self._take(self.max_batch - len(live), block=False)
+            self._run_scores([j for j in waiting if isinstance(j, ScoreJob)])
+            joining = [j for j in waiting if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
+            if joining and not _joinable(cache):
+                self._backlog.extend(joining)  # an unusual cache layout: they start with the next batch
+                joining = []
+            if joining:
+                try:
+                    new_logits, new_cache, new_mask, new_pos = self._prefill(joining)
+                except BaseException as exc:  # noqa: BLE001 - only the newcomers fail
+                    for job in joining:
+                        job.fail(exc)
+                    continue
+                _join_caches(cache, new_cache)
+                width = max(mask.shape[1], new_mask.shape[1])
+                mask = torch.cat([_pad_left(mask, width), _pad_left(new_mask, width)], dim=0)
+                last_pos = torch.cat([last_pos, new_pos], dim=0)
+                logits = torch.cat([logits, new_logits], dim=0)
+                live += range(len(jobs), len(jobs) + len(joining))
+                jobs += joining
+                produced += [0] * len(joining)
+                generators += [j.sampling.generator() for j in joining]
+            self.stats.running = len(live)
 
+    def _emit(self, jobs: list[GenerateJob], live: list[int], tokens: list[int], produced: list[int]) -> list[int]:
+        """Send each row its token; return the batch rows that go on."""
+        keep = []
+        for row, (k, tok) in enumerate(zip(live, tokens)):
+            job = jobs[k]
+            produced[k] += 1
+            if job.cancelled.is_set():
+                continue
+            if tok in job.stop_ids:
+                job.emit([tok], True, "stop")
+            elif produced[k] >= job.max_new_tokens:
+                job.emit([tok], True, "length")
+            else:
+                job.emit([tok], False, "")
+                keep.append(row)
+        self.stats.tokens += len(tokens)
+        self.stats.recent.append((time.monotonic(), len(tokens)))
+        return keep
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int = -1) -> torch.Tensor:
+    """Zeros on the left of ``dim`` up to ``width`` (masked positions: their values are never attended to)."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _joinable(cache: DynamicCache) -> bool:
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _join_caches(cache: DynamicCache, new: DynamicCache) -> None:
+    """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded."""
+    for layer, other in zip(cache.layers, new.layers):
+        width = max(layer.keys.shape[-2], other.keys.shape[-2])
+        layer.keys = torch.cat([_pad_left(layer.keys, width, -2), _pad_left(other.keys, width, -2)], dim=0)
+        layer.values = torch.cat([_pad_left(layer.values, width, -2), _pad_left(other.values, width, -2)], dim=0)
