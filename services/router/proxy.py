@@ -63,10 +63,14 @@ class RouterCore:
         for channel in self._channels.values():
             await channel.close()
 
-    def _pick(self, key: str, tried: set[str]) -> WorkerView:
+    async def _pick(self, key: str, tried: set[str]) -> WorkerView:
         """The next worker for ``key``; the first pick of a request also counts it (heat, hits) once."""
         views = self.membership.views()
         candidates = self.placement.choose(key, views, region=self.cfg.region, exclude=tried)
+        if not candidates:  # maybe workers joined since the last poll: look once more before giving up
+            await self.membership.refresh()
+            views = self.membership.views()
+            candidates = self.placement.choose(key, views, region=self.cfg.region, exclude=tried)
         if not candidates:
             raise Unavailable(f"no healthy worker can take this request (tried {len(tried)}); the fleet has "
                               f"{len(views)} registered workers: check that workers run and announce to the store")
@@ -121,7 +125,7 @@ class RouterCore:
         sent: list[int] = []
         tried: set[str] = set()
         for attempt in range(self.cfg.max_attempts):
-            worker = self._pick(key, tried)
+            worker = await self._pick(key, tried)
             tried.add(worker.id)
             forward = worker_pb2.GenerateRequest()
             forward.CopyFrom(request)
@@ -160,7 +164,7 @@ class RouterCore:
         forward.adapter = key
         tried: set[str] = set()
         for attempt in range(self.cfg.max_attempts):
-            worker = self._pick(key, tried)
+            worker = await self._pick(key, tried)
             tried.add(worker.id)
             self.membership.begin(worker.id)
             try:
