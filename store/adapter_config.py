@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from services.common.errors import InvalidAdapter
+from store.strict_json import strict_loads
 
 _WHERE = "adapter_config.json"
 REQUIRED_KEYS = ("peft_type", "r", "lora_alpha", "target_modules")
@@ -300,19 +301,6 @@ def _opt_str(d: dict, key: str) -> str | None:
     return v
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise _fail(f"key {_show(k)} appears twice in one object; keep one")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _fail(f"{name} is not valid JSON; use a finite number")
-
-
 def parse_adapter_config(data: bytes, *, max_rank: int = 256, max_bytes: int = 1 << 20) -> LoraSpec:
     if len(data) > max_bytes:
         raise _fail(f"the file is {len(data)} bytes, more than the {max_bytes}-byte limit")
@@ -321,7 +309,9 @@ def parse_adapter_config(data: bytes, *, max_rank: int = 256, max_bytes: int = 1
     except UnicodeDecodeError as e:
         raise _fail(f"the file is not UTF-8 ({e}); save it as UTF-8 JSON") from None
     try:
-        d = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        d = strict_loads(
+            text, on_duplicate=lambda k: _fail(f"key {_show(k)} appears twice in one object; keep one"),
+            on_constant=lambda name: _fail(f"{name} is not valid JSON; use a finite number"))
     except json.JSONDecodeError as e:
         raise _fail(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})") from None
     return LoraSpec.from_dict(d, max_rank=max_rank)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidAdapter
+from store.strict_json import strict_loads
 
 _WHERE = "adapter_model.safetensors"
 _FIX = "re-save the adapter with PeftModel.save_pretrained() or safetensors.torch.save_file()"
@@ -87,19 +88,6 @@ def header_bytes_needed(prefix: bytes, *, max_header_bytes: int | None = None) -
     return 8 + n
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise _fail(f"tensor or key {k!r} appears twice in the header; {_FIX}")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _fail(f"header contains {name}, which is not valid JSON; {_FIX}")
-
-
 def _tensor(name: str, entry: Any) -> TensorInfo:
     if not isinstance(entry, dict):
         raise _fail(f"tensor {name!r}: entry must be an object with dtype, shape, data_offsets; {_FIX}")
@@ -159,7 +147,9 @@ def parse_header(prefix: bytes, file_size: int, *, max_header_bytes: int = 16 <<
     except UnicodeDecodeError as e:
         raise _fail(f"header is not valid UTF-8 ({e}); {_FIX}") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        doc = strict_loads(
+            text, on_duplicate=lambda k: _fail(f"tensor or key {k!r} appears twice in the header; {_FIX}"),
+            on_constant=lambda name: _fail(f"header contains {name}, which is not valid JSON; {_FIX}"))
     except json.JSONDecodeError as e:
         raise _fail(f"header is not valid JSON: {e.msg} at char {e.pos}; {_FIX}") from None
     if not isinstance(doc, dict):

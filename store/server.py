@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
-from services.common.server import create_server, mark_serving
+from services.common.server import create_server, mark_serving, until_signalled
 from store.blobs.base import BlobStore
 from store.blobs.cache import CachedBlobStore
 from store.blobs.local import LocalBlobStore
@@ -82,11 +81,7 @@ async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -
     log.info("store serving on %s:%d (region %s)", cfg.host, store.port, cfg.region)
     if on_ready:
         on_ready(store.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await store.stop(grace=5.0)
     blobs.close()
     await redis_client.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -40,3 +42,12 @@ def create_server(
 async def mark_serving(health_servicer: health.aio.HealthServicer, service_names: Sequence[str]) -> None:
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM (the caller then drains and stops)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

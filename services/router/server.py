@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from services.common.server import create_server, mark_serving
+from services.common.server import create_server, mark_serving, until_signalled
 from services.router.config import RouterConfig
 from services.router.membership import Membership
 from services.router.placement import Placement
@@ -80,9 +79,5 @@ async def serve(cfg: RouterConfig, on_ready=None) -> None:
     log.info("router serving on %s:%d (region %s)", cfg.host, router.port, cfg.region)
     if on_ready:
         on_ready(router.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await router.stop(grace=10.0)

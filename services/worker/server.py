@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.common.server import create_server, mark_serving
+from services.common.server import create_server, mark_serving, until_signalled
 from services.worker.announcer import Announcer
 from services.worker.backend import WorkerBackend
 from services.worker.cache import AdapterCache
@@ -76,9 +75,5 @@ async def serve(cfg: WorkerConfig, on_ready=None) -> None:
              core.host.fingerprint)
     if on_ready:
         on_ready(worker.port, core.host.fingerprint)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await worker.stop(grace=10.0)  # drain: in-flight streams get 10 s to finish
