@@ -1,11 +1,12 @@
 """Latency the router adds: the same streams through the router and straight to the worker, in one run.
 
-    python benchmarks/router_overhead.py [--streams 100] [--rounds 10] [--tokens 8]
+    python benchmarks/router_overhead.py [--concurrency 1,10,100] [--rounds 10] [--tokens 8]
 
 The worker is a stand-in that answers at once (benchmarks/_stub_worker.py), so every microsecond measured is
-transport and routing, not model time. Each round sends `streams` concurrent Generate streams directly, then the
-same through the router (alternating order per round, so machine noise hits both alike). Reported: per-stream
-completion latency p50/p99, and the router's extra (router minus direct).
+transport and routing, not model time. Each round sends N concurrent Generate streams directly, through the
+router, and through a bare 10-line Python gRPC pass-through (benchmarks/_bare_proxy.py: the floor for any proxy
+written in Python), rotating the order per round so machine noise hits all three alike. Reported: per-stream
+completion latency p50/p99 and the extra over direct.
 """
 
 from __future__ import annotations
@@ -51,40 +52,51 @@ def pct(xs: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--streams", type=int, default=100)
+    ap.add_argument("--concurrency", default="1,10,100")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=8)
     args = ap.parse_args()
     procs = []
     with s3_and_store() as (_, store):
         try:
-            wport, rport = free_port(), free_port()
+            wport, rport, bport = free_port(), free_port(), free_port()
             procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_stub_worker.py"), store,
                                            str(wport), str(args.tokens)], env=ENV, stdout=subprocess.DEVNULL))
             procs.append(subprocess.Popen([sys.executable, "-m", "services.cli.main", "router", "serve", "--store",
                                            store, "--port", str(rport), "--log-level", "WARNING"], env=ENV,
                                           cwd=REPO, stdout=subprocess.DEVNULL))
-            _wait_port(wport)
-            _wait_port(rport)
-            worker, router = f"127.0.0.1:{wport}", f"127.0.0.1:{rport}"
+            procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_bare_proxy.py"), str(bport),
+                                           f"127.0.0.1:{wport}"], env=ENV, stdout=subprocess.DEVNULL))
+            for port in (wport, rport, bport):
+                _wait_port(port)
             time.sleep(1.5)  # the router sees the worker's first announcement
-            direct, routed = [], []
-            for r in range(args.rounds):
-                order = [(direct, worker), (routed, router)]
-                for sink, address in order if r % 2 == 0 else order[::-1]:
-                    sink += asyncio.run(streams(address, args.streams))
-            stats = router_pb2_grpc.RouterStub(grpc.insecure_channel(router)).Stats(router_pb2.RouterStatsRequest())
+            targets = {"direct": f"127.0.0.1:{wport}", "router": f"127.0.0.1:{rport}",
+                       "bare proxy": f"127.0.0.1:{bport}"}
+            results = {}
+            for n in (int(x) for x in args.concurrency.split(",")):
+                got = {name: [] for name in targets}
+                names = list(targets)
+                for r in range(args.rounds):
+                    for name in names[r % 3:] + names[:r % 3]:
+                        got[name] += asyncio.run(streams(targets[name], n))
+                results[n] = got
+            stats = router_pb2_grpc.RouterStub(grpc.insecure_channel(targets["router"])).Stats(
+                router_pb2.RouterStatsRequest())
         finally:
             for p in procs:
                 p.terminate()
                 p.wait(10)
-    print(f"{args.streams} concurrent Generate streams x {args.rounds} rounds, {args.tokens} tokens each, loopback")
-    print(f"  direct to worker : p50 {pct(direct, .5):7.2f} ms   p99 {pct(direct, .99):7.2f} ms")
-    print(f"  through router   : p50 {pct(routed, .5):7.2f} ms   p99 {pct(routed, .99):7.2f} ms")
-    print(f"  router adds      : p50 {pct(routed, .5) - pct(direct, .5):+7.2f} ms   "
-          f"p99 {pct(routed, .99) - pct(direct, .99):+7.2f} ms   (goal: p50 <= 1 ms, p99 <= 5 ms)")
-    print(f"  router counted {stats.requests} requests, {stats.failures} failures; "
-          f"mean direct {1000 * statistics.mean(direct):.2f} ms")
+    print(f"Generate streams of {args.tokens} tokens, {args.rounds} rounds, loopback, stand-in worker")
+    print(f"{'streams':>8} {'path':>11} {'p50 ms':>8} {'p99 ms':>8} {'+p50':>7} {'+p99':>7}")
+    for n, got in results.items():
+        d50, d99 = pct(got["direct"], .5), pct(got["direct"], .99)
+        for name in targets:
+            p50, p99 = pct(got[name], .5), pct(got[name], .99)
+            extra = "" if name == "direct" else f"{p50 - d50:+7.2f} {p99 - d99:+7.2f}"
+            print(f"{n:>8} {name:>11} {p50:8.2f} {p99:8.2f} {extra}")
+    print("goal: the router adds p50 <= 1 ms, p99 <= 5 ms at 100 concurrent streams")
+    print(f"router counted {stats.requests} requests, {stats.failures} failures, mean direct "
+          f"{1000 * statistics.mean(results[max(results)]['direct']):.2f} ms at {max(results)} streams")
 
 
 if __name__ == "__main__":

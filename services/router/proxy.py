@@ -82,8 +82,8 @@ class RouterCore:
             else:
                 counters.misses += 1
             self._replicate(key, views)
-        if key:
-            self.membership.expect(worker.id, key)
+        if key and key not in worker.resident:
+            self.membership.expect(worker.id, key)  # it is about to load there: keep routing it there
         return worker
 
     def _replicate(self, key: str, views: list[WorkerView]) -> None:
