@@ -10,6 +10,7 @@ verification, multipart upload, the Redis commit); pull includes sha256 verifica
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def main() -> None:
         client = StoreClient(address)
         dirs = [big_adapter(Path(tmp) / f"a{i}", args.mb, seed=i) for i in range(args.repeat)]
         size = sum(f.stat().st_size for f in dirs[0].iterdir())
-        push_s, pull_s, put_s, get_s = [], [], [], []
+        push_s, pull_s, put_s, get_s, up_s, down_s = [], [], [], [], [], []
         for i, d in enumerate(dirs):  # fresh content each round: no dedupe flatters the store
             payload = (d / "adapter_model.safetensors").read_bytes()
             t = time.perf_counter()
@@ -49,18 +50,27 @@ def main() -> None:
             t = time.perf_counter()
             s3.get_object(Bucket="raw", Key=f"raw-{i}")["Body"].read()
             get_s.append(time.perf_counter() - t)
+            t = time.perf_counter()  # boto3's managed transfer (multipart, 10 threads), as most tools use it
+            s3.upload_fileobj(io.BytesIO(payload), "raw", f"managed-{i}")
+            up_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            s3.download_fileobj("raw", f"managed-{i}", io.BytesIO())
+            down_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             client.fetch(str(out.manifest.key))
             pull_s.append(time.perf_counter() - t)
         mb = size / 1e6
-        rows = [("push (store)", push_s), ("put_object (raw boto3)", put_s),
-                ("pull (store, verified)", pull_s), ("get_object (raw boto3)", get_s)]
+        rows = [("push (store)", push_s), ("put_object (raw boto3)", put_s), ("upload_fileobj (boto3)", up_s),
+                ("pull (store, verified)", pull_s), ("get_object (raw boto3)", get_s),
+                ("download_fileobj (boto3)", down_s)]
         print(f"adapter: {mb:.1f} MB, {args.repeat} rounds, median")
         for label, secs in rows:
             print(f"  {label:26s} {mb / statistics.median(secs):8.1f} MB/s   ({statistics.median(secs):.3f} s)")
-        push_ratio = statistics.median(put_s) / statistics.median(push_s)
-        pull_ratio = statistics.median(get_s) / statistics.median(pull_s)
-        print(f"push / raw put: {push_ratio:.2f}x    pull / raw get: {pull_ratio:.2f}x    (goal >= 0.80x)")
+        med = statistics.median
+        print(f"push / raw put_object: {med(put_s) / med(push_s):.2f}x   pull / raw get_object: "
+              f"{med(get_s) / med(pull_s):.2f}x   (goal >= 0.80x)")
+        print(f"push / upload_fileobj: {med(up_s) / med(push_s):.2f}x   pull / download_fileobj: "
+              f"{med(down_s) / med(pull_s):.2f}x")
 
 
 if __name__ == "__main__":
