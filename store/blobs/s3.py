@@ -31,7 +31,12 @@ def make_s3_client(cfg: S3Config):
         config=BotoConfig(
             max_pool_connections=max(10, 2 * cfg.max_concurrency),
             retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"},
+            # Every blob is verified end to end against its sha256 (the key it is stored under), so botocore's
+            # own per-request SHA-256 payload signing (on by default over plain http) and CRC32 checksums would
+            # hash every byte twice more: measured at ~25% of the store's CPU during a push.
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         ),
     )
 
