@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .context import RowContext
+from .plan import RowPlan, plan_for
 from .slot_stack import Field, SlotStack
 
 
@@ -45,12 +46,14 @@ class SlotWrapper(nn.Module):
     def remove(self, slot: int) -> None:
         self._stack = self._stack.removed(slot)
 
+    def _plan(self, stack: SlotStack, batch: int, device: torch.device) -> RowPlan | None:
+        """The current rows' plan for ``stack``, or None when no row uses this module."""
+        return plan_for(self.ctx.current(), stack, batch, device)
+
     def _local_rows(self, stack: SlotStack, batch: int, device: torch.device) -> torch.Tensor | None:
         """Local stack row per batch row (0 = no adapter here), or None when no row uses this module.  # [batch]"""
-        rows = self.ctx.current()
-        if rows is None or not stack.slots or rows.present.isdisjoint(stack.slots):
-            return None
-        return stack.slot_map[rows.index(batch, device)]
+        plan = self._plan(stack, batch, device)
+        return None if plan is None else plan.local
 
     def unwrapped(self) -> nn.Module:
         return self.base_layer

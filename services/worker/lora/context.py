@@ -37,13 +37,14 @@ class Rows:
             raise ValueError(f"slot ids {bad} are out of range; use 0..{max_slots - 1}, or -1 for no adapter")
         self.slots = slots
         self.present = frozenset(s for s in slots if s != NO_ADAPTER)
-        self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._rows_of: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self.memo: dict = {}  # per-forward values the wrappers share (see .plan.plan_for)
 
     def __len__(self) -> int:
         return len(self.slots)
 
-    def _expand(self, batch: int) -> int:
+    def expansion(self, batch: int) -> int:
+        """``k``: how many batch rows each slot id stands for (beams, returned sequences)."""
         n = len(self.slots)
         if batch % n:
             raise ValueError(
@@ -51,22 +52,12 @@ class Rows:
             )
         return batch // n
 
-    def index(self, batch: int, device: torch.device) -> torch.Tensor:
-        """``slot + 1`` per row (0 = no adapter) as a long tensor on ``device``.  # [batch]"""
-        key = (batch, device)
-        idx = self._index.get(key)
-        if idx is None:
-            k = self._expand(batch)
-            idx = torch.tensor(self.slots, dtype=torch.long).add_(1).repeat_interleave(k).to(device)
-            self._index[key] = idx
-        return idx
-
     def rows_of(self, slot: int, batch: int, device: torch.device) -> torch.Tensor:
         """The row numbers that use ``slot``.  # [rows]"""
         key = (slot, batch, device)
         rows = self._rows_of.get(key)
         if rows is None:
-            k = self._expand(batch)
+            k = self.expansion(batch)
             rows = [b for b in range(batch) if self.slots[b // k] == slot]
             rows = torch.tensor(rows, dtype=torch.long, device=device)
             self._rows_of[key] = rows

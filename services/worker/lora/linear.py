@@ -2,34 +2,54 @@
 
 For row b with adapter slot s (local stack row ``l``)::
 
-    y_b = scale[l] * base(x_b) + shift[l] + (x_b @ A[l].T) @ B[l].T
+    y_b = scale[l] * (base(x_b) + (x_b @ A[l]) @ B[l]) + shift[l]    # A[l]: lora_A.T [in, r], B[l]: lora_B.T [r, out]
 
-with, per adapter (``scaling`` = alpha/r or alpha/sqrt(r), ``b0`` = base bias, ``b1`` = the adapter's bias or b0):
+with, per adapter (``scaling`` = alpha/r or alpha/sqrt(r), ``b0`` = base bias, ``b1`` = the adapter's bias or b0),
+B[l] = scaling * lora_B.T and:
 
-    plain LoRA:  B[l] = scaling * B          scale = 1                      shift = b1 - b0
-    DoRA:        B[l] = s * scaling * B      s = m / ||W + scaling*B@A||_row  shift = b1 - s*b0
+    plain LoRA:  scale = 1                                 shift = b1 - b0
+    DoRA:        scale = s = m / ||W + scaling*B@A||_row   shift = b1 - s*b0
 
 DoRA as PEFT's ``DoraLinearLayer.forward`` computes it: ``base + (s - 1) * (base - bias) + s * scaling * B(A(x))``
 where ``base`` already carries the (possibly adapter-replaced) bias and the norm is of the base weight alone
 (never its bias), detached, i.e. a constant per adapter that we precompute at install. Rows without an adapter
 (or whose adapter does not touch this module) hit local row 0: A = B = 0, scale = 1, shift = 0.
+
+The low-rank term is computed by one of three routes (no loop over adapters):
+
+* every row on one adapter: two plain matmuls on that slot's tensors (views, no gather);
+* few tokens per row (decode): ``embedding_bag`` with per-sample weights gathers each row's A and B rows and
+  multiplies in one pass, never materialising per-row copies of the weights;
+* many tokens per row (prefill): per-row A and B gathered once (``index_select``) and applied with ``bmm``, the
+  gather amortised over the row's tokens.
+
+On a plain ``nn.Linear`` / ``Conv1D`` the base GEMM then accumulates into that term (``addmm_``), so the layer's
+output is written once instead of written and re-read to add the term: on a CPU the extra pass over a prefill's
+[batch, tokens, out] output costs more than the low-rank matmuls themselves. Other module types (e.g. quantised
+Linear subclasses) run their own forward and the term is added to its output in place. DoRA's scale and any shift
+are applied last, in place.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from services.common.errors import Incompatible
 
 from .base import SlotWrapper
-from .slot_stack import Field
+from .plan import RowPlan
+from .slot_stack import Field, SlotStack
 from .weights import ModuleLora
 
 try:  # transformers' GPT-2 style linear layer: weight [in, out], y = x @ W + b
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover
     Conv1D = ()
+
+BAG_TOKENS = 4  # rows of at most this many tokens take the embedding_bag route
+_PLAIN = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)  # exact types whose forward is x @ W (+ b)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -47,8 +67,8 @@ def is_linear(module: nn.Module) -> bool:
 
 class LoraLinear(SlotWrapper):
     FIELDS = {
-        "A": Field(0.0, rank_dim=0),  # entry [r, in]
-        "B": Field(0.0, rank_dim=1),  # entry [out, r], scaling (and DoRA scale) folded in
+        "A": Field(0.0, rank_dim=1),  # entry [in, r] (lora_A transposed)
+        "B": Field(0.0, rank_dim=0),  # entry [r, out] (lora_B transposed), scaling folded in
         "scale": Field(1.0),  # entry [out]; DoRA only
         "shift": Field(0.0),  # entry [out]; bias replacement (and DoRA's rescaled base bias)
     }
@@ -86,12 +106,10 @@ class LoraLinear(SlotWrapper):
                 w32 = self.base_weight().to(torch.float32)  # [out, in]
                 norm = torch.linalg.norm(w32 + m.scaling * (b @ a), dim=1)  # [out]
                 s = m.magnitude.to(device=device, dtype=torch.float32) / norm  # [out]
-                b = b * (s * m.scaling).unsqueeze(1)
                 entries["scale"] = s.to(dtype)
-            else:
-                b = b * m.scaling
-            entries["A"] = a.to(dtype)
-            entries["B"] = b.to(dtype)
+            b = b * m.scaling
+            entries["A"] = a.T.contiguous().to(dtype)
+            entries["B"] = b.T.contiguous().to(dtype)
         if m.bias is not None or (s is not None and b0 is not None):
             if m.bias is not None and b0 is None:
                 raise Incompatible(
@@ -104,20 +122,78 @@ class LoraLinear(SlotWrapper):
         return entries, m.rank
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
         stack = self._stack  # read once: add/remove swap it whole
-        local = self._local_rows(stack, x.shape[0], x.device)  # [batch]
-        if local is None:
-            return y
         batch = x.shape[0]
-        out = y.reshape(batch, -1, self.out_features)  # [batch, tokens, out]
-        scale, shift, a, b = stack["scale"], stack["shift"], stack["A"], stack["B"]
-        if scale is not None:
-            out = out * scale[local].unsqueeze(1)  # [batch, 1, out]
-        if shift is not None:
-            out = out + shift[local].unsqueeze(1)  # [batch, 1, out]
-        if a is not None:
-            xs = x.reshape(batch, -1, self.in_features).to(a.dtype)  # [batch, tokens, in]
-            h = torch.bmm(xs, a[local].transpose(1, 2))  # [batch, tokens, rank]
-            out = out + torch.bmm(h, b[local].transpose(1, 2)).to(out.dtype)  # [batch, tokens, out]
-        return out.reshape(y.shape)
+        plan = self._plan(stack, batch, x.device)
+        if plan is None:
+            return self.base_layer(x, *args, **kwargs)
+        carried = plan.carried
+        xs = x.reshape(batch, -1, self.in_features)  # [batch, tokens, in]
+        shape = (*x.shape[:-1], self.out_features)
+        if "A" in carried and not args and not kwargs and self._plain(x, stack):
+            # the base GEMM accumulates onto the low-rank term, so the output is written once, not re-read
+            flat = self._low_rank(xs, stack["A"], stack["B"], plan)  # [batch * tokens, out]
+            if self.base_layer.bias is not None:
+                flat.add_(self.base_layer.bias)
+            weight = self.base_layer.weight  # nn.Linear [out, in], Conv1D [in, out]
+            flat.addmm_(xs.reshape(-1, self.in_features), weight if self.fan_in_fan_out else weight.t())
+            out = flat.view(batch, -1, self.out_features)  # [batch, tokens, out]
+        else:
+            y = self.base_layer(x, *args, **kwargs)
+            shape = y.shape
+            out = y.reshape(batch, -1, self.out_features)  # [batch, tokens, out]; the base layer's fresh output
+            if "A" in carried:
+                a = stack["A"]
+                if a.dtype == out.dtype:
+                    self._low_rank(xs.to(a.dtype), a, stack["B"], plan, into=out.view(-1, self.out_features))
+                else:
+                    out.add_(self._low_rank(xs.to(a.dtype), a, stack["B"], plan).view(out.shape).to(out.dtype))
+        if "scale" in carried:  # DoRA
+            out.mul_(_per_row(stack["scale"], plan))
+        if "shift" in carried:
+            out.add_(_per_row(stack["shift"], plan))
+        return out.reshape(shape)
+
+    def _plain(self, x: torch.Tensor, stack: SlotStack) -> bool:
+        """Whether this wrapper may run the base layer's GEMM itself: a plain Linear / Conv1D, one dtype, no autocast
+        (which would run the base layer in another dtype)."""
+        base = self.base_layer
+        return (
+            type(base) in _PLAIN
+            and x.dtype == base.weight.dtype == stack["A"].dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    def _low_rank(
+        self, xs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, plan: RowPlan, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each row's ``(xs[b] @ a[l_b]) @ b[l_b]``, added in place to ``into`` if given, else a new tensor.
+
+        xs [batch, tokens, in] -> [batch * tokens, out]
+        """
+        tokens, rank = xs.shape[1], a.shape[-1]
+        if plan.single is not None:
+            h = xs.reshape(-1, self.in_features) @ a[plan.single]  # [batch * tokens, rank]
+            return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
+        if tokens <= BAG_TOKENS:
+            index, offsets = plan.bags(tokens, self.in_features)
+            h = F.embedding_bag(  # [batch * tokens, rank]
+                index, a.view(-1, rank), offsets, mode="sum", per_sample_weights=xs.reshape(-1)
+            )
+            index, offsets = plan.bags(tokens, rank)
+            delta = F.embedding_bag(  # [batch * tokens, out]
+                index, b.view(-1, self.out_features), offsets, mode="sum", per_sample_weights=h.reshape(-1)
+            )
+            return delta if into is None else into.add_(delta)
+        h = torch.bmm(xs, a.index_select(0, plan.local))  # [batch, tokens, rank]
+        b_rows = b.index_select(0, plan.local)  # [batch, rank, out]
+        if into is None:
+            return torch.bmm(h, b_rows).view(-1, self.out_features)
+        return into.view(h.shape[0], tokens, -1).baddbmm_(h, b_rows)
+
+
+def _per_row(t: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+    """Each row's entry of a [L + 1, out] field, broadcastable to [batch, tokens, out]."""
+    if plan.single is not None:
+        return t[plan.single]  # [out], a view
+    return t.index_select(0, plan.local).unsqueeze(1)  # [batch, 1, out]

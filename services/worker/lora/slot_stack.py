@@ -10,7 +10,9 @@ every add/remove builds new tensors of exactly the needed size: removing the las
 tensors, so unloading really frees memory.
 
 A :class:`SlotStack` is immutable; wrappers swap in a new one with a single attribute assignment, so a forward
-running in another thread sees either the old or the new stack, never a half-written one.
+running in another thread sees either the old or the new stack, never a half-written one. Its :class:`Layout` (slot
+order and which slots carry which field) is what a forward's row plan depends on; wrappers whose stacks share a
+layout (every module of an all-linear adapter) share one plan per batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+class Layout:
+    """Hashable (hash computed once) identity of a stack's slot order and of the slots that carry each field."""
+
+    __slots__ = ("_hash", "_key", "has", "order")
+
+    def __init__(self, order: tuple[int, ...], has: dict[str, frozenset[int]]):
+        self.order = order  # global slot of local row i + 1
+        self.has = has
+        self._key = (order, tuple(sorted(has.items(), key=lambda item: item[0])))
+        self._hash = hash(self._key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, Layout) and self._hash == other._hash and self._key == other._key
+        )
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,7 @@ class SlotStack:
         self.slot_map = slot_map  # [max_slots + 1] long: slot + 1 -> local row, 0 = none
         self.slots = frozenset(order)
         self.rank = max(self.ranks.values(), default=0)
+        self.layout = Layout(order, self.has)
 
     def __getitem__(self, name: str) -> torch.Tensor | None:
         return self.tensors[name]
