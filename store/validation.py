@@ -62,7 +62,8 @@ def check_file_name(name: str) -> None:
         raise InvalidAdapter(
             f"{name} is a pickle file; adapterfleet never loads pickles, because unpickling runs arbitrary code. "
             "Convert it to safetensors: load the adapter and call PeftModel.save_pretrained(dir, "
-            "safe_serialization=True), or run safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            "safe_serialization=True), or, on a machine you trust, load the state dict with torch's loader "
+            "(weights_only=True) and write it with safetensors.torch.save_file(state_dict, "
             "'adapter_model.safetensors', metadata={'format': 'pt'}); then push adapter_model.safetensors"
         )
     if name in REQUIRED_FILES or lower.endswith(EXTRA_SUFFIXES):
