@@ -132,10 +132,8 @@ class PushSession:
             return
         buf = self._prefix[file]
         buf += data
-        need = header_bytes_needed(bytes(buf[:8]))
-        if need is not None and need > self._cfg.limits.max_header_bytes + 8:
-            self._tensors = parse_header(bytes(buf), self._files[file].size,
-                                         max_header_bytes=self._cfg.limits.max_header_bytes)
+        # refuses an oversized header as soon as its 8 length bytes are in, so we never buffer one
+        need = header_bytes_needed(bytes(buf[:8]), max_header_bytes=self._cfg.limits.max_header_bytes)
         if need is not None and len(buf) >= need:
             self._tensors = parse_header(bytes(buf[:need]), self._files[file].size,
                                          max_header_bytes=self._cfg.limits.max_header_bytes)
