@@ -33,5 +33,5 @@ def test_up_answers_through_the_router_and_stops_cleanly(tmp_path):
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
-    leftover = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.strip()
-    assert leftover == ""
+    leftover = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True)
+    assert leftover.returncode == 1, leftover.stdout  # 1: no process matched (2 would be a pgrep usage error)
