@@ -150,7 +150,7 @@ def test_bytes_that_differ_from_the_promised_sha256_are_data_loss(store, tmp_pat
     assert_nothing_visible(store, s3_client)
 
 
-def test_non_finite_weights_are_not_a_store_concern_but_bad_names_are(store, tmp_path):
+def test_bad_adapter_names_are_refused(store, tmp_path):
     with pytest.raises(AdapterFleetError) as err:
         store.client().push_dir(write_adapter(tmp_path / "a"), "Not A Name")
     assert err.value.code == "INVALID_ARGUMENT" and "tenant/name" in err.value.message
