@@ -78,6 +78,11 @@ class Ref:
             return cls(name)
         return cls(name, alias=validate_alias(selector))
 
+    @property
+    def key(self) -> str | None:
+        """The canonical key when the ref already names a digest (no lookup needed), else None."""
+        return f"{self.name}@{self.digest}" if self.digest is not None else None
+
     def __str__(self) -> str:
         if self.version is not None:
             return f"{self.name}@{self.version}"

@@ -34,9 +34,9 @@ class Resolver:
     async def key(self, ref: str, routing_key: str = "") -> str:
         if not ref:
             return ""
-        parsed = Ref.parse(ref)
-        if parsed.digest is not None:
-            return f"{parsed.name}@{parsed.digest}"
+        key = Ref.parse(ref).key
+        if key is not None:
+            return key
         targets = self._cache.get(ref)
         if targets is None:
             targets = await self._lookup(ref)

@@ -53,9 +53,9 @@ class WorkerCore:
         """A ref -> the canonical key ``name@sha256:...``; '' (the base model) stays ''."""
         if not ref:
             return ""
-        parsed = Ref.parse(ref)
-        if parsed.digest is not None:
-            return f"{parsed.name}@{parsed.digest}"
+        key = Ref.parse(ref).key
+        if key is not None:
+            return key
         try:
             resolved = await asyncio.to_thread(self._store.resolve, ref, routing_key)
         except AdapterFleetError as err:
