@@ -64,6 +64,10 @@ def dispatch(args, store_addr: str) -> int:
         from services.cli.up import run_up  # noqa: PLC0415
 
         return run_up(args)
+    if args.command == "demo":
+        from services.cli.demo import run_demo  # noqa: PLC0415
+
+        return run_demo(args)
     if args.command == "router":
         from services.cli.router_serve import run_router  # noqa: PLC0415
 

@@ -20,6 +20,16 @@ def _store_addr(args) -> str:
     return getattr(args, "store", None) or os.environ.get("ADAPTERFLEET_STORE") or DEFAULT_STORE
 
 
+def _serve_flags(s: argparse.ArgumentParser) -> None:
+    """Flags every long-running service shares: logs, metrics, drain."""
+    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-format", default="json", choices=["json", "text"], help="json: one object per line")
+    s.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
+    s.add_argument("--metrics-host", default="0.0.0.0")
+    s.add_argument("--drain-seconds", type=float, default=10.0,
+                   help="on SIGTERM: stop taking new work, give in-flight requests this long, then exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapterfleet", description="Store, ship and serve PEFT LoRA adapters.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -42,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-file-mb", type=int, default=4096)
     s.add_argument("--max-rank", type=int, default=256)
     s.add_argument("--blob-cache-mb", type=int, default=512, help="in-memory cache of small blobs (0: off)")
-    s.add_argument("--log-level", default="INFO")
+    _serve_flags(s)
 
     worker = sub.add_parser("worker", help="a worker: one base model, many adapters").add_subparsers(
         dest="worker_cmd", required=True)
@@ -60,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disk-cache-dir", default=".adapterfleet/worker-cache")
     s.add_argument("--max-batch", type=int, default=32)
     s.add_argument("--advertise", default="", help="address routers should use (default HOST:PORT)")
-    s.add_argument("--log-level", default="INFO")
+    _serve_flags(s)
 
     router = sub.add_parser("router", help="the router: affinity, bounded load, failover").add_subparsers(
         dest="router_cmd", required=True)
@@ -74,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eps", type=float, default=0.25, help="bounded load: load <= (1+eps) x average")
     s.add_argument("--hot-rps-per-copy", type=float, default=20.0, help="add a copy above this rate per copy")
     s.add_argument("--max-copies", type=int, default=4)
-    s.add_argument("--log-level", default="INFO")
+    _serve_flags(s)
 
     s = sub.add_parser("up", help="run a whole fleet on localhost: store, workers, router (Ctrl-C stops it)")
     s.add_argument("--workers", type=int, default=2)
@@ -83,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=".adapterfleet")
     s.add_argument("--max-slots", type=int, default=8)
     s.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)
+
+    s = sub.add_parser("demo", help="start a local fleet, train three toy adapters with PEFT, push them, route "
+                                    "requests and print the answers and the affinity statistics")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--port", type=int, default=50051, help="store port; workers take PORT+10.., the router PORT+20")
+    s.add_argument("--data-dir", default=".adapterfleet")
+    s.add_argument("--steps", type=int, default=0, help="training steps per adapter (default: enough to learn)")
+    s.add_argument("--requests", type=int, default=24, help="requests sent through the router")
+    s.add_argument("--exit", action="store_true", help="stop the fleet when done (default: keep serving)")
 
     for verb in ("generate", "score"):
         s = sub.add_parser(verb, help=f"{verb} through a worker or a router")
