@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.metrics import MetricsConfig
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -43,3 +45,5 @@ class StoreConfig:
     blob_cache_bytes: int = 512 << 20   # in-memory LRU of small blobs (0: off)
     blob_cache_max_item: int = 16 << 20
     limits: Limits = field(default_factory=Limits)
+    drain_s: float = 10.0               # on SIGTERM: in-flight pushes and fetches get this long
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -10,13 +10,15 @@ import grpc
 import redis.asyncio as aioredis
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
-from services.common.server import create_server, mark_serving, until_signalled
+from services.common.metrics import ServiceMetrics
+from services.common.server import create_server, mark_draining, mark_serving, until_signalled
 from store.blobs.base import BlobStore
 from store.blobs.cache import CachedBlobStore
 from store.blobs.local import LocalBlobStore
 from store.blobs.s3 import S3BlobStore
 from store.config import StoreConfig
 from store.index import RedisIndex
+from store.metrics import StoreCollector
 from store.registry import RedisRegistry
 from store.registry_servicer import RegistryServicer
 from store.service import AdapterStoreCore
@@ -49,28 +51,36 @@ class StoreServer:
     server: grpc.aio.Server
     port: int
     core: AdapterStoreCore
+    metrics: ServiceMetrics
     _health: object
+    metrics_port: int = 0  # the /metrics endpoint once started (0: none)
 
     async def start(self) -> None:
         await self.core.index.ping()
         await self.server.start()
         await mark_serving(self._health, [SERVICE_NAME, REGISTRY_NAME])
+        self.metrics_port = self.metrics.serve()
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Drain: readiness down first, then in-flight pushes and fetches get ``grace`` seconds."""
+        await mark_draining(self._health, [SERVICE_NAME, REGISTRY_NAME])
         await self.server.stop(grace)
+        self.metrics.close()
 
 
 def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: BlobStore) -> StoreServer:
     core = AdapterStoreCore(cfg, blobs, RedisIndex(redis_client, cfg.redis_prefix))
+    metrics = ServiceMetrics("store", cfg.metrics)
+    metrics.registry.register(StoreCollector(core))
     servicer = StoreServicer(core)
     registry = RegistryServicer(RedisRegistry(redis_client, cfg.redis_prefix))
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}",
         [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s),
          lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(registry, s)],
-        [SERVICE_NAME, REGISTRY_NAME],
+        [SERVICE_NAME, REGISTRY_NAME], metrics,
     )
-    return StoreServer(server, port, core, health)
+    return StoreServer(server, port, core, metrics, health)
 
 
 async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -> None:
@@ -78,10 +88,12 @@ async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -
     blobs = await asyncio.to_thread(make_blob_store, cfg)
     store = create_store_server(cfg, redis_client, blobs)
     await store.start()
-    log.info("store serving on %s:%d (region %s)", cfg.host, store.port, cfg.region)
+    log.info("store serving on %s:%d (region %s)%s", cfg.host, store.port, cfg.region,
+             f", metrics on :{store.metrics_port}/metrics" if store.metrics_port else "")
     if on_ready:
         on_ready(store.port)
     await until_signalled()
-    await store.stop(grace=5.0)
+    log.info("draining: in-flight calls get %.0f s", cfg.drain_s)
+    await store.stop(grace=cfg.drain_s)
     blobs.close()
     await redis_client.aclose()

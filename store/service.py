@@ -66,12 +66,22 @@ def choose_target(targets: Targets, routing_key: str, rng: random.Random) -> int
     return targets[-1][0]
 
 
+@dataclass
+class StoreStats:
+    bytes_received: int = 0      # pushed file bytes that crossed the wire
+    bytes_deduplicated: int = 0  # pushed file bytes the store already held
+    bytes_sent: int = 0          # fetched file bytes
+    versions_created: int = 0
+    pushes_unchanged: int = 0    # re-pushes of content the name's latest version already has
+
+
 class AdapterStoreCore:
     def __init__(self, cfg: StoreConfig, blobs: BlobStore, index: RedisIndex, rng: random.Random | None = None):
         self.cfg = cfg
         self.blobs = blobs
         self.index = index
         self._rng = rng or random.Random()
+        self.stats = StoreStats()
 
     # --- push -----------------------------------------------------------------------------------------------------
     async def push(self, header: PushHeader, chunks: AsyncIterator[FileChunk]) -> PushResult:
@@ -80,9 +90,16 @@ class AdapterStoreCore:
         try:
             async for chunk in chunks:
                 await session.feed(chunk.file, chunk.offset, chunk.data)
-            return await session.finish()
+            result = await session.finish()
         finally:
             await session.abort()  # after a commit this only releases the (already released) leases
+        self.stats.bytes_received += result.bytes_received
+        self.stats.bytes_deduplicated += result.bytes_deduplicated
+        if result.created:
+            self.stats.versions_created += 1
+        else:
+            self.stats.pushes_unchanged += 1
+        return result
 
     async def missing_blobs(self, digests: list[str]) -> list[str]:
         for d in digests:
@@ -144,6 +161,7 @@ class AdapterStoreCore:
                 async for data in reader:
                     yield FileChunk(entry.name, offset, data)
                     offset += len(data)
+                    self.stats.bytes_sent += len(data)
         finally:
             for reader in readers:
                 reader.close()

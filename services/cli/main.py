@@ -11,13 +11,14 @@ import json
 import os
 import sys
 
+from services.cli.flags import parse_layered
 from services.common.errors import AdapterFleetError
 
 DEFAULT_STORE = "127.0.0.1:50051"
 
 
 def _store_addr(args) -> str:
-    return getattr(args, "store", None) or os.environ.get("ADAPTERFLEET_STORE") or DEFAULT_STORE
+    return getattr(args, "store", None) or DEFAULT_STORE  # --store, else $ADAPTERFLEET_STORE (parse_layered)
 
 
 def _serve_flags(s: argparse.ArgumentParser) -> None:
@@ -31,7 +32,11 @@ def _serve_flags(s: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adapterfleet", description="Store, ship and serve PEFT LoRA adapters.")
+    p = argparse.ArgumentParser(prog="adapterfleet", description="Store, ship and serve PEFT LoRA adapters.",
+                                epilog="Every option can also be set as ADAPTERFLEET_<OPTION> in the environment or "
+                                       "in the command's section of --config; flags win over both.")
+    p.add_argument("--config", help="YAML/JSON file: {store: {...}, worker: {...}, router: {...}} of option names "
+                                    "(default $ADAPTERFLEET_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
 
     store = sub.add_parser("store", help="the adapter store service").add_subparsers(dest="store_cmd", required=True)
@@ -184,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_layered(build_parser(), sys.argv[1:] if argv is None else argv, os.environ)
     from services.cli import commands  # noqa: PLC0415 - keep `--help` instant
 
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
+from services.cli.flags import metrics_config
+from services.common.logs import configure_logging
 from services.router.config import RouterConfig
 from services.router.placement import PlacementConfig
 
@@ -15,11 +16,12 @@ def config_from_args(args, store_addr: str) -> RouterConfig:
         redis_prefix=args.redis_prefix,
         placement=PlacementConfig(eps=args.eps, hot_requests_per_copy=args.hot_rps_per_copy,
                                   max_copies=args.max_copies),
+        drain_s=args.drain_seconds, metrics=metrics_config(args),
     )
 
 
 def run_router(args, store_addr: str) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("router", args.log_level, args.log_format)
     from services.router.server import serve  # noqa: PLC0415
 
     cfg = config_from_args(args, store_addr)

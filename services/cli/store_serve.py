@@ -6,8 +6,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+from services.cli.flags import metrics_config
 from services.common.embedded_redis import RedisProcess
 from services.common.errors import Unavailable
+from services.common.logs import configure_logging
 from store.config import Limits, S3Config, StoreConfig
 
 log = logging.getLogger("adapterfleet.store")
@@ -23,7 +25,7 @@ def config_from_args(args) -> StoreConfig:
         host=args.host, port=args.port, redis_url=args.redis_url, redis_prefix=args.redis_prefix, s3=s3,
         data_dir=args.data_dir, region=args.region, chunk_size=args.chunk_size,
         limits=Limits(max_file_bytes=args.max_file_mb << 20, max_rank=args.max_rank),
-        blob_cache_bytes=args.blob_cache_mb << 20,
+        blob_cache_bytes=args.blob_cache_mb << 20, drain_s=args.drain_seconds, metrics=metrics_config(args),
     )
 
 
@@ -46,7 +48,7 @@ def embedded_redis(data_dir: str):
 
 
 def run_store(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("store", args.log_level, args.log_format)
     cfg = config_from_args(args)
     proc = None
     if cfg.redis_url is None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
+from services.cli.flags import metrics_config
+from services.common.logs import configure_logging
 from services.worker.config import WorkerConfig
 
 
@@ -13,12 +14,12 @@ def config_from_args(args, store_addr: str) -> WorkerConfig:
         base_model=args.base_model, store=store_addr, host=args.host, port=args.port, device=args.device,
         dtype=args.dtype, region=args.region, max_slots=args.max_slots, host_bytes=args.host_cache_mb << 20,
         disk_bytes=args.disk_cache_mb << 20, disk_dir=args.disk_cache_dir, max_batch=args.max_batch,
-        advertise=args.advertise,
+        advertise=args.advertise, drain_s=args.drain_seconds, metrics=metrics_config(args),
     )
 
 
 def run_worker(args, store_addr: str) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("worker", args.log_level, args.log_format)
     from services.worker.server import serve  # noqa: PLC0415
 
     cfg = config_from_args(args, store_addr)

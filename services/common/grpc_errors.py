@@ -6,12 +6,12 @@ as INTERNAL without leaking internals. Also the one place clients turn a status 
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import grpc
 
 from services.common import errors
+from services.common.interceptors import rewrap
 
 log = logging.getLogger("adapterfleet.grpc")
 
@@ -29,10 +29,22 @@ def status_of(err: errors.AdapterFleetError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, err.code)
 
 
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
+
+
+_BY_NAME: dict[str, type[errors.AdapterFleetError]] = {c.__name__: c for c in _subclasses(errors.AdapterFleetError)}
+ERROR_TYPE_KEY = "af-error-type"  # trailing metadata: the domain error's class, so clients get Incompatible back
+
+
 def error_from_rpc(err: grpc.RpcError) -> errors.AdapterFleetError:
-    """Client side: an RpcError as the matching domain error (message kept)."""
+    """Client side: an RpcError as the matching domain error (message kept): the exact class the server raised
+    when it said which, else the class of the status code."""
     code = err.code().name if err.code() is not None else "UNKNOWN"
-    cls = _BY_CODE.get(code, errors.AdapterFleetError)
+    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    cls = _BY_NAME.get(trailing.get(ERROR_TYPE_KEY, ""))
+    if cls is None or cls.code != code:
+        cls = _BY_CODE.get(code, errors.AdapterFleetError)
     out = cls(err.details() or code)
     out.code = code
     return out
@@ -40,7 +52,7 @@ def error_from_rpc(err: grpc.RpcError) -> errors.AdapterFleetError:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, errors.AdapterFleetError):
-        await context.abort(status_of(exc), exc.message)
+        await context.abort(status_of(exc), exc.message, trailing_metadata=((ERROR_TYPE_KEY, type(exc).__name__),))
     log.exception("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 
@@ -72,20 +84,4 @@ def _wrap_stream(fn, method):
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        for kind, factory in (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        ):
-            fn = getattr(handler, kind)
-            if fn is None:
-                continue
-            wrap = _wrap_stream if inspect.isasyncgenfunction(fn) else _wrap_unary
-            return factory(wrap(fn, method), request_deserializer=handler.request_deserializer,
-                           response_serializer=handler.response_serializer)
-        return handler
+        return rewrap(await continuation(details), _wrap_unary, _wrap_stream, details.method)

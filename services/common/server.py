@@ -11,6 +11,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.grpc_errors import ErrorInterceptor
+from services.common.metrics import ServiceMetrics
+from services.common.observe import ObserveInterceptor
 
 MAX_MESSAGE_BYTES = 64 << 20
 CHANNEL_OPTIONS = [
@@ -23,11 +25,14 @@ def create_server(
     address: str,
     register: Sequence[Callable[[grpc.aio.Server], None]],
     service_names: Sequence[str],
+    metrics: ServiceMetrics,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Returns (server, bound port, health servicer). The auth interceptor will sit in ``interceptors``,
-    before ErrorInterceptor translates whatever it raises. Call ``await server.start()`` to serve."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors], options=CHANNEL_OPTIONS)
+    """Returns (server, bound port, health servicer). Every call gets a request id and is counted in ``metrics``
+    (outermost, so it sees the final status); the auth interceptor will sit in ``interceptors``, inside
+    ErrorInterceptor, which translates whatever it raises. Call ``await server.start()`` to serve."""
+    server = grpc.aio.server(interceptors=[ObserveInterceptor(metrics), ErrorInterceptor(), *interceptors],
+                             options=CHANNEL_OPTIONS)
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()
@@ -42,6 +47,12 @@ def create_server(
 async def mark_serving(health_servicer: health.aio.HealthServicer, service_names: Sequence[str]) -> None:
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def mark_draining(health_servicer: health.aio.HealthServicer, service_names: Sequence[str]) -> None:
+    """Readiness goes down first, so that load balancers and probes stop sending before the listener closes."""
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def until_signalled() -> None:

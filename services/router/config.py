@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.metrics import MetricsConfig
 from services.router.placement import PlacementConfig
 
 
@@ -19,3 +20,5 @@ class RouterConfig:
     unhealthy_s: float = 3.0          # a worker whose call failed is skipped this long
     max_attempts: int = 4             # workers tried per request before giving up
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    drain_s: float = 10.0             # on SIGTERM: in-flight streams get this long to finish
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import grpc
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from services.common.server import create_server, mark_serving, until_signalled
+from services.common.metrics import ServiceMetrics
+from services.common.server import create_server, mark_draining, mark_serving, until_signalled
 from services.router.config import RouterConfig
 from services.router.membership import Membership
+from services.router.metrics import RouterCollector
 from services.router.placement import Placement
 from services.router.proxy import RouterCore
 from services.router.resolver import Resolver
@@ -39,7 +41,9 @@ class RouterServer:
     port: int
     core: RouterCore
     store: AsyncStoreClient
+    metrics: ServiceMetrics
     _health: object
+    metrics_port: int = 0  # the /metrics endpoint once started (0: none)
 
     async def start(self) -> None:
         try:
@@ -50,9 +54,13 @@ class RouterServer:
         self.core.resolver.start()
         await self.server.start()
         await mark_serving(self._health, NAMES)
+        self.metrics_port = self.metrics.serve()
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Drain: readiness down first, then in-flight streams get ``grace`` seconds."""
+        await mark_draining(self._health, NAMES)
         await self.server.stop(grace)
+        self.metrics.close()
         await self.core.membership.stop()
         await self.core.resolver.stop()
         await self.core.close()
@@ -63,20 +71,24 @@ def create_router_server(cfg: RouterConfig) -> RouterServer:
     store = AsyncStoreClient(cfg.store)
     membership = Membership(registry_source(cfg, store), poll_s=cfg.poll_s, unhealthy_s=cfg.unhealthy_s)
     core = RouterCore(cfg, membership, Resolver(store), Placement(cfg.placement))
+    metrics = ServiceMetrics("router", cfg.metrics)
+    metrics.registry.register(RouterCollector(core))
     worker_api, router_api = RouterWorkerServicer(core), RouterServicer(core)
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}",
         [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(worker_api, s),
          lambda s: router_pb2_grpc.add_RouterServicer_to_server(router_api, s)],
-        NAMES)
-    return RouterServer(server, port, core, store, health)
+        NAMES, metrics)
+    return RouterServer(server, port, core, store, metrics, health)
 
 
 async def serve(cfg: RouterConfig, on_ready=None) -> None:
     router = create_router_server(cfg)
     await router.start()
-    log.info("router serving on %s:%d (region %s)", cfg.host, router.port, cfg.region)
+    log.info("router serving on %s:%d (region %s)%s", cfg.host, router.port, cfg.region,
+             f", metrics on :{router.metrics_port}/metrics" if router.metrics_port else "")
     if on_ready:
         on_ready(router.port)
     await until_signalled()
-    await router.stop(grace=10.0)
+    log.info("draining: in-flight streams get %.0f s", cfg.drain_s)
+    await router.stop(grace=cfg.drain_s)

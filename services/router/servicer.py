@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
+from services.common.logs import request_id
 from services.router.proxy import RouterCore
 
 
@@ -14,7 +15,8 @@ def _deadline(context) -> float | None:
 
 
 def _request_id(context) -> str:
-    return dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    """The call's id (the caller's x-request-id, or the one the observing interceptor made): sent on to workers."""
+    return request_id.get() or dict(context.invocation_metadata() or ()).get("x-request-id", "")
 
 
 class RouterWorkerServicer(worker_pb2_grpc.WorkerServicer):

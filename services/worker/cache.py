@@ -54,10 +54,12 @@ class Entry:
 
 @dataclass
 class CacheStats:
-    cold_loads: int = 0
+    cold_loads: int = 0        # fetched from the store
     disk_loads: int = 0
     host_loads: int = 0
-    hits: int = 0
+    hits: int = 0              # requests whose adapter was already in an active slot
+    misses: int = 0            # requests that waited for a load (their own or a concurrent one)
+    fetched_bytes: int = 0     # from the store
     evictions: dict[str, int] = field(default_factory=lambda: {ACTIVE: 0, HOST: 0, DISK: 0})
 
 
@@ -84,8 +86,10 @@ class Lease:
 
 class AdapterCache:
     def __init__(self, backend: Backend, *, max_slots: int, host_bytes: int, disk_bytes: int,
-                 slot_wait_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+                 slot_wait_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 on_load: Callable[[float], None] = lambda seconds: None):
         self._b = backend
+        self._on_load = on_load  # seconds a request waited for its adapter to become active
         self.max_slots = max_slots
         self.host_budget = host_bytes
         self.disk_budget = disk_bytes
@@ -101,15 +105,22 @@ class AdapterCache:
     # --- requests -----------------------------------------------------------------------------------------------
     async def acquire(self, key: str) -> Lease:
         """Lease ``key`` in an active slot, loading it (once, however many ask) if it is not there."""
+        started = None  # set on a miss: when this request started waiting for a load
         while True:
             entry = self._entries.get(key)
             if entry is not None and entry.slot is not None:
                 entry.dropping = False  # new traffic cancels a pending unload
                 entry.refs += 1
-                entry.hits += 1
-                self.stats.hits += 1
+                if started is None:
+                    entry.hits += 1
+                    self.stats.hits += 1
+                else:
+                    self._on_load(self._clock() - started)
                 self._touch(entry)
                 return Lease(self, entry)
+            if started is None:
+                started = self._clock()
+                self.stats.misses += 1
             pending = self._loading.get(key)
             if pending is not None:
                 await asyncio.shield(pending)
@@ -208,6 +219,7 @@ class AdapterCache:
         if files is None:
             entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
             self.stats.cold_loads += 1
+            self.stats.fetched_bytes += sum(map(len, files.values()))
             await self._save_disk(entry, files)
         try:
             entry.weights = await asyncio.to_thread(self._b.parse, entry.manifest, files)
@@ -225,6 +237,7 @@ class AdapterCache:
         if not entry.disk_bytes:
             entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
             self.stats.cold_loads += 1
+            self.stats.fetched_bytes += sum(map(len, files.values()))
             await self._save_disk(entry, files)
         self._touch(entry)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from services.common.metrics import MetricsConfig
 
 
 @dataclass(frozen=True)
@@ -25,3 +27,5 @@ class WorkerConfig:
     advertise: str = ""              # address routers should call (default host:port)
     announce_every_s: float = 1.0
     announce_ttl_s: float = 3.0      # a worker that stops announcing is out after this
+    drain_s: float = 10.0            # on SIGTERM: in-flight requests get this long to finish
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

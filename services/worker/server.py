@@ -9,13 +9,15 @@ from dataclasses import dataclass
 import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.common.server import create_server, mark_serving, until_signalled
+from services.common.metrics import ServiceMetrics
+from services.common.server import create_server, mark_draining, mark_serving, until_signalled
 from services.worker.announcer import Announcer
 from services.worker.backend import WorkerBackend
 from services.worker.cache import AdapterCache
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 from services.worker.lora import LoraModel
+from services.worker.metrics import WorkerCollector, load_histogram
 from services.worker.model_host import ModelHost
 from services.worker.service import WorkerCore
 from services.worker.servicer import WorkerServicer
@@ -32,36 +34,45 @@ class WorkerServer:
     core: WorkerCore
     announcer: Announcer
     _health: object
+    metrics_port: int = 0  # the /metrics endpoint once started (0: none)
 
     async def start(self) -> None:
         self.core.engine.start()
         await self.server.start()
         await mark_serving(self._health, [SERVICE_NAME])
         self.announcer.start()
+        self.metrics_port = self.core.metrics.serve()
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        await self.announcer.stop()  # routers stop sending new work first
+        """Drain: readiness down and routers told first, then in-flight calls get ``grace`` seconds."""
+        self.core.draining = True
+        await mark_draining(self._health, [SERVICE_NAME])
+        await self.announcer.stop()
         await self.server.stop(grace)
         self.core.engine.stop()
+        self.core.metrics.close()
 
 
-def build_core(cfg: WorkerConfig, host: ModelHost | None = None) -> WorkerCore:
+def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: ServiceMetrics | None = None) -> WorkerCore:
     host = host or ModelHost.load(cfg.base_model, cfg.device, cfg.dtype)
+    metrics = metrics or ServiceMetrics("worker", cfg.metrics)
     lora = LoraModel(host.model, max_slots=cfg.max_slots)
     store = StoreClient(cfg.store)
     backend = WorkerBackend(store, lora, fingerprint=host.fingerprint, disk_dir=cfg.disk_dir, dtype=host.dtype,
                             device=host.device, max_rank=cfg.max_rank)
     cache = AdapterCache(backend, max_slots=cfg.max_slots, host_bytes=cfg.host_bytes, disk_bytes=cfg.disk_bytes,
-                         slot_wait_s=cfg.slot_wait_s)
+                         slot_wait_s=cfg.slot_wait_s, on_load=load_histogram(metrics).observe)
     engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch)
-    return WorkerCore(cfg, host, cache, engine, store)
+    core = WorkerCore(cfg, host, cache, engine, store, metrics)
+    metrics.registry.register(WorkerCollector(core))
+    return core
 
 
 def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:
     servicer = WorkerServicer(core)
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}", [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s)],
-        [SERVICE_NAME])
+        [SERVICE_NAME], core.metrics)
     announcer = Announcer(core, cfg.store, cfg.advertise or f"{cfg.host}:{port}", every_s=cfg.announce_every_s,
                           ttl_s=cfg.announce_ttl_s)
     return WorkerServer(server, port, core, announcer, health)
@@ -71,9 +82,10 @@ async def serve(cfg: WorkerConfig, on_ready=None) -> None:
     core = await asyncio.to_thread(build_core, cfg)
     worker = create_worker_server(cfg, core)
     await worker.start()
-    log.info("worker serving %s on %s:%d (fingerprint %s)", cfg.base_model, cfg.host, worker.port,
-             core.host.fingerprint)
+    log.info("worker serving %s on %s:%d (fingerprint %s)%s", cfg.base_model, cfg.host, worker.port,
+             core.host.fingerprint, f", metrics on :{worker.metrics_port}/metrics" if worker.metrics_port else "")
     if on_ready:
         on_ready(worker.port, core.host.fingerprint)
     await until_signalled()
-    await worker.stop(grace=10.0)  # drain: in-flight streams get 10 s to finish
+    log.info("draining: in-flight requests get %.0f s", cfg.drain_s)
+    await worker.stop(grace=cfg.drain_s)

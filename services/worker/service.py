@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from services.common.errors import AdapterFleetError, InvalidArgument, Unavailable
+from services.common.metrics import ServiceMetrics
 from services.worker.cache import ACTIVE, AdapterCache, Entry, Lease
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, GenerateJob, ScoreJob
@@ -40,13 +41,16 @@ class GenerateChunk:
 
 
 class WorkerCore:
-    def __init__(self, cfg: WorkerConfig, host: ModelHost, cache: AdapterCache, engine: Engine, store: StoreClient):
+    def __init__(self, cfg: WorkerConfig, host: ModelHost, cache: AdapterCache, engine: Engine, store: StoreClient,
+                 metrics: ServiceMetrics):
         self.cfg = cfg
+        self.metrics = metrics
         self.host = host
         self.cache = cache
         self.engine = engine
         self._store = store
         self.inflight = 0  # requests in flight: the load the worker announces
+        self.draining = False  # set on shutdown: new requests are refused (UNAVAILABLE: routers retry elsewhere)
 
     # --- refs -----------------------------------------------------------------------------------------------------
     async def resolve(self, ref: str, routing_key: str = "") -> str:
@@ -88,7 +92,12 @@ class WorkerCore:
         c = self.host.model.config
         return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
+    def _admit(self) -> None:
+        if self.draining:
+            raise Unavailable("this worker is draining for shutdown; retry on another worker")
+
     async def generate(self, p: GenerateParams) -> AsyncIterator[GenerateChunk]:
+        self._admit()
         self.inflight += 1
         try:
             async for chunk in self._generate(p):
@@ -144,6 +153,7 @@ class WorkerCore:
 
     async def score(self, adapter: str, token_ids: tuple[int, ...], text: str, routing_key: str = "") -> tuple[
             str, list[float]]:
+        self._admit()
         ids = self._prompt_ids(text, token_ids)
         if len(ids) < 2:
             raise InvalidArgument("scoring needs at least 2 tokens (log p of token i+1 given tokens 0..i)")

@@ -139,3 +139,23 @@ def test_cli_commands_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_served_process_logs_json_serves_metrics_and_drains_on_sigterm(redis_server, tmp_path):
+    import urllib.request
+
+    metrics_port = free_port()
+    proc = StoreProcess("--redis-url", redis_server.url, "--redis-prefix", f"m{uuid.uuid4().hex[:8]}:",
+                        "--data-dir", str(tmp_path / "store"), "--metrics-port", str(metrics_port),
+                        "--metrics-host", "127.0.0.1", cwd=tmp_path)
+    try:
+        run_cli("push", str(write_adapter(tmp_path / "a")), "--name", "acme/m", store=proc.address)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'adapterfleet_store_pushes_total{outcome="created"} 1.0' in text
+        assert 'adapterfleet_requests_total{adapter="",code="OK",method="Push",service="store"} 1.0' in text
+    finally:
+        proc.stop()
+    assert proc.proc.returncode == 0
+    lines = [json.loads(line) for line in proc.proc.stderr.read().splitlines() if line.startswith("{")]
+    messages = [line["msg"] for line in lines if line["service"] == "store"]
+    assert any("metrics on :" in m for m in messages) and any(m.startswith("draining") for m in messages)
