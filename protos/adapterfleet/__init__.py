@@ -1,0 +1,44 @@
+"""adapterfleet: store, ship and serve PEFT LoRA adapters.
+
+The SDK is re-exported lazily, so ``import adapterfleet`` (and ``import adapterfleet.v1...``, the generated gRPC
+stubs) stays cheap; torch and peft load only when a PEFT function runs::
+
+    from adapterfleet import AdapterStore, FleetClient, AsyncFleetClient
+    from adapterfleet import from_store, load_adapter_from_store, push_from_peft
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AdapterStore": "services.sdk.store",
+    "FleetClient": "services.sdk.fleet",
+    "AsyncFleetClient": "services.sdk.fleet_aio",
+    "Generation": "services.sdk.fleet",
+    "GenerationChunk": "services.sdk.fleet",
+    "Scores": "services.sdk.fleet",
+    "RouterStats": "services.sdk.fleet",
+    "from_store": "services.sdk.peft",
+    "load_adapter_from_store": "services.sdk.peft",
+    "push_from_peft": "services.sdk.peft",
+    "AdapterFleetError": "services.common.errors",
+}
+__all__ = [
+    "AdapterFleetError", "AdapterStore", "AsyncFleetClient", "FleetClient", "Generation", "GenerationChunk",
+    "RouterStats", "Scores", "from_store", "load_adapter_from_store", "push_from_peft",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adapterfleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*(k for k in globals() if not k.startswith("_")), *_EXPORTS} - {"Any", "annotations", "importlib"})

@@ -1,0 +1,35 @@
+"""The Python SDK of adapterfleet: a thin, typed layer over the store and fleet clients.
+
+    from adapterfleet import AdapterStore, FleetClient, from_store
+
+    with AdapterStore("store:50051") as store:
+        store.push("out/adapter", "acme/summarizer", alias="prod")
+    with FleetClient("router:50071") as fleet:
+        print(fleet.generate("Hello", adapter="acme/summarizer@prod").text)
+    model = from_store(base_model, "acme/summarizer@prod", store="store:50051")   # needs adapterfleet[peft]
+
+Importing this package imports neither torch nor peft; the PEFT functions import them when called.
+"""
+
+from services.common.errors import (
+    AdapterFleetError,
+    ChecksumMismatch,
+    FailedPrecondition,
+    Incompatible,
+    InvalidAdapter,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from services.sdk.fleet import FleetClient, Generation, GenerationChunk, RouterStats, Scores
+from services.sdk.fleet_aio import AsyncFleetClient
+from services.sdk.peft import from_store, load_adapter_from_store, push_from_peft
+from services.sdk.store import AdapterStore, AdapterSummary, LocalAdapter, Versions
+from store.client import PushOutcome, Resolved
+
+__all__ = [
+    "AdapterFleetError", "AdapterStore", "AdapterSummary", "AsyncFleetClient", "ChecksumMismatch",
+    "FailedPrecondition", "FleetClient", "Generation", "GenerationChunk", "Incompatible", "InvalidAdapter",
+    "InvalidArgument", "LocalAdapter", "NotFound", "PushOutcome", "Resolved", "RouterStats", "Scores",
+    "Unavailable", "Versions", "from_store", "load_adapter_from_store", "push_from_peft",
+]

@@ -1,0 +1,133 @@
+"""``AsyncFleetClient``: :class:`~services.sdk.fleet.FleetClient` for asyncio code (``await``, ``async for``).
+
+The grpc.aio channel is opened on first use, inside the running event loop, and closed by ``await close()``
+or ``async with``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+from services.common.server import CHANNEL_OPTIONS
+from services.sdk.fleet import (
+    DEFAULT_ADDRESS,
+    Accumulator,
+    Generation,
+    GenerationChunk,
+    Metadata,
+    RouterStats,
+    Scores,
+    call_metadata,
+    chunk_of,
+    generate_request,
+    new_request_id,
+    score_request,
+    stats_of,
+    typed_error,
+)
+
+
+class AsyncGenerationStream(AsyncIterator[GenerationChunk]):
+    """The chunks of one generation (``async for``); ``request_id`` names it; ``cancel()`` stops it early."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, request_id: str):
+        self._call = call
+        self._messages = call.__aiter__()
+        self.request_id = request_id
+
+    def __aiter__(self) -> AsyncGenerationStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        return chunk_of(await self._next_message())
+
+    async def _next_message(self) -> worker_pb2.GenerateResponse:
+        try:
+            return await self._messages.__anext__()
+        except grpc.RpcError as err:
+            raise typed_error(err, self.request_id) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class AsyncFleetClient:
+    """An asyncio client of the router (or one worker); same calls as FleetClient, awaited."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, metadata: Metadata = ()):
+        self.address = address
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stubs(self) -> tuple[worker_pb2_grpc.WorkerStub, router_pb2_grpc.RouterStub]:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return worker_pb2_grpc.WorkerStub(self._channel), router_pb2_grpc.RouterStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncFleetClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    def stream(self, prompt: str | Sequence[int], *, adapter: str = "", max_new_tokens: int = 16,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+               stop_ids: Sequence[int] | None = None, routing_key: str = "", request_id: str | None = None,
+               timeout: float | None = None) -> AsyncGenerationStream:
+        """``async for chunk in client.stream(prompt, adapter=...)``: chunks as tokens are chosen."""
+        rid = new_request_id(request_id)
+        request = generate_request(prompt, adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids, routing_key=routing_key)
+        worker, _ = self._stubs()
+        call = worker.Generate(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
+        return AsyncGenerationStream(call, rid)
+
+    async def generate(self, prompt: str | Sequence[int], *, adapter: str = "", max_new_tokens: int = 16,
+                       temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                       stop_ids: Sequence[int] | None = None, routing_key: str = "", request_id: str | None = None,
+                       timeout: float | None = None) -> Generation:
+        """The whole :class:`Generation` of ``prompt`` on ``adapter``."""
+        stream = self.stream(prompt, adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids, routing_key=routing_key,
+                             request_id=request_id, timeout=timeout)
+        acc = Accumulator(stream.request_id)
+        while True:
+            try:
+                acc.add(await stream._next_message())
+            except StopAsyncIteration:
+                return acc.result()
+
+    async def score(self, text_or_ids: str | Sequence[int], *, adapter: str = "", routing_key: str = "",
+                    request_id: str | None = None, timeout: float | None = None) -> Scores:
+        """Log-probabilities of each token given the ones before it, on ``adapter``."""
+        rid = new_request_id(request_id)
+        worker, _ = self._stubs()
+        try:
+            reply = await worker.Score(score_request(text_or_ids, adapter=adapter, routing_key=routing_key),
+                                       timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
+        except grpc.RpcError as err:
+            raise typed_error(err, rid) from None
+        return Scores(list(reply.logprobs), reply.adapter_key, rid)
+
+    async def stats(self, *, request_id: str | None = None, timeout: float | None = None) -> RouterStats:
+        """The router's counters."""
+        rid = new_request_id(request_id)
+        _, router = self._stubs()
+        try:
+            reply = await router.Stats(router_pb2.RouterStatsRequest(), timeout=self._timeout(timeout),
+                                       metadata=call_metadata(self.metadata, rid))
+        except grpc.RpcError as err:
+            raise typed_error(err, rid) from None
+        return stats_of(reply)

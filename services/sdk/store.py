@@ -1,0 +1,216 @@
+"""``AdapterStore``: the store for users' code, with a verified local cache of pulled adapters.
+
+Cache layout (``cache_dir``, default ``~/.cache/adapterfleet/adapters``), by manifest digest::
+
+    sha256/<hex>/                  the adapter's files (adapter_config.json, adapter_model.safetensors, ...)
+    sha256/<hex>.manifest.json     the manifest they were pulled with (its digest must be <hex>)
+    sha256/<hex>.lock              taken while a process pulls <hex>, so concurrent pulls download once
+
+A cache hit re-hashes every file against the manifest before it is reused; a missing or altered file means the
+version is pulled again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.errors import ChecksumMismatch
+from store.client import PushOutcome, Resolved, StoreClient, hash_file
+from store.index import StoreEvent, Targets
+from store.manifest import Manifest
+from store.refs import DIGEST_PREFIX, Ref
+
+try:  # POSIX advisory locks; elsewhere concurrent pulls of one key are only safe within one process
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+TargetsLike = int | Mapping[int, int] | Iterable[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class LocalAdapter:
+    """A pulled, verified adapter version: its directory, manifest and canonical key (``name@sha256:...``)."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def key(self) -> str:
+        return str(self.manifest.key)
+
+
+@dataclass(frozen=True)
+class AdapterSummary:
+    """One adapter name in the store: its latest version, how many versions, and its aliases."""
+
+    name: str
+    latest_version: int
+    version_count: int
+    aliases: dict[str, Targets] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Every version of one adapter name (oldest first) and its aliases (alias -> weighted targets)."""
+
+    versions: list[Manifest]
+    aliases: dict[str, Targets]
+
+
+def as_targets(targets: TargetsLike) -> Targets:
+    """``3`` -> ``((3, 100),)``; ``{3: 90, 4: 10}`` or ``[(3, 90), (4, 10)]`` -> sorted pairs."""
+    if isinstance(targets, int):
+        return ((targets, 100),)
+    pairs = targets.items() if isinstance(targets, Mapping) else targets
+    return tuple(sorted((int(v), int(w)) for v, w in pairs))
+
+
+def _expectation(expect: TargetsLike | None | str) -> Targets | None | str:
+    return expect if expect is None or isinstance(expect, str) else as_targets(expect)
+
+
+class AdapterStore:
+    """A client of the adapter store. No connection is made until the first call; use as a context manager."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        self.address = address
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache/adapterfleet/adapters"
+        self.client = StoreClient(address, timeout=timeout)  # the underlying blocking client (grpc connects lazily)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> AdapterStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- push / pull -------------------------------------------------------------------------------------------
+    def push(self, directory: str | os.PathLike, name: str, *, alias: str = "", parent: str = "") -> PushOutcome:
+        """Push a PEFT adapter directory as the next version of ``name`` (identical content: the same version)."""
+        return self.client.push_dir(directory, name, alias=alias, parent=parent)
+
+    def pull(self, ref: str, dest: str | os.PathLike | None = None) -> Path:
+        """Download ``ref`` (verified) into ``dest``, or into the local cache when ``dest`` is None; the path.
+
+        An existing ``dest`` is replaced, whole, once every byte has been verified."""
+        return self.pull_adapter(ref, dest).path
+
+    def pull_adapter(self, ref: str, dest: str | os.PathLike | None = None) -> LocalAdapter:
+        """Like :meth:`pull`, also returning the manifest (and so the canonical key) of what was pulled."""
+        if dest is not None:
+            return LocalAdapter(Path(dest), self.client.pull(ref, dest))
+        parsed = Ref.parse(ref)
+        manifest = self._cached_manifest(parsed) if parsed.digest else None
+        if manifest is None:
+            manifest = self.client.resolve(ref).manifest  # one metadata call; the pull then asks for the key
+        hexdigest = manifest.digest[len(DIGEST_PREFIX):]
+        directory = self._root / hexdigest
+        if _intact(directory, manifest):
+            return LocalAdapter(directory, manifest)
+        with self._lock(hexdigest):
+            if _intact(directory, manifest):  # another process pulled it while we waited
+                return LocalAdapter(directory, manifest)
+            pulled = self.client.pull(str(manifest.key), directory)
+            if pulled.digest != manifest.digest:
+                raise ChecksumMismatch(f"asked the store for {manifest.key}, it sent {pulled.key}")
+            _write_atomic(self._root / f"{hexdigest}.manifest.json", pulled.to_json())
+            return LocalAdapter(directory, pulled)
+
+    @property
+    def _root(self) -> Path:
+        return self.cache_dir / "sha256"
+
+    def _cached_manifest(self, ref: Ref) -> Manifest | None:
+        """The cached manifest of a digest ref, if it is there, names the same adapter and hashes to the digest."""
+        assert ref.digest is not None
+        path = self._root / f"{ref.digest[len(DIGEST_PREFIX):]}.manifest.json"
+        try:
+            manifest = Manifest.from_json(path.read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return manifest if manifest.name == ref.name and manifest.digest == ref.digest else None
+
+    @contextlib.contextmanager
+    def _lock(self, hexdigest: str) -> Iterator[None]:
+        self._root.mkdir(parents=True, exist_ok=True)
+        with open(self._root / f"{hexdigest}.lock", "a+b") as f:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # --- the rest ----------------------------------------------------------------------------------------------
+    def resolve(self, ref: str, routing_key: str = "") -> Resolved:
+        """The manifest and canonical key that ``ref`` names now (weighted aliases: sticky per ``routing_key``)."""
+        return self.client.resolve(ref, routing_key)
+
+    def adapters(self, prefix: str = "") -> list[AdapterSummary]:
+        """Adapter names starting with ``prefix`` (e.g. ``"tenant/"``)."""
+        out = []
+        for a in self.client.list_adapters(prefix):
+            aliases = {al.alias: as_targets((t.version, t.weight) for t in al.targets) for al in a.aliases}
+            out.append(AdapterSummary(a.name, a.latest_version, a.version_count, aliases))
+        return out
+
+    def versions(self, name: str) -> Versions:
+        """Every version of ``name`` and its aliases."""
+        versions, aliases = self.client.list_versions(name)
+        return Versions(versions, aliases)
+
+    def set_alias(self, name: str, alias: str, targets: TargetsLike, *,
+                  expect: TargetsLike | None | str = "any") -> None:
+        """Point ``name@alias`` at ``targets`` (a version, or ``{version: weight}`` summing to 100).
+
+        ``expect`` is a compare-and-set guard: ``"any"`` (unconditional), ``None`` (the alias must not exist) or
+        the targets it must hold now; a mismatch raises AliasConflict (FAILED_PRECONDITION)."""
+        self.client.set_alias(name, alias, as_targets(targets), _expectation(expect))
+
+    def delete_alias(self, name: str, alias: str, *, expect: TargetsLike | None | str = "any") -> None:
+        """Remove ``name@alias`` (same ``expect`` guard as :meth:`set_alias`)."""
+        self.client.delete_alias(name, alias, _expectation(expect))
+
+    def yank(self, name: str, version: int, *, force: bool = False) -> Manifest:
+        """Stop ``name@version`` from resolving (still fetchable by digest); ``force`` if an alias points at it."""
+        return self.client.yank(name, version, force=force)
+
+    def watch(self, cursor: str = "", name: str = "") -> Iterator[StoreEvent]:
+        """The store's change events after ``cursor`` (``""``: only new ones; ``"0"``: from the first), for one
+        ``name`` or all. Blocks while waiting; resume later from the last event's ``cursor``."""
+        return self.client.watch(cursor, name)
+
+
+def _intact(directory: Path, manifest: Manifest) -> bool:
+    """Does ``directory`` hold every file of ``manifest`` with the promised size and sha256?"""
+    for entry in manifest.files:
+        path = directory / entry.name
+        try:
+            if path.stat().st_size != entry.size or hash_file(path).sha256 != entry.sha256:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
