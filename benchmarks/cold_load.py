@@ -1,6 +1,6 @@
 """Cold load of an adapter into a worker vs the naive path, and the cost of switching between resident adapters.
 
-    python benchmarks/cold_load.py [--repeat 7]
+    python benchmarks/cold_load.py [--repeat 7] [--plot-dir benchmarks/plots]
 
 Ours:   resolve (store RPC) + fetch over gRPC + sha256 of every byte + parse + compatibility check + install
         into a slot (AdapterCache.acquire on an uncached key, through the real store process and moto S3).
@@ -26,6 +26,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import boto3  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import s3_and_store  # noqa: E402
 from services.worker.backend import WorkerBackend  # noqa: E402
 from services.worker.cache import AdapterCache  # noqa: E402
@@ -46,6 +47,7 @@ def ms(xs) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
+    _plot.add_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
@@ -130,6 +132,9 @@ def main() -> None:
         switch = ms(fwd_switch) - ms(fwd_same)
         print(f"switch A->B (resident): forward {ms(fwd_switch):.2f} ms vs same adapter {ms(fwd_same):.2f} ms: "
               f"{switch:+.3f} ms (no copy; goal <= 1 ms); PEFT set_adapter alone {ms(peft_switch):.3f} ms")
+    _plot.cold_load(args.plot_dir, ms={"ours": ms(ours), "raw_get": ms(raw_get), "peft_load": ms(peft_load),
+                                       "naive": ms(naive)},
+                    switch_ms=switch, peft_switch_ms=ms(peft_switch), loads=args.repeat, size_mb=size / 1e6)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/mixed_batch.py                # full run (~4 min on a shared 2-core box)
     python benchmarks/mixed_batch.py --quick        # smoke run (~1.5 min), numbers too noisy to quote
     python benchmarks/mixed_batch.py --peft-dora    # also PEFT's set_adapter loop over 32 DoRA adapters (+~1.5 min)
+    python benchmarks/mixed_batch.py --plot-dir DIR # where the PNG goes (default benchmarks/plots)
 
 32 rows spread over 1, 8 and 32 distinct rank-16 adapters on all linear layers (row b -> adapter b % n), in both
 serving regimes:
@@ -43,6 +44,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
+from benchmarks import _plot
 from services.worker.lora import AdapterWeights, LoraModel
 
 ROWS = 32
@@ -331,6 +333,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for every variant")
     ap.add_argument("--decode-reps", type=int, default=None)
     ap.add_argument("--prefill-reps", type=int, default=None)
+    _plot.add_argument(ap)
     args = ap.parse_args()
     decode_reps = args.decode_reps or (3 if args.quick else 30)
     prefill_reps = args.prefill_reps or (1 if args.quick else 8)
@@ -348,12 +351,17 @@ def main() -> None:
     for line in bench.check():
         print("check:", line)
     warmups = (1, 0) if args.quick else (3, 1)
+    medians, reps_of = {}, {}  # for the plot: regime -> {(label, column): median ms}, (reps, PEFT reps)
     for regime, reps, warmup in (("decode", decode_reps, warmups[0]), ("prefill", prefill_reps, warmups[1])):
         variants = bench.variants(regime)
         measure(variants, reps, warmup)
         print()
         print("\n".join(table(regime, variants)))
+        medians[regime] = {(v.label, v.column): statistics.median(v.times) * 1e3 for v in variants}
+        counts = {v.column: len(v.times) for v in variants}
+        reps_of[regime] = (counts["base"], min(counts.get("peft-mixed", 0), counts.get("peft-loop", 0)))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    _plot.mixed_batch(args.plot_dir, regimes=medians, rows=ROWS, reps=reps_of)
 
 
 if __name__ == "__main__":

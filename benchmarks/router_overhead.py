@@ -1,6 +1,6 @@
 """Latency the router adds: the same streams through the router and straight to the worker, in one run.
 
-    python benchmarks/router_overhead.py [--concurrency 1,10,100] [--rounds 10] [--tokens 8]
+    python benchmarks/router_overhead.py [--concurrency 1,10,100] [--rounds 10] [--tokens 8] [--plot-dir DIR]
 
 The worker is a stand-in that answers at once (benchmarks/_stub_worker.py), so every microsecond measured is
 transport and routing, not model time. Each round sends N concurrent Generate streams directly, through the
@@ -24,6 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import grpc  # noqa: E402
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
+from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
 from services.common.embedded_redis import free_port  # noqa: E402
 
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,10,100")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=8)
+    _plot.add_argument(ap)
     args = ap.parse_args()
     procs = []
     with s3_and_store() as (_, store):
@@ -97,6 +99,8 @@ def main() -> None:
     print("goal: the router adds p50 <= 1 ms, p99 <= 5 ms at 100 concurrent streams")
     print(f"router counted {stats.requests} requests, {stats.failures} failures, mean direct "
           f"{1000 * statistics.mean(results[max(results)]['direct']):.2f} ms at {max(results)} streams")
+    _plot.router_overhead(args.plot_dir, rounds=args.rounds, tokens=args.tokens, stats={
+        n: {name: (pct(xs, .5), pct(xs, .99)) for name, xs in got.items()} for n, got in results.items()})
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
 import numpy as np
 
+from benchmarks import _plot
 from services.router.placement import Placement, PlacementConfig, WorkerView
 
 ACTIVE, LOADING = "active", "loading"
@@ -285,6 +286,7 @@ def main() -> None:
     ap.add_argument("--hot", type=float, default=None, help="override PlacementConfig.hot_requests_per_copy")
     ap.add_argument("--copies", type=int, default=None, help="override PlacementConfig.max_copies")
     ap.add_argument("--policies", default=",".join(POLICIES))
+    _plot.add_argument(ap)
     args = ap.parse_args()
 
     requests = args.requests or (60_000 if args.quick else SimConfig.requests)
@@ -321,6 +323,7 @@ def main() -> None:
             print(f"\ngoals for ours: hit rate >= 95% of ideal: {hit / ideal:.1%} "
                   f"({'met' if hit / ideal >= 0.95 else 'MISSED'}); max/avg load <= 1.25: {ratio:.3f} "
                   f"({'met' if ratio <= 1.25 else 'MISSED'})")
+    _plot.routing_sim(args.plot_dir, rows=rows, ideal=ideal, requests=requests, seed=cfg.seed)
 
 
 if __name__ == "__main__":

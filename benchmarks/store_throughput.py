@@ -1,6 +1,6 @@
 """Push and pull of a ~100 MB adapter through the store vs raw boto3 put/get of the same bytes, same endpoint.
 
-    python benchmarks/store_throughput.py [--mb 100] [--repeat 3]
+    python benchmarks/store_throughput.py [--mb 100] [--repeat 3] [--plot-dir benchmarks/plots]
 
 The store runs as its own process (as in production) in front of moto's S3 server; the client and raw boto3 run
 here. Push includes everything a user waits for (hashing the files, dedupe check, streaming, validation,
@@ -21,6 +21,7 @@ import boto3
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
+from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import s3_and_store  # noqa: E402
 from store.client import StoreClient  # noqa: E402
 from tests.helpers.synthetic import big_adapter  # noqa: E402
@@ -30,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
+    _plot.add_argument(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, s3_and_store() as (endpoint, address):
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
@@ -71,6 +73,9 @@ def main() -> None:
               f"{med(get_s) / med(pull_s):.2f}x   (goal >= 0.80x)")
         print(f"push / upload_fileobj: {med(up_s) / med(push_s):.2f}x   pull / download_fileobj: "
               f"{med(down_s) / med(pull_s):.2f}x")
+    _plot.store_throughput(args.plot_dir, mb=mb, rounds=args.repeat, seconds={
+        "push": med(push_s), "put": med(put_s), "upload": med(up_s), "pull": med(pull_s), "get": med(get_s),
+        "download": med(down_s)})
 
 
 if __name__ == "__main__":
