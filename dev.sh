@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for people and CI.
-#   ./dev.sh run    set up (idempotent) and run the fleet (store, workers, router) on localhost, no external services
+#   ./dev.sh run    set up (idempotent) and run the demo fleet on localhost (store, workers, router, three trained
+#                   adapters), no external services; it keeps serving until Ctrl-C (`adapterfleet up`: no demo)
 #   ./dev.sh test   set up and run every test (starts its own redis-server and S3 server on free ports)
 #   ./dev.sh setup  only set up .venv
 #   ./dev.sh protos regenerate the checked-in gRPC stubs
@@ -41,7 +42,7 @@ case "${1:-}" in
   run)
     setup
     shift
-    exec "$VENV/bin/adapterfleet" up "$@"
+    exec "$VENV/bin/adapterfleet" demo "$@"
     ;;
   test)
     setup
@@ -55,5 +56,5 @@ case "${1:-}" in
     if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi
     exit "$rc"
     ;;
-  *) sed -n '2,6p' "$0"; exit 2 ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

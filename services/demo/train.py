@@ -1,0 +1,121 @@
+"""Train one demo adapter with PEFT on the CPU: LoRA on every projection and lm_head, full-batch AdamW.
+
+The demo base is random with tiny output weights (logits of about +-1), so LoRA on the attention and MLP layers
+alone learns the right argmax but with a margin of a fraction of a logit; adding ``lm_head`` lets the adapter
+answer with margins of several logits, which survive any difference in how a worker batches the same math.
+Deterministic: a fixed seed, one thread, no dropout. torch and peft are imported here, so import this lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.demo.tasks import Task
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 150  # 8 words are memorised with margins > 5 logits by ~100; 150 leaves room
+    lr: float = 5e-3
+    rank: int = 16
+    alpha: int = 32
+    warmup: int = 10  # steps of linear warm-up, then linear decay to 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    threads: int = 1  # tiny matrices: one thread is as fast, and steady while the fleet boots beside us
+    target_modules: tuple[str, ...] = PROJECTIONS
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    task: str
+    path: Path
+    loss: float  # mean cross-entropy over the answer tokens (and eos) at the last step
+    seconds: float
+
+
+def make_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``prompt + answer + eos`` rows; labels only on the answer and eos (-100 elsewhere).
+
+    Returns (input_ids, attention_mask, labels), each ``[examples, longest row]``.
+    """
+    rows = []
+    for prompt, answer in examples:
+        p = tokenizer(prompt)["input_ids"]
+        a = tokenizer(answer)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((p, a))
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # [n, width]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [n, width]
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # [n, width]
+    for i, (p, a) in enumerate(rows):
+        n = len(p) + len(a)
+        ids[i, :n] = torch.tensor(p + a)
+        mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(a)
+    return ids, mask, labels
+
+
+def train_adapter(base_dir: str | Path, task: Task, out_dir: str | Path, cfg: TrainConfig = TrainConfig()
+                  ) -> TrainResult:
+    """Train ``task`` on the base model in ``base_dir``; write the PEFT adapter directory ``out_dir``."""
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {cfg.steps}")
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
+        model = get_peft_model(base, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                                                target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+        loss = _fit(model, make_batch(tokenizer, task.examples()), cfg)
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), save_embedding_layers=False)  # the LoRA tensors only, not lm_head
+        _sort_target_modules(tmp / "adapter_config.json")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        torch.set_num_threads(threads)
+    return TrainResult(task.name, out, loss, time.perf_counter() - started)
+
+
+def _sort_target_modules(config: Path) -> None:
+    """PEFT writes target_modules from a set, in an order that changes with each process's hash seed; sorted, the
+    same training gives the same bytes, hence the same digest, and a re-run is recognised as already stored."""
+    body = json.loads(config.read_text())
+    if isinstance(body.get("target_modules"), list):
+        body["target_modules"] = sorted(body["target_modules"])
+    config.write_text(json.dumps(body, indent=2, sort_keys=True))
+
+
+def _fit(model, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cfg: TrainConfig) -> float:
+    ids, mask, labels = batch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (1.0 - s / cfg.steps))
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(cfg.steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+    model.eval()
+    return float(loss.detach())
