@@ -105,6 +105,15 @@ class RouterCore:
         finally:
             self._loading.discard((key, worker.id))
 
+    @staticmethod
+    async def _settle(call) -> None:
+        """Let a finished stream end on its own (its OK status follows the last message at once) rather than cancel
+        it: a cancelled call counts as CANCELLED at the worker. The caller already has every token."""
+        try:
+            await asyncio.wait_for(call.code(), 1.0)
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+            pass  # the finally cancels it
+
     def _timeout(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
@@ -138,6 +147,7 @@ class RouterCore:
                     sent += msg.token_ids
                     yield msg
                     if msg.finished:
+                        await self._settle(call)
                         return
                 raise Unavailable(f"worker {worker.address} ended the stream before it finished")
             except grpc.aio.AioRpcError as err:
