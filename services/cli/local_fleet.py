@@ -24,13 +24,14 @@ from pathlib import Path
 from services.common.errors import InvalidArgument, Unavailable
 
 MAX_WORKERS = 10  # workers take PORT+10 .. PORT+19; the router PORT+20
+SPAN = 50  # the fleet's ports: gRPC PORT..PORT+20; Prometheus /metrics: store PORT+30, router +31, workers +40..+49
 
 
 @dataclass(frozen=True)
 class FleetConfig:
     data_dir: Path
     base_model: str  # a directory written by save_pretrained
-    port: int = 50051  # the store's; workers take PORT+10.., the router PORT+20
+    port: int = 50051  # the store's; workers take PORT+10.., the router PORT+20, /metrics PORT+30..
     workers: int = 2
     max_slots: int = 8
     ready_timeout_s: float = 180.0  # for every part together; a worker spends seconds importing torch
@@ -40,8 +41,8 @@ class FleetConfig:
         if not 1 <= self.workers <= MAX_WORKERS:
             raise InvalidArgument(f"--workers {self.workers} must be 1..{MAX_WORKERS}: workers take ports "
                                   f"PORT+10..PORT+{9 + MAX_WORKERS}")
-        if not 1 <= self.port <= 65535 - 20:
-            raise InvalidArgument(f"--port {self.port} must be 1..{65535 - 20}: the fleet takes PORT..PORT+20")
+        if not 1 <= self.port <= 65535 - SPAN:
+            raise InvalidArgument(f"--port {self.port} must be 1..{65535 - SPAN}: the fleet takes PORT..PORT+{SPAN - 1}")
 
     @property
     def store_address(self) -> str:
@@ -54,6 +55,12 @@ class FleetConfig:
     @property
     def router_address(self) -> str:
         return f"127.0.0.1:{self.port + 20}"
+
+    def metrics_port(self, part: str) -> int:
+        """Where ``part`` ("store", "router", "worker-N") serves Prometheus /metrics."""
+        if part.startswith("worker-"):
+            return self.port + 40 + int(part.removeprefix("worker-"))
+        return self.port + {"store": 30, "router": 31}[part]
 
 
 @dataclass
@@ -157,11 +164,14 @@ class LocalFleet:
     def describe(self) -> str:
         cfg = self.cfg
         return (f"store   {cfg.store_address}\nworkers {' '.join(cfg.worker_addresses)}\n"
-                f"router  {cfg.router_address}\nbase    {cfg.base_model}\nlogs    {cfg.data_dir}/*.log")
+                f"router  {cfg.router_address}\nbase    {cfg.base_model}\nlogs    {cfg.data_dir}/*.log\n"
+                f"metrics http://127.0.0.1:PORT/metrics: store {cfg.metrics_port('store')}, router "
+                f"{cfg.metrics_port('router')}, workers {cfg.port + 40}-{cfg.port + 39 + cfg.workers}")
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], ready_line: str) -> None:
         log = Path(self.cfg.data_dir) / f"{name}.log"
+        args = [*args, "--metrics-port", str(self.cfg.metrics_port(name)), "--metrics-host", "127.0.0.1"]
         with open(log, "ab") as err:  # the child keeps its own handle
             proc = subprocess.Popen([sys.executable, "-u", "-m", "services.cli.main", *args],
                                     stdout=subprocess.PIPE, stderr=err, text=True)

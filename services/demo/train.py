@@ -8,7 +8,6 @@ Deterministic: a fixed seed, one thread, no dropout. torch and peft are imported
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.demo.tasks import Task
+from services.sdk.peft import stabilize_config
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
@@ -85,21 +85,12 @@ def train_adapter(base_dir: str | Path, task: Task, out_dir: str | Path, cfg: Tr
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), save_embedding_layers=False)  # the LoRA tensors only, not lm_head
-        _sort_target_modules(tmp / "adapter_config.json")
+        stabilize_config(tmp)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     finally:
         torch.set_num_threads(threads)
     return TrainResult(task.name, out, loss, time.perf_counter() - started)
-
-
-def _sort_target_modules(config: Path) -> None:
-    """PEFT writes target_modules from a set, in an order that changes with each process's hash seed; sorted, the
-    same training gives the same bytes, hence the same digest, and a re-run is recognised as already stored."""
-    body = json.loads(config.read_text())
-    if isinstance(body.get("target_modules"), list):
-        body["target_modules"] = sorted(body["target_modules"])
-    config.write_text(json.dumps(body, indent=2, sort_keys=True))
 
 
 def _fit(model, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cfg: TrainConfig) -> float:

@@ -13,6 +13,7 @@ version the training started from) and then records the new version there.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +31,19 @@ if TYPE_CHECKING:
 
 SOURCES_ATTR = "adapterfleet_sources"
 _MODEL_CARD = "README.md"  # written by PEFT's save_pretrained; boilerplate, not part of the adapter
+
+
+def stabilize_config(directory: str | os.PathLike) -> None:
+    """Make ``save_pretrained``'s adapter_config.json the same bytes for the same adapter in every process.
+
+    PEFT writes ``target_modules`` from a set, in an order that changes with each process's hash seed, so the
+    same weights would get a new digest (and a new version) on every re-push. Sorted, with sorted keys, they don't.
+    """
+    config = Path(directory) / "adapter_config.json"
+    body = json.loads(config.read_text())
+    if isinstance(body.get("target_modules"), list):
+        body["target_modules"] = sorted(body["target_modules"])
+    config.write_text(json.dumps(body, indent=2, sort_keys=True))
 
 
 def _require_peft() -> Any:
@@ -119,6 +133,7 @@ def push_from_peft(peft_model: PeftModel, name: str, *, store: str | AdapterStor
         with contextlib.suppress(FileNotFoundError):
             os.unlink(directory / _MODEL_CARD)
         check_files(directory)
+        stabilize_config(directory)
         with _open(store) as opened:
             outcome = opened.push(directory, name, alias=alias, parent=parent)
     known[adapter_name] = str(outcome.manifest.key)

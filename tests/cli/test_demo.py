@@ -67,7 +67,7 @@ def _answer_table(stdout: str) -> tuple[list[str], list[list[str]]]:
 
 def _fleet_port() -> int:
     port = free_port()
-    while port <= 6379 < port + 25 or port + 20 > 65535:  # the fleet takes PORT..PORT+20; never the machine's Redis
+    while port <= 6379 < port + 50 or port > 65535 - 50:  # the fleet takes PORT..PORT+49; not the machine's Redis
         port = free_port()
     return port
 

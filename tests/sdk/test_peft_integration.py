@@ -3,9 +3,11 @@ preflight errors for the classic loading problems (wrong base, missing files, me
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,6 +144,26 @@ def test_continued_training_round_trip(sdk, zoo, arch):
     assert sorted(f.name for f in outcome.manifest.files) == ["adapter_config.json", "adapter_model.safetensors"]
     again = push_from_peft(model, "acme/t", store=sdk)  # same weights: the same version, parent unchanged
     assert not again.created and again.manifest.version == 2
+
+
+def test_pushed_config_is_the_same_bytes_whatever_order_peft_wrote_target_modules_in(sdk, zoo, monkeypatch):
+    """PEFT keeps target_modules in a set (its order follows the process's hash seed): a re-push of the same
+    weights from another process must still be recognised as the same version."""
+    z = zoo["llama"]
+    model = from_store(load_base_model(z["base"]), str(sdk.push(z["b"], "acme/order").manifest.key), store=sdk)
+    first = push_from_peft(model, "acme/order-copy", store=sdk)
+    save = type(model).save_pretrained
+
+    def save_with_reversed_modules(self, directory, **kw):  # what another hash seed may write
+        save(self, directory, **kw)
+        config = Path(directory) / "adapter_config.json"
+        body = json.loads(config.read_text())
+        body["target_modules"] = sorted(body["target_modules"], reverse=True)
+        config.write_text(json.dumps(body))
+
+    monkeypatch.setattr(type(model), "save_pretrained", save_with_reversed_modules)
+    again = push_from_peft(model, "acme/order-copy", store=sdk, parent=first.manifest.parent)
+    assert not again.created and again.manifest.key == first.manifest.key
 
 
 def test_a_non_default_adapter_name_pushes_from_its_subdirectory(sdk, zoo):
