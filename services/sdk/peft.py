@@ -24,6 +24,7 @@ from services.common.errors import InvalidArgument
 from services.sdk.preflight import check_files, preflight
 from services.sdk.store import DEFAULT_ADDRESS, AdapterStore, LocalAdapter
 from store.client import PushOutcome
+from store.manifest import BaseModelIdentity
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -44,6 +45,14 @@ def stabilize_config(directory: str | os.PathLike) -> None:
     if isinstance(body.get("target_modules"), list):
         body["target_modules"] = sorted(body["target_modules"])
     config.write_text(json.dumps(body, indent=2, sort_keys=True))
+
+
+def _identity(peft_model: PeftModel) -> BaseModelIdentity:
+    """The fingerprint of the base model under ``peft_model``: recorded in the manifest, so that workers serving
+    a different base refuse the adapter before installing it."""
+    from services.worker.model_host import fingerprint  # noqa: PLC0415 - torch, already loaded with peft
+
+    return BaseModelIdentity(fingerprint=fingerprint(peft_model))
 
 
 def _require_peft() -> Any:
@@ -135,6 +144,6 @@ def push_from_peft(peft_model: PeftModel, name: str, *, store: str | AdapterStor
         check_files(directory)
         stabilize_config(directory)
         with _open(store) as opened:
-            outcome = opened.push(directory, name, alias=alias, parent=parent)
+            outcome = opened.push(directory, name, alias=alias, parent=parent, base_model=_identity(peft_model))
     known[adapter_name] = str(outcome.manifest.key)
     return outcome

@@ -22,7 +22,7 @@ from pathlib import Path
 from services.common.errors import ChecksumMismatch
 from store.client import PushOutcome, Resolved, StoreClient, hash_file
 from store.index import StoreEvent, Targets
-from store.manifest import Manifest
+from store.manifest import BaseModelIdentity, Manifest
 from store.refs import DIGEST_PREFIX, Ref
 
 try:  # POSIX advisory locks; elsewhere concurrent pulls of one key are only safe within one process
@@ -95,9 +95,11 @@ class AdapterStore:
         self.close()
 
     # --- push / pull -------------------------------------------------------------------------------------------
-    def push(self, directory: str | os.PathLike, name: str, *, alias: str = "", parent: str = "") -> PushOutcome:
-        """Push a PEFT adapter directory as the next version of ``name`` (identical content: the same version)."""
-        return self.client.push_dir(directory, name, alias=alias, parent=parent)
+    def push(self, directory: str | os.PathLike, name: str, *, alias: str = "", parent: str = "",
+             base_model: BaseModelIdentity | None = None) -> PushOutcome:
+        """Push a PEFT adapter directory as the next version of ``name`` (identical content: the same version).
+        ``base_model`` records what it was trained on; workers whose base has another fingerprint refuse it."""
+        return self.client.push_dir(directory, name, alias=alias, parent=parent, base_model=base_model)
 
     def pull(self, ref: str, dest: str | os.PathLike | None = None) -> Path:
         """Download ``ref`` (verified) into ``dest``, or into the local cache when ``dest`` is None; the path.

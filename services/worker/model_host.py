@@ -19,18 +19,29 @@ SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_la
                 "ffn_dim", "word_embed_proj_dim", "tie_word_embeddings")
 
 
+# Module names of adapter wrappers (PEFT's, and the worker's own): the wrapped base module lives one level down.
+_WRAPPED = {"base_layer", "original_module"}
+_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+                  "modules_to_save", "lora_dropout"}
+
+
 def fingerprint(model: nn.Module) -> str:
     """sha256 over the architecture, the shape-fixing config fields and every targetable module's shape.
 
-    Two workers with the same fingerprint accept exactly the same adapters.
+    Two workers with the same fingerprint accept exactly the same adapters. A PeftModel (or a model with adapters
+    injected) gives the fingerprint of its base model: adapter wrappers are looked through, adapter parts skipped.
     """
     from transformers.pytorch_utils import Conv1D
 
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     config = model.config
     modules = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | Conv1D | nn.Embedding):
-            modules[name] = [type(module).__name__, list(module.weight.shape)]
+        parts = name.split(".")
+        if isinstance(module, nn.Linear | Conv1D | nn.Embedding) and not _ADAPTER_PARTS.intersection(parts):
+            canonical = ".".join(p for p in parts if p not in _WRAPPED)
+            modules[canonical] = [type(module).__name__, list(module.weight.shape)]
     body = {
         "architectures": list(getattr(config, "architectures", None) or [type(model).__name__]),
         "config": {k: getattr(config, k) for k in SHAPE_FIELDS if getattr(config, k, None) is not None},

@@ -166,6 +166,26 @@ def test_pushed_config_is_the_same_bytes_whatever_order_peft_wrote_target_module
     assert not again.created and again.manifest.key == first.manifest.key
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_pushed_versions_record_the_base_model_fingerprint_workers_check(sdk, zoo, arch, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from services.worker.model_host import fingerprint
+
+    z = zoo[arch]
+    base_fp = fingerprint(load_base_model(z["base"]))
+    model = from_store(load_base_model(z["base"]), str(sdk.push(z["b"], f"acme/fp-{arch}").manifest.key), store=sdk)
+    assert fingerprint(model) == base_fp  # LoRA wrappers looked through
+    pushed = push_from_peft(model, f"acme/fp-{arch}-copy", store=sdk)
+    assert pushed.manifest.base_model.fingerprint == base_fp
+    # modules_to_save wrappers are looked through too
+    targets = ["q_proj"] if arch == "llama" else ["c_attn"]
+    saved = ["lm_head"]
+    wrapped = get_peft_model(load_base_model(z["base"]), LoraConfig(r=2, target_modules=targets,
+                                                                  modules_to_save=saved))
+    assert fingerprint(wrapped) == base_fp
+
+
 def test_a_non_default_adapter_name_pushes_from_its_subdirectory(sdk, zoo):
     from peft import get_peft_model_state_dict
 
