@@ -23,12 +23,12 @@ _EXPORTS = {
     "from_store": "services.sdk.peft",
     "load_adapter_from_store": "services.sdk.peft",
     "push_from_peft": "services.sdk.peft",
-    "AdapterFleetError": "services.common.errors",
+    **{name: "services.common.errors" for name in (
+        "AdapterFleetError", "AliasConflict", "ChecksumMismatch", "FailedPrecondition", "Incompatible",
+        "InvalidAdapter", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Unavailable",
+        "DeadlineExceeded")},
 }
-__all__ = [
-    "AdapterFleetError", "AdapterStore", "AsyncFleetClient", "FleetClient", "Generation", "GenerationChunk",
-    "RouterStats", "Scores", "from_store", "load_adapter_from_store", "push_from_peft",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

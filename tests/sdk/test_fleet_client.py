@@ -209,7 +209,18 @@ def test_every_call_sends_a_request_id_and_the_client_metadata(recorder):
 
 def test_importing_the_sdk_does_not_import_torch_or_peft():
     code = ("import sys; from adapterfleet import AdapterStore, FleetClient, AsyncFleetClient, from_store, "
-            "load_adapter_from_store, push_from_peft; import adapterfleet.v1.worker_pb2; "
+            "load_adapter_from_store, push_from_peft, NotFound, Incompatible, AliasConflict; "
+            "import adapterfleet.v1.worker_pb2; "
             "print(sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_name_the_package_exports_resolves():
+    import adapterfleet
+
+    assert {"AdapterStore", "FleetClient", "from_store", "NotFound", "Incompatible"} <= set(adapterfleet.__all__)
+    for name in adapterfleet.__all__:
+        assert getattr(adapterfleet, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        adapterfleet.nope  # noqa: B018
