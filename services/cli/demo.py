@@ -16,14 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
-
-from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.common.grpc_errors import error_from_rpc
-from services.common.server import CHANNEL_OPTIONS
 from services.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for
+from services.sdk.fleet import FleetClient, RouterStats
 
 if TYPE_CHECKING:
     from services.demo.train import TrainResult
@@ -59,15 +55,16 @@ def run_demo(args) -> int:
             trained = _train_all(base, data / "demo-adapters", args.steps, fleet.check)
             fleet.wait_ready()
             refs = _push_all(cfg.store_address, trained, _fingerprint(base))
-            _wait_for_workers(cfg.router_address, cfg.workers)
-            plan = request_plan(args.requests, refs)
-            t0 = time.perf_counter()
-            answers = _ask_all(cfg.router_address, plan)
-            print(f"\n{len(plan)} greedy requests through the router ({CONCURRENCY} at a time) in "
-                  f"{time.perf_counter() - t0:.1f}s:\n")
-            print(answer_table(plan, answers, [BASE, *refs]))
-            print()
-            print(stats_text(_router_stats(cfg.router_address)))
+            with FleetClient(cfg.router_address) as router:
+                _wait_for_workers(router, cfg.workers)
+                plan = request_plan(args.requests, refs)
+                t0 = time.perf_counter()
+                answers = _ask_all(router, plan)
+                print(f"\n{len(plan)} greedy requests through the router ({CONCURRENCY} at a time) in "
+                      f"{time.perf_counter() - t0:.1f}s:\n")
+                print(answer_table(plan, answers, [BASE, *refs]))
+                print()
+                print(stats_text(router.stats(timeout=10)))
             print(f"\ndemo ran in {time.perf_counter() - started:.1f}s", flush=True)
             served = True
             if args.exit:
@@ -135,19 +132,11 @@ def _push_all(store: str, trained: list[TrainResult], fp: str) -> list[str]:
     return refs
 
 
-def _router_stats(router: str) -> router_pb2.RouterStats:
-    with grpc.insecure_channel(router, options=CHANNEL_OPTIONS) as channel:
-        try:
-            return router_pb2_grpc.RouterStub(channel).Stats(router_pb2.RouterStatsRequest(), timeout=10)
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
-
-
-def _wait_for_workers(router: str, n: int) -> None:
+def _wait_for_workers(router: FleetClient, n: int) -> None:
     """Until the router sees all ``n`` workers healthy (they announce every second), so placement spreads."""
     deadline = time.monotonic() + WORKERS_VISIBLE_TIMEOUT_S
     while True:
-        healthy = sum(w.healthy for w in _router_stats(router).workers)
+        healthy = sum(w.healthy for w in router.stats(timeout=10).workers)
         if healthy >= n:
             return
         if time.monotonic() > deadline:
@@ -162,22 +151,14 @@ def request_plan(n: int, refs: list[str]) -> list[tuple[str, str]]:
     return [(columns[i % len(columns)], WORDS[(i // len(columns)) % len(WORDS)]) for i in range(n)]
 
 
-def _ask_all(router: str, plan: list[tuple[str, str]]) -> list[str]:
-    with grpc.insecure_channel(router, options=CHANNEL_OPTIONS) as channel:
-        stub = worker_pb2_grpc.WorkerStub(channel)
+def _ask_all(router: FleetClient, plan: list[tuple[str, str]]) -> list[str]:
+    def ask(item: tuple[str, str]) -> str:
+        column, word = item
+        return router.generate(prompt_for(word), adapter="" if column == BASE else column,
+                               max_new_tokens=MAX_ANSWER_CHARS, timeout=REQUEST_TIMEOUT_S).text
 
-        def ask(item: tuple[str, str]) -> str:
-            column, word = item
-            request = worker_pb2.GenerateRequest(
-                adapter="" if column == BASE else column, prompt=prompt_for(word),
-                max_new_tokens=MAX_ANSWER_CHARS, sampling=worker_pb2.SamplingParams(temperature=0.0))
-            try:
-                return "".join(c.text for c in stub.Generate(request, timeout=REQUEST_TIMEOUT_S))
-            except grpc.RpcError as err:
-                raise error_from_rpc(err) from None
-
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            return list(pool.map(ask, plan))
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return list(pool.map(ask, plan))
 
 
 def answer_table(plan: list[tuple[str, str]], answers: list[str], columns: list[str]) -> str:
@@ -195,7 +176,7 @@ def _short(key: str) -> str:
     return f"{name}@{digest[:19]}..." if digest else name
 
 
-def stats_text(s: router_pb2.RouterStats) -> str:
+def stats_text(s: RouterStats) -> str:
     lines = [(f"router stats: {s.requests} requests, {s.retries} retries, {s.failures} failures; "
               f"affinity hit rate {100 * s.affinity_hit_rate:.1f}% (adapter requests placed on a worker that "
               "already held the adapter)"),
