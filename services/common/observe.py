@@ -6,9 +6,12 @@ It must sit outside the ErrorInterceptor so that it sees the status a domain err
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 
 import grpc
 
@@ -39,52 +42,44 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         rid = dict(details.invocation_metadata or ()).get("x-request-id") or uuid.uuid4().hex
-        return rewrap(await continuation(details), self._wrap_unary(rid), self._wrap_stream(rid), details.method)
+        return rewrap(await continuation(details), functools.partial(self._unary, rid=rid),
+                      functools.partial(self._stream, rid=rid), details.method)
 
-    def _finish(self, method: str, request, context, started: float, error: BaseException | None) -> None:
-        if error is not None and not isinstance(error, Exception):
-            code = "CANCELLED"  # asyncio.CancelledError: the caller went away
-        else:
+    def _unary(self, fn, method: str, *, rid: str):
+        async def handler(request, context):
+            with self._observed(method, request, context, rid):
+                return await fn(request, context)
+
+        return handler
+
+    def _stream(self, fn, method: str, *, rid: str):
+        async def handler(request, context):
+            with self._observed(method, request, context, rid):
+                async for item in fn(request, context):
+                    yield item
+
+        return handler
+
+    @contextlib.contextmanager
+    def _observed(self, method: str, request, context, rid: str) -> Iterator[None]:
+        """The call runs with its request id set; when it ends, however it ends, it is counted and timed."""
+        request_id.set(rid)
+        started, code = time.perf_counter(), None
+        try:
+            yield
+        except Exception:  # noqa: BLE001 - re-raised; only its status is read here
+            code = "UNKNOWN"
+            raise
+        except BaseException:  # asyncio.CancelledError: the caller went away
+            code = "CANCELLED"
+            raise
+        finally:
             status = context.code()
-            code = status.name if isinstance(status, grpc.StatusCode) else "OK" if error is None else "UNKNOWN"
-        seconds = time.perf_counter() - started
-        adapter = _adapter_of(request)
-        self._metrics.observe(_short(method), adapter, code, seconds)
-        if code != "OK":
-            log.info("%s %s", _short(method), code, extra={"adapter": adapter, "code": code,
-                                                            "duration_ms": round(seconds * 1000, 2)})
-
-    def _wrap_unary(self, rid: str):
-        def wrap(fn, method):
-            async def handler(request, context):
-                request_id.set(rid)
-                started, error = time.perf_counter(), None
-                try:
-                    return await fn(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    self._finish(method, request, context, started, error)
-
-            return handler
-
-        return wrap
-
-    def _wrap_stream(self, rid: str):
-        def wrap(fn, method):
-            async def handler(request, context):
-                request_id.set(rid)
-                started, error = time.perf_counter(), None
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    self._finish(method, request, context, started, error)
-
-            return handler
-
-        return wrap
+            if code != "CANCELLED":
+                code = status.name if isinstance(status, grpc.StatusCode) else code or "OK"
+            seconds = time.perf_counter() - started
+            adapter = _adapter_of(request)
+            self._metrics.observe(_short(method), adapter, code, seconds)
+            if code != "OK":
+                log.info("%s %s", _short(method), code, extra={"adapter": adapter, "code": code,
+                                                                "duration_ms": round(seconds * 1000, 2)})
