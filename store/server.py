@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 from services.common.metrics import ServiceMetrics
-from services.common.server import create_server, mark_draining, mark_serving, until_signalled
+from services.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
 from store.blobs.base import BlobStore
 from store.blobs.cache import CachedBlobStore
 from store.blobs.local import LocalBlobStore
@@ -89,11 +89,9 @@ async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -
     store = create_store_server(cfg, redis_client, blobs)
     await store.start()
     log.info("store serving on %s:%d (region %s)%s", cfg.host, store.port, cfg.region,
-             f", metrics on :{store.metrics_port}/metrics" if store.metrics_port else "")
+             metrics_note(store.metrics_port))
     if on_ready:
         on_ready(store.port)
-    await until_signalled()
-    log.info("draining: in-flight calls get %.0f s", cfg.drain_s)
-    await store.stop(grace=cfg.drain_s)
+    await drain_when_signalled(store.stop, cfg.drain_s)
     blobs.close()
     await redis_client.aclose()

@@ -42,7 +42,8 @@ class FleetConfig:
             raise InvalidArgument(f"--workers {self.workers} must be 1..{MAX_WORKERS}: workers take ports "
                                   f"PORT+10..PORT+{9 + MAX_WORKERS}")
         if not 1 <= self.port <= 65535 - SPAN:
-            raise InvalidArgument(f"--port {self.port} must be 1..{65535 - SPAN}: the fleet takes PORT..PORT+{SPAN - 1}")
+            raise InvalidArgument(f"--port {self.port} must be 1..{65535 - SPAN}: the fleet takes "
+                                  f"PORT..PORT+{SPAN - 1}")
 
     @property
     def store_address(self) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +15,7 @@ from services.common.grpc_errors import ErrorInterceptor
 from services.common.metrics import ServiceMetrics
 from services.common.observe import ObserveInterceptor
 
+log = logging.getLogger("adapterfleet.server")
 MAX_MESSAGE_BYTES = 64 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -53,6 +55,18 @@ async def mark_draining(health_servicer: health.aio.HealthServicer, service_name
     """Readiness goes down first, so that load balancers and probes stop sending before the listener closes."""
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def metrics_note(port: int) -> str:
+    """The tail of a service's "serving on ..." log line."""
+    return f", metrics on :{port}/metrics" if port else ""
+
+
+async def drain_when_signalled(stop: Callable[..., Awaitable[None]], drain_s: float) -> None:
+    """Wait for SIGINT or SIGTERM, then ``await stop(grace=drain_s)``: the service's drain."""
+    await until_signalled()
+    log.info("draining: in-flight calls get %.0f s", drain_s)
+    await stop(grace=drain_s)
 
 
 async def until_signalled() -> None:

@@ -9,7 +9,7 @@ import grpc
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.common.metrics import ServiceMetrics
-from services.common.server import create_server, mark_draining, mark_serving, until_signalled
+from services.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
 from services.router.config import RouterConfig
 from services.router.membership import Membership
 from services.router.metrics import RouterCollector
@@ -86,9 +86,7 @@ async def serve(cfg: RouterConfig, on_ready=None) -> None:
     router = create_router_server(cfg)
     await router.start()
     log.info("router serving on %s:%d (region %s)%s", cfg.host, router.port, cfg.region,
-             f", metrics on :{router.metrics_port}/metrics" if router.metrics_port else "")
+             metrics_note(router.metrics_port))
     if on_ready:
         on_ready(router.port)
-    await until_signalled()
-    log.info("draining: in-flight streams get %.0f s", cfg.drain_s)
-    await router.stop(grace=cfg.drain_s)
+    await drain_when_signalled(router.stop, cfg.drain_s)

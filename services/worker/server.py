@@ -10,7 +10,7 @@ import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from services.common.metrics import ServiceMetrics
-from services.common.server import create_server, mark_draining, mark_serving, until_signalled
+from services.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
 from services.worker.announcer import Announcer
 from services.worker.backend import WorkerBackend
 from services.worker.cache import AdapterCache
@@ -83,9 +83,7 @@ async def serve(cfg: WorkerConfig, on_ready=None) -> None:
     worker = create_worker_server(cfg, core)
     await worker.start()
     log.info("worker serving %s on %s:%d (fingerprint %s)%s", cfg.base_model, cfg.host, worker.port,
-             core.host.fingerprint, f", metrics on :{worker.metrics_port}/metrics" if worker.metrics_port else "")
+             core.host.fingerprint, metrics_note(worker.metrics_port))
     if on_ready:
         on_ready(worker.port, core.host.fingerprint)
-    await until_signalled()
-    log.info("draining: in-flight requests get %.0f s", cfg.drain_s)
-    await worker.stop(grace=cfg.drain_s)
+    await drain_when_signalled(worker.stop, cfg.drain_s)
