@@ -17,7 +17,9 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
 # The project's dependencies in a layer of their own (kept while only the code changes), then the code itself.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(d for d in p['dependencies'] + sum((p['optional-dependencies'][x] for x in \
+('server', 'store', 'worker', 'router')), []) if not d.startswith('adapterfleet')))" \
         > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt

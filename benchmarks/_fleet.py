@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.common.embedded_redis import RedisProcess, free_port
+from adapterfleet.common.embedded_redis import RedisProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -40,7 +40,7 @@ def s3_and_store(bucket: str = "bench", part_mb: int = 8):
         _wait_port(s3_port)
         endpoint = f"http://127.0.0.1:{s3_port}"
         store = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "store", "serve", "--port", str(store_port),
+            [sys.executable, "-m", "adapterfleet.cli.main", "store", "serve", "--port", str(store_port),
              "--redis-url", redis.url, "--s3-endpoint", endpoint, "--bucket", bucket, "--s3-part-mb", str(part_mb),
              "--log-level", "WARNING"], stdout=subprocess.DEVNULL, env=ENV, cwd=REPO)
         _wait_port(store_port)

@@ -28,11 +28,11 @@ import torch  # noqa: E402
 
 from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import s3_and_store  # noqa: E402
-from services.worker.backend import WorkerBackend  # noqa: E402
-from services.worker.cache import AdapterCache  # noqa: E402
-from services.worker.lora import LoraModel  # noqa: E402
-from services.worker.model_host import fingerprint  # noqa: E402
-from store.client import StoreClient  # noqa: E402
+from adapterfleet.worker.backend import WorkerBackend  # noqa: E402
+from adapterfleet.worker.cache import AdapterCache  # noqa: E402
+from adapterfleet.worker.lora import LoraModel  # noqa: E402
+from adapterfleet.worker.model_host import fingerprint  # noqa: E402
+from adapterfleet.store.client import StoreClient  # noqa: E402
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

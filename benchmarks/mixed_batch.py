@@ -45,7 +45,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
 from benchmarks import _plot
-from services.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
 
 ROWS = 32
 PREFILL_TOKENS = 128

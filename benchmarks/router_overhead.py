@@ -26,7 +26,7 @@ import grpc  # noqa: E402
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
-from services.common.embedded_redis import free_port  # noqa: E402
+from adapterfleet.common.embedded_redis import free_port  # noqa: E402
 
 KEY = "bench/a@sha256:" + "ab" * 32  # canonical: the router places it without asking the store
 
@@ -64,7 +64,7 @@ def main() -> None:
             wport, rport, bport = free_port(), free_port(), free_port()
             procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_stub_worker.py"), store,
                                            str(wport), str(args.tokens)], env=ENV, stdout=subprocess.DEVNULL))
-            procs.append(subprocess.Popen([sys.executable, "-m", "services.cli.main", "router", "serve", "--store",
+            procs.append(subprocess.Popen([sys.executable, "-m", "adapterfleet.cli.main", "router", "serve", "--store",
                                            store, "--port", str(rport), "--log-level", "WARNING"], env=ENV,
                                           cwd=REPO, stdout=subprocess.DEVNULL))
             procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_bare_proxy.py"), str(bport),

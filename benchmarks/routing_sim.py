@@ -1,4 +1,4 @@
-"""Routing policy simulation: the real `services.router.placement.Placement` against naive routers.
+"""Routing policy simulation: the real `adapterfleet.router.placement.Placement` against naive routers.
 
     python benchmarks/routing_sim.py [--quick] [--seed 0] [--eps 0.25] [--hot 20] [--copies 4]
 
@@ -55,7 +55,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 import numpy as np
 
 from benchmarks import _plot
-from services.router.placement import Placement, PlacementConfig, WorkerView
+from adapterfleet.router.placement import Placement, PlacementConfig, WorkerView
 
 ACTIVE, LOADING = "active", "loading"
 

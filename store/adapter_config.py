@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from services.common.errors import InvalidAdapter
-from store.strict_json import strict_loads
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.strict_json import strict_loads
 
 _WHERE = "adapter_config.json"
 REQUIRED_KEYS = ("peft_type", "r", "lora_alpha", "target_modules")

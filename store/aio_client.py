@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
-from services.common.grpc_errors import error_from_rpc
-from services.common.server import CHANNEL_OPTIONS
-from store import proto_convert as pc
-from store.client import Resolved
-from store.index import StoreEvent
-from store.registry import WorkerRecord
-from store.registry_servicer import record_from_pb
+from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.store import proto_convert as pc
+from adapterfleet.store.client import Resolved
+from adapterfleet.store.index import StoreEvent
+from adapterfleet.store.registry import WorkerRecord
+from adapterfleet.store.registry_servicer import record_from_pb
 
 
 class AsyncStoreClient:

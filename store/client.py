@@ -17,12 +17,12 @@ from pathlib import Path
 import grpc
 
 from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
-from services.common.errors import AdapterFleetError, ChecksumMismatch, InvalidArgument
-from services.common.grpc_errors import error_from_rpc
-from services.common.server import CHANNEL_OPTIONS
-from store import proto_convert as pc
-from store.index import StoreEvent, Targets
-from store.manifest import BaseModelIdentity, FileEntry, Manifest
+from adapterfleet.common.errors import AdapterFleetError, ChecksumMismatch, InvalidArgument
+from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.store import proto_convert as pc
+from adapterfleet.store.index import StoreEvent, Targets
+from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 
 CHUNK = 1 << 20
 ORDER = {"adapter_config.json": 0, "adapter_model.safetensors": 1}  # config first: validated before weights

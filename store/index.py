@@ -8,9 +8,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.errors import AliasConflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from store import scripts
-from store.manifest import Manifest
+from adapterfleet.common.errors import AliasConflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from adapterfleet.store import scripts
+from adapterfleet.store.manifest import Manifest
 
 Targets = tuple[tuple[int, int], ...]  # ((version, weight), ...) sorted by version; weights sum to 100
 

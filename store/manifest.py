@@ -11,8 +11,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from services.common.errors import InvalidArgument
-from store.refs import DIGEST_PREFIX, AdapterKey, validate_hex_digest
+from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.store.refs import DIGEST_PREFIX, AdapterKey, validate_hex_digest
 
 MANIFEST_SCHEMA = "adapterfleet.manifest/v1"
 

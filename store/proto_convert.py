@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapterfleet.v1 import common_pb2, store_pb2
-from store.index import StoreEvent, Targets
-from store.manifest import BaseModelIdentity, FileEntry, Manifest
+from adapterfleet.store.index import StoreEvent, Targets
+from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 
 
 def manifest_to_pb(m: Manifest) -> common_pb2.Manifest:

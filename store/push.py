@@ -17,15 +17,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from services.common.errors import FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
-from store.adapter_config import LoraSpec, parse_adapter_config
-from store.blobs.base import BlobStore, BlobWriter
-from store.config import StoreConfig
-from store.index import RedisIndex
-from store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
-from store.refs import validate_alias, validate_name
-from store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
-from store.validation import check_adapter, check_file_name, check_file_set
+from adapterfleet.common.errors import FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
+from adapterfleet.store.adapter_config import LoraSpec, parse_adapter_config
+from adapterfleet.store.blobs.base import BlobStore, BlobWriter
+from adapterfleet.store.config import StoreConfig
+from adapterfleet.store.index import RedisIndex
+from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
+from adapterfleet.store.refs import validate_alias, validate_name
+from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
+from adapterfleet.store.validation import check_adapter, check_file_name, check_file_set
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.common.errors import InvalidArgument
+from adapterfleet.common.errors import InvalidArgument
 
 _SEGMENT = r"[a-z0-9][a-z0-9._-]{0,63}"
 _NAME_RE = re.compile(rf"^(?:{_SEGMENT}/)?{_SEGMENT}$")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
 
-from services.common.errors import InvalidArgument
+from adapterfleet.common.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

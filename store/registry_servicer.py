@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
-from store.registry import RedisRegistry, WorkerRecord
+from adapterfleet.store.registry import RedisRegistry, WorkerRecord
 
 
 def record_from_pb(pb: registry_pb2.WorkerInfo) -> WorkerRecord:

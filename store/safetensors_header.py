@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.errors import InvalidAdapter
-from store.strict_json import strict_loads
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.strict_json import strict_loads
 
 _WHERE = "adapter_model.safetensors"
 _FIX = "re-save the adapter with PeftModel.save_pretrained() or safetensors.torch.save_file()"

@@ -10,19 +10,19 @@ import grpc
 import redis.asyncio as aioredis
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
-from services.common.metrics import ServiceMetrics
-from services.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
-from store.blobs.base import BlobStore
-from store.blobs.cache import CachedBlobStore
-from store.blobs.local import LocalBlobStore
-from store.blobs.s3 import S3BlobStore
-from store.config import StoreConfig
-from store.index import RedisIndex
-from store.metrics import StoreCollector
-from store.registry import RedisRegistry
-from store.registry_servicer import RegistryServicer
-from store.service import AdapterStoreCore
-from store.servicer import StoreServicer
+from adapterfleet.common.metrics import ServiceMetrics
+from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
+from adapterfleet.store.blobs.base import BlobStore
+from adapterfleet.store.blobs.cache import CachedBlobStore
+from adapterfleet.store.blobs.local import LocalBlobStore
+from adapterfleet.store.blobs.s3 import S3BlobStore
+from adapterfleet.store.config import StoreConfig
+from adapterfleet.store.index import RedisIndex
+from adapterfleet.store.metrics import StoreCollector
+from adapterfleet.store.registry import RedisRegistry
+from adapterfleet.store.registry_servicer import RegistryServicer
+from adapterfleet.store.service import AdapterStoreCore
+from adapterfleet.store.servicer import StoreServicer
 
 log = logging.getLogger("adapterfleet.store")
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["AdapterStore"].full_name

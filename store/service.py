@@ -9,14 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from services.common.aio import Prefetch
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from store.blobs.base import BlobStore
-from store.config import StoreConfig
-from store.index import RedisIndex, StoreEvent, Targets, check_targets
-from store.manifest import Manifest
-from store.push import PushHeader, PushResult, PushSession
-from store.refs import Ref, validate_alias, validate_hex_digest, validate_name
+from adapterfleet.common.aio import Prefetch
+from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from adapterfleet.store.blobs.base import BlobStore
+from adapterfleet.store.config import StoreConfig
+from adapterfleet.store.index import RedisIndex, StoreEvent, Targets, check_targets
+from adapterfleet.store.manifest import Manifest
+from adapterfleet.store.push import PushHeader, PushResult, PushSession
+from adapterfleet.store.refs import Ref, validate_alias, validate_hex_digest, validate_name
 
 
 @dataclass(frozen=True)

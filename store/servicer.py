@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from adapterfleet.v1 import store_pb2, store_pb2_grpc
-from services.common.errors import InvalidArgument
-from store import proto_convert as pc
-from store.push import PushHeader
-from store.service import AdapterStoreCore, FileChunk
+from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.store import proto_convert as pc
+from adapterfleet.store.push import PushHeader
+from adapterfleet.store.service import AdapterStoreCore, FileChunk
 
 
 class StoreServicer(store_pb2_grpc.AdapterStoreServicer):

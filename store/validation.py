@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from services.common.errors import InvalidAdapter
-from store.adapter_config import LoraSpec, pattern_key
-from store.safetensors_header import SafetensorsHeader, TensorInfo
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.adapter_config import LoraSpec, pattern_key
+from adapterfleet.store.safetensors_header import SafetensorsHeader, TensorInfo
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -16,8 +16,8 @@ import boto3
 import pytest
 import redis
 
-from services.common.embedded_redis import RedisProcess, free_port
-from store.config import Limits, S3Config, StoreConfig
+from adapterfleet.common.embedded_redis import RedisProcess, free_port
+from adapterfleet.store.config import Limits, S3Config, StoreConfig
 from tests.helpers.servers import start_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def store_config(redis_server, s3_config, tmp_path) -> StoreConfig:
 @pytest.fixture
 def store(store_config):
     """A running store: yields a StoreHandle with .address, .core, .config, .client()."""
-    from store.client import StoreClient
+    from adapterfleet.store.client import StoreClient
 
     address, core, stop = start_store(store_config)
 

@@ -13,17 +13,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "AdapterStore": "services.sdk.store",
-    "FleetClient": "services.sdk.fleet",
-    "AsyncFleetClient": "services.sdk.fleet_aio",
-    "Generation": "services.sdk.fleet",
-    "GenerationChunk": "services.sdk.fleet",
-    "Scores": "services.sdk.fleet",
-    "RouterStats": "services.sdk.fleet",
-    "from_store": "services.sdk.peft",
-    "load_adapter_from_store": "services.sdk.peft",
-    "push_from_peft": "services.sdk.peft",
-    **{name: "services.common.errors" for name in (
+    "AdapterStore": "adapterfleet.sdk.store",
+    "FleetClient": "adapterfleet.sdk.fleet",
+    "AsyncFleetClient": "adapterfleet.sdk.fleet_aio",
+    "Generation": "adapterfleet.sdk.fleet",
+    "GenerationChunk": "adapterfleet.sdk.fleet",
+    "Scores": "adapterfleet.sdk.fleet",
+    "RouterStats": "adapterfleet.sdk.fleet",
+    "from_store": "adapterfleet.sdk.peft",
+    "load_adapter_from_store": "adapterfleet.sdk.peft",
+    "push_from_peft": "adapterfleet.sdk.peft",
+    **{name: "adapterfleet.common.errors" for name in (
         "AdapterFleetError", "AliasConflict", "ChecksumMismatch", "FailedPrecondition", "Incompatible",
         "InvalidAdapter", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Unavailable",
         "DeadlineExceeded")},

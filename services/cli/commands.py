@@ -6,8 +6,8 @@ import json
 import sys
 from contextlib import contextmanager
 
-from services.common.errors import InvalidArgument
-from store.manifest import Manifest
+from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.store.manifest import Manifest
 
 
 def _out(obj) -> None:
@@ -53,30 +53,30 @@ def progress_bar(enabled: bool, total: int, label: str):
 
 def dispatch(args, store_addr: str) -> int:
     if args.command == "store":
-        from services.cli.store_serve import run_store  # noqa: PLC0415
+        from adapterfleet.cli.store_serve import run_store  # noqa: PLC0415
 
         return run_store(args)
     if args.command == "worker":
-        from services.cli.worker_serve import run_worker  # noqa: PLC0415 - imports torch
+        from adapterfleet.cli.worker_serve import run_worker  # noqa: PLC0415 - imports torch
 
         return run_worker(args, store_addr)
     if args.command == "up":
-        from services.cli.up import run_up  # noqa: PLC0415
+        from adapterfleet.cli.up import run_up  # noqa: PLC0415
 
         return run_up(args)
     if args.command == "demo":
-        from services.cli.demo import run_demo  # noqa: PLC0415
+        from adapterfleet.cli.demo import run_demo  # noqa: PLC0415
 
         return run_demo(args)
     if args.command == "router":
-        from services.cli.router_serve import run_router  # noqa: PLC0415
+        from adapterfleet.cli.router_serve import run_router  # noqa: PLC0415
 
         return run_router(args, store_addr)
     if args.command in ("generate", "score"):
-        from services.cli.inference import run_inference  # noqa: PLC0415
+        from adapterfleet.cli.inference import run_inference  # noqa: PLC0415
 
         return run_inference(args)
-    from store.client import StoreClient  # noqa: PLC0415
+    from adapterfleet.store.client import StoreClient  # noqa: PLC0415
 
     with StoreClient(store_addr) as client:
         return COMMANDS[args.command](args, client)
@@ -85,7 +85,7 @@ def dispatch(args, store_addr: str) -> int:
 def cmd_push(args, client) -> int:
     from pathlib import Path
 
-    from store.client import adapter_files
+    from adapterfleet.store.client import adapter_files
 
     total = sum(p.stat().st_size for p in adapter_files(Path(args.dir)))
     with progress_bar(not args.json, total, f"push {args.name}") as advance:

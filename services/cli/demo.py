@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for
-from services.sdk.fleet import FleetClient, RouterStats
+from adapterfleet.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
+from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from adapterfleet.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for
+from adapterfleet.sdk.fleet import FleetClient, RouterStats
 
 if TYPE_CHECKING:
-    from services.demo.train import TrainResult
+    from adapterfleet.demo.train import TrainResult
 
 ALIAS = "prod"
 BASE = "base model"  # the column of requests without an adapter
@@ -41,7 +41,7 @@ def run_demo(args) -> int:
     base = data / "demo-base"
     fleet = LocalFleet(FleetConfig(data, str(base), port=args.port, workers=args.workers))
     _import_training()
-    from services.demo.base_model import build_demo_base  # noqa: PLC0415 - imports torch
+    from adapterfleet.demo.base_model import build_demo_base  # noqa: PLC0415 - imports torch
 
     data.mkdir(parents=True, exist_ok=True)
     build_demo_base(base)
@@ -94,7 +94,7 @@ def _import_training() -> None:
 
 
 def _train_all(base: Path, out: Path, steps: int, check_fleet: Callable[[], None]) -> list[TrainResult]:
-    from services.demo.train import TrainConfig, train_adapter  # noqa: PLC0415 - imports torch and peft
+    from adapterfleet.demo.train import TrainConfig, train_adapter  # noqa: PLC0415 - imports torch and peft
 
     cfg = TrainConfig(steps=steps) if steps else TrainConfig()
     out.mkdir(parents=True, exist_ok=True)
@@ -112,14 +112,14 @@ def _fingerprint(base: Path) -> str:
     """The base model's fingerprint, recorded in each manifest: workers on another base refuse the adapter."""
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    from services.worker.model_host import fingerprint  # noqa: PLC0415 - imports torch
+    from adapterfleet.worker.model_host import fingerprint  # noqa: PLC0415 - imports torch
 
     return fingerprint(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True))
 
 
 def _push_all(store: str, trained: list[TrainResult], fp: str) -> list[str]:
-    from store.client import StoreClient  # noqa: PLC0415
-    from store.manifest import BaseModelIdentity  # noqa: PLC0415
+    from adapterfleet.store.client import StoreClient  # noqa: PLC0415
+    from adapterfleet.store.manifest import BaseModelIdentity  # noqa: PLC0415
 
     refs = []
     with StoreClient(store) as client:

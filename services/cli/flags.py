@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from services.common.metrics import MetricsConfig
+from adapterfleet.common.metrics import MetricsConfig
 
 ENV_PREFIX = "ADAPTERFLEET_"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}

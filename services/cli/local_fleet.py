@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import InvalidArgument, Unavailable
+from adapterfleet.common.errors import InvalidArgument, Unavailable
 
 MAX_WORKERS = 10  # workers take PORT+10 .. PORT+19; the router PORT+20
 SPAN = 50  # the fleet's ports: gRPC PORT..PORT+20; Prometheus /metrics: store PORT+30, router +31, workers +40..+49
@@ -174,7 +174,7 @@ class LocalFleet:
         log = Path(self.cfg.data_dir) / f"{name}.log"
         args = [*args, "--metrics-port", str(self.cfg.metrics_port(name)), "--metrics-host", "127.0.0.1"]
         with open(log, "ab") as err:  # the child keeps its own handle
-            proc = subprocess.Popen([sys.executable, "-u", "-m", "services.cli.main", *args],
+            proc = subprocess.Popen([sys.executable, "-u", "-m", "adapterfleet.cli.main", *args],
                                     stdout=subprocess.PIPE, stderr=err, text=True)
         self._parts.append(_Part(name, proc, log, ready_line))
 

@@ -11,8 +11,8 @@ import json
 import os
 import sys
 
-from services.cli.flags import parse_layered
-from services.common.errors import AdapterFleetError
+from adapterfleet.cli.flags import parse_layered
+from adapterfleet.common.errors import AdapterFleetError
 
 DEFAULT_STORE = "127.0.0.1:50051"
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_layered(build_parser(), sys.argv[1:] if argv is None else argv, os.environ)
-    from services.cli import commands  # noqa: PLC0415 - keep `--help` instant
+    from adapterfleet.cli import commands  # noqa: PLC0415 - keep `--help` instant
 
     try:
         return commands.dispatch(args, _store_addr(args))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from services.cli.flags import metrics_config
-from services.common.logs import configure_logging
-from services.router.config import RouterConfig
-from services.router.placement import PlacementConfig
+from adapterfleet.cli.flags import metrics_config
+from adapterfleet.common.logs import configure_logging
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.placement import PlacementConfig
 
 
 def config_from_args(args, store_addr: str) -> RouterConfig:
@@ -22,7 +22,7 @@ def config_from_args(args, store_addr: str) -> RouterConfig:
 
 def run_router(args, store_addr: str) -> int:
     configure_logging("router", args.log_level, args.log_format)
-    from services.router.server import serve  # noqa: PLC0415
+    from adapterfleet.router.server import serve  # noqa: PLC0415
 
     cfg = config_from_args(args, store_addr)
     asyncio.run(serve(cfg, on_ready=lambda port: print(f"router listening on {cfg.host}:{port}", flush=True)))

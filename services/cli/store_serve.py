@@ -6,11 +6,11 @@ import asyncio
 import logging
 from pathlib import Path
 
-from services.cli.flags import metrics_config
-from services.common.embedded_redis import RedisProcess
-from services.common.errors import Unavailable
-from services.common.logs import configure_logging
-from store.config import Limits, S3Config, StoreConfig
+from adapterfleet.cli.flags import metrics_config
+from adapterfleet.common.embedded_redis import RedisProcess
+from adapterfleet.common.errors import Unavailable
+from adapterfleet.common.logs import configure_logging
+from adapterfleet.store.config import Limits, S3Config, StoreConfig
 
 log = logging.getLogger("adapterfleet.store")
 
@@ -64,7 +64,7 @@ def run_store(args) -> int:
 
 
 async def _serve(cfg: StoreConfig, url: str | None) -> None:
-    from store.server import make_redis, serve
+    from adapterfleet.store.server import make_redis, serve
 
     if url is None:
         from fakeredis.aioredis import FakeRedis

@@ -1,6 +1,6 @@
 """`adapterfleet up`: a whole fleet on localhost: store (embedded default), N workers, a router.
 
-Each part is its own process (see :mod:`services.cli.local_fleet`); the addresses are printed; Ctrl-C (or
+Each part is its own process (see :mod:`adapterfleet.cli.local_fleet`); the addresses are printed; Ctrl-C (or
 SIGTERM) stops everything, workers draining first.
 """
 
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
+from adapterfleet.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
 
 
 def run_up(args) -> int:
@@ -18,7 +18,7 @@ def run_up(args) -> int:
     data.mkdir(parents=True, exist_ok=True)
     base = args.base_model
     if not base:
-        from services.demo.base_model import build_demo_base  # noqa: PLC0415 - imports torch
+        from adapterfleet.demo.base_model import build_demo_base  # noqa: PLC0415 - imports torch
 
         base = str(build_demo_base(data / "demo-base"))
     fleet = LocalFleet(FleetConfig(data, base, port=args.port, workers=args.workers, max_slots=args.max_slots))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.cli.flags import metrics_config
-from services.common.logs import configure_logging
-from services.worker.config import WorkerConfig
+from adapterfleet.cli.flags import metrics_config
+from adapterfleet.common.logs import configure_logging
+from adapterfleet.worker.config import WorkerConfig
 
 
 def config_from_args(args, store_addr: str) -> WorkerConfig:
@@ -20,7 +20,7 @@ def config_from_args(args, store_addr: str) -> WorkerConfig:
 
 def run_worker(args, store_addr: str) -> int:
     configure_logging("worker", args.log_level, args.log_format)
-    from services.worker.server import serve  # noqa: PLC0415
+    from adapterfleet.worker.server import serve  # noqa: PLC0415
 
     cfg = config_from_args(args, store_addr)
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from services.common.errors import Unavailable
+from adapterfleet.common.errors import Unavailable
 
 
 def free_port() -> int:

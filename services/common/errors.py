@@ -1,7 +1,7 @@
 """The one exception hierarchy of adapterfleet.
 
 Every domain error carries the gRPC status it maps to, by name, so that domain code never imports grpc.
-The translation to a status happens in exactly one place: ``services.common.grpc_errors``.
+The translation to a status happens in exactly one place: ``adapterfleet.common.grpc_errors``.
 Messages say what went wrong *and* what to do about it.
 """
 

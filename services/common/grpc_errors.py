@@ -10,8 +10,8 @@ import logging
 
 import grpc
 
-from services.common import errors
-from services.common.interceptors import rewrap
+from adapterfleet.common import errors
+from adapterfleet.common.interceptors import rewrap
 
 log = logging.getLogger("adapterfleet.grpc")
 

@@ -1,4 +1,4 @@
-"""`python -m services.common.healthcheck HOST:PORT`: one grpc.health.v1 Check, for container healthchecks.
+"""`python -m adapterfleet.common.healthcheck HOST:PORT`: one grpc.health.v1 Check, for container healthchecks.
 
 Exit status 0 when the server answers SERVING; 1 otherwise (NOT_SERVING while draining, an unknown service name,
 nothing listening, the deadline passed), with the reason on stderr. The image then needs no separate
@@ -28,7 +28,7 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> tuple[bool, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m services.common.healthcheck",
+    p = argparse.ArgumentParser(prog="python -m adapterfleet.common.healthcheck",
                                 description="Exit 0 when a gRPC server's health service answers SERVING.")
     p.add_argument("address", help="HOST:PORT of the server")
     p.add_argument("--service", default="", help="a service name; default: the whole server")

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from services.common.interceptors import rewrap
-from services.common.logs import request_id
-from services.common.metrics import ServiceMetrics
+from adapterfleet.common.interceptors import rewrap
+from adapterfleet.common.logs import request_id
+from adapterfleet.common.metrics import ServiceMetrics
 
 log = logging.getLogger("adapterfleet.access")
 

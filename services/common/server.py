@@ -11,9 +11,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.grpc_errors import ErrorInterceptor
-from services.common.metrics import ServiceMetrics
-from services.common.observe import ObserveInterceptor
+from adapterfleet.common.grpc_errors import ErrorInterceptor
+from adapterfleet.common.metrics import ServiceMetrics
+from adapterfleet.common.observe import ObserveInterceptor
 
 log = logging.getLogger("adapterfleet.server")
 MAX_MESSAGE_BYTES = 64 << 20

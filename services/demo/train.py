@@ -17,8 +17,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.demo.tasks import Task
-from services.sdk.peft import stabilize_config
+from adapterfleet.demo.tasks import Task
+from adapterfleet.sdk.peft import stabilize_config
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 

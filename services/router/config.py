@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.metrics import MetricsConfig
-from services.router.placement import PlacementConfig
+from adapterfleet.common.metrics import MetricsConfig
+from adapterfleet.router.placement import PlacementConfig
 
 
 @dataclass(frozen=True)

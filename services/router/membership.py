@@ -10,8 +10,8 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from services.router.placement import LOADING, WorkerView
-from store.registry import WorkerRecord
+from adapterfleet.router.placement import LOADING, WorkerView
+from adapterfleet.store.registry import WorkerRecord
 
 log = logging.getLogger("adapterfleet.router")
 Source = Callable[[], Awaitable[list[WorkerRecord]]]

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.common.errors import Unavailable
-from services.common.grpc_errors import error_from_rpc
-from services.common.server import CHANNEL_OPTIONS
-from services.router.config import RouterConfig
-from services.router.membership import Membership
-from services.router.placement import Placement, WorkerView
-from services.router.resolver import Resolver
+from adapterfleet.common.errors import Unavailable
+from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.membership import Membership
+from adapterfleet.router.placement import Placement, WorkerView
+from adapterfleet.router.resolver import Resolver
 
 log = logging.getLogger("adapterfleet.router")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,

@@ -13,10 +13,10 @@ import logging
 import random
 from collections import defaultdict
 
-from services.common.errors import AdapterFleetError
-from store.aio_client import AsyncStoreClient
-from store.refs import Ref
-from store.service import choose_target
+from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.store.aio_client import AsyncStoreClient
+from adapterfleet.store.refs import Ref
+from adapterfleet.store.service import choose_target
 
 log = logging.getLogger("adapterfleet.router")
 

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 import grpc
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from services.common.metrics import ServiceMetrics
-from services.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
-from services.router.config import RouterConfig
-from services.router.membership import Membership
-from services.router.metrics import RouterCollector
-from services.router.placement import Placement
-from services.router.proxy import RouterCore
-from services.router.resolver import Resolver
-from services.router.servicer import RouterServicer, RouterWorkerServicer
-from store.aio_client import AsyncStoreClient
+from adapterfleet.common.metrics import ServiceMetrics
+from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.membership import Membership
+from adapterfleet.router.metrics import RouterCollector
+from adapterfleet.router.placement import Placement
+from adapterfleet.router.proxy import RouterCore
+from adapterfleet.router.resolver import Resolver
+from adapterfleet.router.servicer import RouterServicer, RouterWorkerServicer
+from adapterfleet.store.aio_client import AsyncStoreClient
 
 log = logging.getLogger("adapterfleet.router")
 NAMES = [worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
@@ -28,8 +28,8 @@ def registry_source(cfg: RouterConfig, store: AsyncStoreClient):
     """Where membership comes from: the store's Registry RPC, or its Redis directly (--redis-url)."""
     if cfg.redis_url is None:
         return lambda: store.workers()
-    from store.registry import RedisRegistry
-    from store.server import make_redis
+    from adapterfleet.store.registry import RedisRegistry
+    from adapterfleet.store.server import make_redis
 
     registry = RedisRegistry(make_redis(cfg.redis_url), cfg.redis_prefix)
     return registry.workers

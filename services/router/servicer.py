@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
-from services.common.logs import request_id
-from services.router.proxy import RouterCore
+from adapterfleet.common.logs import request_id
+from adapterfleet.router.proxy import RouterCore
 
 
 def _deadline(context) -> float | None:

@@ -11,7 +11,7 @@
 Importing this package imports neither torch nor peft; the PEFT functions import them when called.
 """
 
-from services.common.errors import (
+from adapterfleet.common.errors import (
     AdapterFleetError,
     ChecksumMismatch,
     FailedPrecondition,
@@ -21,11 +21,11 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.sdk.fleet import FleetClient, Generation, GenerationChunk, RouterStats, Scores
-from services.sdk.fleet_aio import AsyncFleetClient
-from services.sdk.peft import from_store, load_adapter_from_store, push_from_peft
-from services.sdk.store import AdapterStore, AdapterSummary, LocalAdapter, Versions
-from store.client import PushOutcome, Resolved
+from adapterfleet.sdk.fleet import FleetClient, Generation, GenerationChunk, RouterStats, Scores
+from adapterfleet.sdk.fleet_aio import AsyncFleetClient
+from adapterfleet.sdk.peft import from_store, load_adapter_from_store, push_from_peft
+from adapterfleet.sdk.store import AdapterStore, AdapterSummary, LocalAdapter, Versions
+from adapterfleet.store.client import PushOutcome, Resolved
 
 __all__ = [
     "AdapterFleetError", "AdapterStore", "AdapterSummary", "AsyncFleetClient", "ChecksumMismatch",

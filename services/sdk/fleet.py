@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import grpc
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-from services.common.errors import AdapterFleetError
-from services.common.grpc_errors import error_from_rpc
-from services.common.server import CHANNEL_OPTIONS
+from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.server import CHANNEL_OPTIONS
 
 DEFAULT_ADDRESS = "127.0.0.1:50071"
 Metadata = Sequence[tuple[str, str]]

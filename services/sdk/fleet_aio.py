@@ -1,4 +1,4 @@
-"""``AsyncFleetClient``: :class:`~services.sdk.fleet.FleetClient` for asyncio code (``await``, ``async for``).
+"""``AsyncFleetClient``: :class:`~adapterfleet.sdk.fleet.FleetClient` for asyncio code (``await``, ``async for``).
 
 The grpc.aio channel is opened on first use, inside the running event loop, and closed by ``await close()``
 or ``async with``.
@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-from services.common.server import CHANNEL_OPTIONS
-from services.sdk.fleet import (
+from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.sdk.fleet import (
     DEFAULT_ADDRESS,
     Accumulator,
     Generation,

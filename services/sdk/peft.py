@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.common.errors import InvalidArgument
-from services.sdk.preflight import check_files, preflight
-from services.sdk.store import DEFAULT_ADDRESS, AdapterStore, LocalAdapter
-from store.client import PushOutcome
-from store.manifest import BaseModelIdentity
+from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.sdk.preflight import check_files, preflight
+from adapterfleet.sdk.store import DEFAULT_ADDRESS, AdapterStore, LocalAdapter
+from adapterfleet.store.client import PushOutcome
+from adapterfleet.store.manifest import BaseModelIdentity
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -50,7 +50,7 @@ def stabilize_config(directory: str | os.PathLike) -> None:
 def _identity(peft_model: PeftModel) -> BaseModelIdentity:
     """The fingerprint of the base model under ``peft_model``: recorded in the manifest, so that workers serving
     a different base refuse the adapter before installing it."""
-    from services.worker.model_host import fingerprint  # noqa: PLC0415 - torch, already loaded with peft
+    from adapterfleet.worker.model_host import fingerprint  # noqa: PLC0415 - torch, already loaded with peft
 
     return BaseModelIdentity(fingerprint=fingerprint(peft_model))
 

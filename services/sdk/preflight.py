@@ -21,9 +21,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.common.errors import FailedPrecondition, Incompatible, InvalidAdapter
-from store.safetensors_header import header_bytes_needed, parse_header
-from store.validation import KEY_PREFIX, REQUIRED_FILES, peft_key_to_module
+from adapterfleet.common.errors import FailedPrecondition, Incompatible, InvalidAdapter
+from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
+from adapterfleet.store.validation import KEY_PREFIX, REQUIRED_FILES, peft_key_to_module
 
 if TYPE_CHECKING:
     from torch import nn

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import ChecksumMismatch
-from store.client import PushOutcome, Resolved, StoreClient, hash_file
-from store.index import StoreEvent, Targets
-from store.manifest import BaseModelIdentity, Manifest
-from store.refs import DIGEST_PREFIX, Ref
+from adapterfleet.common.errors import ChecksumMismatch
+from adapterfleet.store.client import PushOutcome, Resolved, StoreClient, hash_file
+from adapterfleet.store.index import StoreEvent, Targets
+from adapterfleet.store.manifest import BaseModelIdentity, Manifest
+from adapterfleet.store.refs import DIGEST_PREFIX, Ref
 
 try:  # POSIX advisory locks; elsewhere concurrent pulls of one key are only safe within one process
     import fcntl

@@ -9,8 +9,8 @@ import uuid
 import grpc
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
-from services.common.server import CHANNEL_OPTIONS
-from services.worker.service import WorkerCore
+from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.worker.service import WorkerCore
 
 log = logging.getLogger("adapterfleet.worker")
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as load_safetensors
 
-from services.common.errors import ChecksumMismatch, Incompatible, InvalidAdapter
-from services.worker.lora import AdapterWeights, LoraModel
-from store.adapter_config import parse_adapter_config
-from store.client import StoreClient
-from store.manifest import Manifest
-from store.refs import AdapterKey
-from store.safetensors_header import header_bytes_needed, parse_header
+from adapterfleet.common.errors import ChecksumMismatch, Incompatible, InvalidAdapter
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.store.adapter_config import parse_adapter_config
+from adapterfleet.store.client import StoreClient
+from adapterfleet.store.manifest import Manifest
+from adapterfleet.store.refs import AdapterKey
+from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 

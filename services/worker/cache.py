@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.common.errors import NotFound, ResourceExhausted
+from adapterfleet.common.errors import NotFound, ResourceExhausted
 
 ACTIVE, HOST, DISK = "active", "host", "disk"
 

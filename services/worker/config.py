@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.metrics import MetricsConfig
+from adapterfleet.common.metrics import MetricsConfig
 
 
 @dataclass(frozen=True)

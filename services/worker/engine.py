@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from services.worker.lora import LoraModel
-from services.worker.sampling import Sampling, choose
+from adapterfleet.worker.lora import LoraModel
+from adapterfleet.worker.sampling import Sampling, choose
 
 Emit = Callable[[list[int], bool, str], None]  # (new token ids, finished, finish reason)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from services.common.metrics import ServiceMetrics
-from services.worker.cache import ACTIVE, DISK, HOST
+from adapterfleet.common.metrics import ServiceMetrics
+from adapterfleet.worker.cache import ACTIVE, DISK, HOST
 
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from adapterfleet.common.errors import FailedPrecondition, InvalidArgument
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Config fields that fix tensor shapes, across the architectures transformers names them in.

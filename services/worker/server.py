@@ -9,19 +9,19 @@ from dataclasses import dataclass
 import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.common.metrics import ServiceMetrics
-from services.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
-from services.worker.announcer import Announcer
-from services.worker.backend import WorkerBackend
-from services.worker.cache import AdapterCache
-from services.worker.config import WorkerConfig
-from services.worker.engine import Engine
-from services.worker.lora import LoraModel
-from services.worker.metrics import WorkerCollector, load_histogram
-from services.worker.model_host import ModelHost
-from services.worker.service import WorkerCore
-from services.worker.servicer import WorkerServicer
-from store.client import StoreClient
+from adapterfleet.common.metrics import ServiceMetrics
+from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
+from adapterfleet.worker.announcer import Announcer
+from adapterfleet.worker.backend import WorkerBackend
+from adapterfleet.worker.cache import AdapterCache
+from adapterfleet.worker.config import WorkerConfig
+from adapterfleet.worker.engine import Engine
+from adapterfleet.worker.lora import LoraModel
+from adapterfleet.worker.metrics import WorkerCollector, load_histogram
+from adapterfleet.worker.model_host import ModelHost
+from adapterfleet.worker.service import WorkerCore
+from adapterfleet.worker.servicer import WorkerServicer
+from adapterfleet.store.client import StoreClient
 
 log = logging.getLogger("adapterfleet.worker")
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name

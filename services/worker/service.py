@@ -6,16 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from services.common.errors import AdapterFleetError, InvalidArgument, Unavailable
-from services.common.metrics import ServiceMetrics
-from services.worker.cache import ACTIVE, AdapterCache, Entry, Lease
-from services.worker.config import WorkerConfig
-from services.worker.engine import Engine, GenerateJob, ScoreJob
-from services.worker.lora import NO_ADAPTER
-from services.worker.model_host import ModelHost
-from services.worker.sampling import Sampling
-from store.client import StoreClient
-from store.refs import Ref
+from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, Unavailable
+from adapterfleet.common.metrics import ServiceMetrics
+from adapterfleet.worker.cache import ACTIVE, AdapterCache, Entry, Lease
+from adapterfleet.worker.config import WorkerConfig
+from adapterfleet.worker.engine import Engine, GenerateJob, ScoreJob
+from adapterfleet.worker.lora import NO_ADAPTER
+from adapterfleet.worker.model_host import ModelHost
+from adapterfleet.worker.sampling import Sampling
+from adapterfleet.store.client import StoreClient
+from adapterfleet.store.refs import Ref
 
 
 @dataclass(frozen=True)

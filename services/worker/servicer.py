@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.cache import Entry
-from services.worker.sampling import Sampling
-from services.worker.service import GenerateParams, WorkerCore
+from adapterfleet.worker.cache import Entry
+from adapterfleet.worker.sampling import Sampling
+from adapterfleet.worker.service import GenerateParams, WorkerCore
 
 
 def state_pb(e: Entry, core: WorkerCore) -> worker_pb2.AdapterState:

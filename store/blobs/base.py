@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from services.common.errors import ChecksumMismatch
+from adapterfleet.common.errors import ChecksumMismatch
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from store.blobs.base import BlobInfo, BlobStore
+from adapterfleet.store.blobs.base import BlobInfo, BlobStore
 
 
 class _CachingWriter:

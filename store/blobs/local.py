@@ -7,8 +7,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.common.errors import NotFound
-from store.blobs.base import BlobInfo, BlobStore, BlobWriter
+from adapterfleet.common.errors import NotFound
+from adapterfleet.store.blobs.base import BlobInfo, BlobStore, BlobWriter
 
 
 class _LocalWriter(BlobWriter):

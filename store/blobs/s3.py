@@ -16,9 +16,9 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from services.common.errors import FailedPrecondition, NotFound, Unavailable
-from store.blobs.base import BlobInfo, BlobStore, BlobWriter
-from store.config import S3Config
+from adapterfleet.common.errors import FailedPrecondition, NotFound, Unavailable
+from adapterfleet.store.blobs.base import BlobInfo, BlobStore, BlobWriter
+from adapterfleet.store.config import S3Config
 
 
 def make_s3_client(cfg: S3Config):

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common.embedded_redis import free_port
-from services.common.errors import AdapterFleetError
-from store.client import StoreClient
+from adapterfleet.common.embedded_redis import free_port
+from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.store.client import StoreClient
 from tests.helpers.synthetic import big_adapter, write_adapter
 
-CLI = [sys.executable, "-m", "services.cli.main"]
+CLI = [sys.executable, "-m", "adapterfleet.cli.main"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -135,7 +135,7 @@ def test_embedded_default_needs_no_external_service_and_persists(tmp_path):
 
 
 def test_cli_commands_do_not_import_torch():
-    code = ("import sys; from services.cli import main, commands; import store.client, store.server; "
+    code = ("import sys; from adapterfleet.cli import main, commands; import adapterfleet.store.client, adapterfleet.store.server; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from services.common.embedded_redis import free_port
+from adapterfleet.common.embedded_redis import free_port
 from tests.cli.test_cli import CLI, REPO, StoreProcess, run_cli
 from tests.helpers.models import make_base_model, make_peft_adapter
 from tests.helpers.tokenizer import save_char_tokenizer
@@ -76,7 +76,7 @@ def test_errors_exit_non_zero_with_the_message(fleet):
     out = subprocess.run([*CLI, "score", "--worker", worker, "--adapter", "acme/none", "--prompt-ids", "1,2"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 1 and "does not exist" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "services.cli.main", "generate", "--worker", worker,
+    out = subprocess.run([sys.executable, "-m", "adapterfleet.cli.main", "generate", "--worker", worker,
                           "--prompt-ids", "x"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 1 and "comma-separated" in out.stderr
 

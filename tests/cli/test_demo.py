@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from services.common.embedded_redis import free_port
-from services.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for, task
+from adapterfleet.common.embedded_redis import free_port
+from adapterfleet.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for, task
 from tests.cli.test_cli import CLI, REPO
 
 
@@ -30,8 +30,8 @@ def test_a_trained_adapter_answers_its_training_prompts(tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.demo.base_model import build_demo_base
-    from services.demo.train import train_adapter
+    from adapterfleet.demo.base_model import build_demo_base
+    from adapterfleet.demo.train import train_adapter
 
     base = build_demo_base(tmp_path / "base")
     reverse = task("reverse")

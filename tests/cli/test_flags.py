@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from services.cli.flags import parse_layered
-from services.cli.main import build_parser
-from services.cli.worker_serve import config_from_args
+from adapterfleet.cli.flags import parse_layered
+from adapterfleet.cli.main import build_parser
+from adapterfleet.cli.worker_serve import config_from_args
 
 
 def parse(argv, env=None):

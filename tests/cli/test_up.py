@@ -8,7 +8,7 @@ import signal
 import subprocess
 import urllib.request
 
-from services.common.embedded_redis import free_port
+from adapterfleet.common.embedded_redis import free_port
 from tests.cli.test_cli import CLI, REPO
 
 

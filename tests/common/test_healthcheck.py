@@ -1,4 +1,4 @@
-"""services.common.healthcheck against a real gRPC server with the standard health service, on a free port."""
+"""adapterfleet.common.healthcheck against a real gRPC server with the standard health service, on a free port."""
 
 import subprocess
 import sys
@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import healthcheck
-from services.common.embedded_redis import free_port
+from adapterfleet.common import healthcheck
+from adapterfleet.common.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 Status = health_pb2.HealthCheckResponse
@@ -54,10 +54,10 @@ def test_nothing_listening_exits_1():
 
 
 def test_module_entry_point(health_server):
-    """The exact form docker-compose runs: `python -m services.common.healthcheck ADDR`."""
+    """The exact form docker-compose runs: `python -m adapterfleet.common.healthcheck ADDR`."""
     addr, servicer = health_server
     servicer.set("", Status.SERVING)
-    run = subprocess.run([sys.executable, "-m", "services.common.healthcheck", addr], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "adapterfleet.common.healthcheck", addr], cwd=REPO,
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert "SERVING" in run.stdout

@@ -11,8 +11,8 @@ import importlib
 import importlib.util
 import io
 
-from services.cli.flags import parse_layered
-from services.cli.main import build_parser
+from adapterfleet.cli.flags import parse_layered
+from adapterfleet.cli.main import build_parser
 
 
 class CliError(ValueError):

@@ -87,7 +87,7 @@ def volume_problems(compose: dict, cli) -> list[str]:
     writers = {}  # (volume, path inside it) -> job that writes it
     for name, svc in services.items():
         words = argv(svc, compose)
-        if words[:3] == ["python", "-m", "services.demo"] and len(words) > 3:
+        if words[:3] == ["python", "-m", "adapterfleet.demo"] and len(words) > 3:
             out = words[3]
             for source, target, ro in mounts(svc):
                 if under(out, target) and not ro:
@@ -166,11 +166,11 @@ def health_problems(compose: dict, cli) -> list[str]:
             continue
         test = command_words(svc["healthcheck"]["test"])
         if name in parsed:
-            want = ["CMD", "python", "-m", "services.common.healthcheck", f"127.0.0.1:{parsed[name][1].port}"]
+            want = ["CMD", "python", "-m", "adapterfleet.common.healthcheck", f"127.0.0.1:{parsed[name][1].port}"]
             if test != want:
                 problems.append(f"{name}: healthcheck {test}, expected {want}")
-            elif importlib.util.find_spec("services.common.healthcheck") is None:
-                problems.append("services.common.healthcheck is missing")
+            elif importlib.util.find_spec("adapterfleet.common.healthcheck") is None:
+                problems.append("adapterfleet.common.healthcheck is missing")
     return problems
 
 

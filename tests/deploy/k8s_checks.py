@@ -241,7 +241,7 @@ def worker_problems(docs, cli) -> list[str]:
             problems.append(f"{s.name}: --base-model {s.args.base_model} is not on a mounted volume")
         elif "emptyDir" in volume:
             writers = [c for c in s.pod["spec"].get("initContainers", [])
-                       if c.get("command", [])[:3] == ["python", "-m", "services.demo"]
+                       if c.get("command", [])[:3] == ["python", "-m", "adapterfleet.demo"]
                        and s.args.base_model in c["command"][3:] + c.get("args", [])
                        and any(m["name"] == volume["name"] for m in c.get("volumeMounts", []))]
             if not writers:

@@ -79,7 +79,7 @@ BROKEN = [
     ("unknown flag", _append_arg("worker-1", "--max-slotz=3"), cli_problems, "--max-slotz"),
     ("abbreviated flag", _append_arg("worker-1", "--max-slot=3"), cli_problems, "--max-slot"),
     ("bad flag value", _append_arg("router", "--eps=lots"), cli_problems, "--eps"),
-    ("init job args", _set("services/base-model/command", []), cli_problems, "services.demo"),
+    ("init job args", _set("services/base-model/command", []), cli_problems, "adapterfleet.demo"),
     ("one worker", lambda c: c["services"].pop("worker-2"), topology_problems, "worker"),
     ("unknown dependency", _set("services/router/depends_on/stor", {"condition": "service_started"}),
      dependency_problems, "stor"),
@@ -96,7 +96,7 @@ BROKEN = [
     ("metrics off", _append_arg("router", "--metrics-port=0"), port_problems, "metrics"),
     ("metrics unpublished", _set("services/store/ports", ["127.0.0.1:50051:50051"]), port_problems, "9090"),
     ("healthcheck port", _set("services/worker-2/healthcheck/test",
-                              ["CMD", "python", "-m", "services.common.healthcheck", "127.0.0.1:50062"]),
+                              ["CMD", "python", "-m", "adapterfleet.common.healthcheck", "127.0.0.1:50062"]),
      health_problems, "worker-2"),
     ("no healthcheck", lambda c: c["services"]["redis"].pop("healthcheck"), health_problems, "redis"),
     ("short grace", _set("services/worker-1/stop_grace_period", "20s"), drain_problems, "worker-1"),
@@ -137,7 +137,7 @@ def test_dockerfile_runs_adapterfleet_as_non_root():
     import tomllib  # Python 3.11+; the project supports 3.10, where only this test needs it
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["adapterfleet"] == "services.cli.main:main"
+    assert scripts["adapterfleet"] == "adapterfleet.cli.main:main"
 
 
 def test_dockerignore_sends_only_what_the_build_copies():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from store.config import StoreConfig
+from adapterfleet.store.config import StoreConfig
 
 
 class ServerThread:
@@ -26,7 +26,7 @@ class ServerThread:
 
 def start_store(cfg: StoreConfig):
     """Start an in-process store; returns (address, core, stop)."""
-    from store.server import create_store_server, make_blob_store, make_redis
+    from adapterfleet.store.server import create_store_server, make_blob_store, make_redis
 
     thread = ServerThread()
 
@@ -59,7 +59,7 @@ class WorkerHandle:
     """An in-process worker that can stop cleanly (drain) or crash (vanish without a word)."""
 
     def __init__(self, cfg, host=None):
-        from services.worker.server import build_core, create_worker_server
+        from adapterfleet.worker.server import build_core, create_worker_server
 
         self._thread = ServerThread()
 
@@ -96,7 +96,7 @@ class WorkerHandle:
 
 def start_router(cfg):
     """Start an in-process router; returns (address, core, stop)."""
-    from services.router.server import create_router_server
+    from adapterfleet.router.server import create_router_server
 
     thread = ServerThread()
 

@@ -1,5 +1,5 @@
-"""Tests use the product's character tokenizer (services.demo.base_model)."""
+"""Tests use the product's character tokenizer (adapterfleet.demo.base_model)."""
 
-from services.demo.base_model import save_char_tokenizer
+from adapterfleet.demo.base_model import save_char_tokenizer
 
 __all__ = ["save_char_tokenizer"]

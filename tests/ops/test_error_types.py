@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import AliasConflict, FailedPrecondition, InvalidAdapter, InvalidArgument
+from adapterfleet.common.errors import AliasConflict, FailedPrecondition, InvalidAdapter, InvalidArgument
 from tests.helpers.synthetic import write_adapter
 
 

@@ -6,8 +6,8 @@ import json
 import logging
 import sys
 
-from services.common.logs import JsonFormatter, request_id
-from services.common.metrics import BASE, OTHER, AdapterLabels
+from adapterfleet.common.logs import JsonFormatter, request_id
+from adapterfleet.common.metrics import BASE, OTHER, AdapterLabels
 
 
 def test_json_lines_carry_request_id_extras_and_exceptions():

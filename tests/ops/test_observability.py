@@ -18,12 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.common.embedded_redis import free_port
-from services.common.logs import JsonFormatter
-from services.common.metrics import MetricsConfig
-from services.router.config import RouterConfig
-from services.router.proxy import RETRYABLE
-from services.worker.config import WorkerConfig
+from adapterfleet.common.embedded_redis import free_port
+from adapterfleet.common.logs import JsonFormatter
+from adapterfleet.common.metrics import MetricsConfig
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.proxy import RETRYABLE
+from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import make_base_model, make_peft_adapter
 from tests.helpers.servers import WorkerHandle, start_router, start_store
 
@@ -68,7 +68,7 @@ def fleet(store_config, tiny, tmp_path):
     base, adapter = tiny
     store_cfg = dataclasses.replace(store_config, metrics=metrics_cfg())
     store_addr, store_core, stop_store = start_store(store_cfg)
-    from store.client import StoreClient
+    from adapterfleet.store.client import StoreClient
 
     with StoreClient(store_addr) as client:
         key = str(client.push_dir(adapter, "acme/ops", alias="prod").manifest.key)

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from services.router.config import RouterConfig
-from services.router.placement import PlacementConfig
-from services.worker.config import WorkerConfig
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.placement import PlacementConfig
+from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import make_base_model, make_peft_adapter
 from tests.helpers.servers import WorkerHandle, start_router
 

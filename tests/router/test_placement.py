@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from services.router.placement import Placement, PlacementConfig, WorkerView
+from adapterfleet.router.placement import Placement, PlacementConfig, WorkerView
 
 KEY = "team/summarise@sha256:" + "ab" * 32
 

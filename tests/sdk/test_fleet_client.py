@@ -15,11 +15,11 @@ import grpc
 import pytest
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-from services.common.errors import NotFound
-from services.router.config import RouterConfig
-from services.sdk import AsyncFleetClient, FleetClient
-from services.worker.config import WorkerConfig
-from store.config import Limits, S3Config, StoreConfig
+from adapterfleet.common.errors import NotFound
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.sdk import AsyncFleetClient, FleetClient
+from adapterfleet.worker.config import WorkerConfig
+from adapterfleet.store.config import Limits, S3Config, StoreConfig
 from tests.helpers.models import make_base_model, make_peft_adapter
 from tests.helpers.servers import WorkerHandle, start_router, start_store
 from tests.helpers.tokenizer import save_char_tokenizer
@@ -43,7 +43,7 @@ def fleet(redis_server, s3_server, tmp_path_factory):
                                   secret_access_key="test"),
                       data_dir=str(root / "store"), blob_cache_bytes=0, limits=Limits(max_rank=64))
     store_address, _, stop_store = start_store(cfg)
-    from store.client import StoreClient
+    from adapterfleet.store.client import StoreClient
 
     with StoreClient(store_address) as c:
         keys = [str(c.push_dir(a, f"acme/a{i}", alias="prod").manifest.key) for i, a in enumerate(adapters)]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.common.errors import FailedPrecondition, Incompatible, InvalidAdapter, InvalidArgument
-from services.sdk.peft import from_store, load_adapter_from_store, push_from_peft
-from services.sdk.preflight import load_device, preflight
-from services.sdk.store import AdapterStore
+from adapterfleet.common.errors import FailedPrecondition, Incompatible, InvalidAdapter, InvalidArgument
+from adapterfleet.sdk.peft import from_store, load_adapter_from_store, push_from_peft
+from adapterfleet.sdk.preflight import load_device, preflight
+from adapterfleet.sdk.store import AdapterStore
 from tests.helpers.models import (
     ADAPTER_VARIANTS,
     base_config,
@@ -170,7 +170,7 @@ def test_pushed_config_is_the_same_bytes_whatever_order_peft_wrote_target_module
 def test_pushed_versions_record_the_base_model_fingerprint_workers_check(sdk, zoo, arch, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from services.worker.model_host import fingerprint
+    from adapterfleet.worker.model_host import fingerprint
 
     z = zoo[arch]
     base_fp = fingerprint(load_base_model(z["base"]))

@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from services.common.errors import FailedPrecondition, NotFound
-from services.sdk.store import AdapterStore
+from adapterfleet.common.errors import FailedPrecondition, NotFound
+from adapterfleet.sdk.store import AdapterStore
 from tests.helpers.models import make_base_model, make_peft_adapter
 
 

@@ -1,4 +1,4 @@
-"""store.adapter_config: strict parse of adapter_config.json, and PEFT's own matching semantics replicated."""
+"""adapterfleet.store.adapter_config: strict parse of adapter_config.json, and PEFT's own matching semantics replicated."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import InvalidAdapter
-from store.adapter_config import LoraSpec, parse_adapter_config
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.adapter_config import LoraSpec, parse_adapter_config
 
 REPO = Path(__file__).resolve().parents[2]
 

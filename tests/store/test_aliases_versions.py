@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from services.common.errors import AdapterFleetError
+from adapterfleet.common.errors import AdapterFleetError
 from tests.helpers.synthetic import write_adapter
 
 

@@ -14,7 +14,7 @@ from tests.helpers.synthetic import write_adapter
 def cached_store(store_config):
     cfg = replace(store_config, blob_cache_bytes=64 << 10, blob_cache_max_item=32 << 10)
     address, core, stop = start_store(cfg)
-    from store.client import StoreClient
+    from adapterfleet.store.client import StoreClient
 
     client = StoreClient(address)
     yield client, core, cfg

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from adapterfleet.v1 import store_pb2, store_pb2_grpc
-from services.common.errors import AdapterFleetError
+from adapterfleet.common.errors import AdapterFleetError
 from tests.helpers.synthetic import write_adapter
 
 

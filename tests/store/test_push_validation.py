@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
-from services.common.errors import AdapterFleetError
+from adapterfleet.common.errors import AdapterFleetError
 from tests.helpers.synthetic import lora_config, lora_tensors, write_adapter
 
 

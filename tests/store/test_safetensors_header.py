@@ -1,4 +1,4 @@
-"""store.safetensors_header: header parsing from a stream prefix, cross-checked against the safetensors library."""
+"""adapterfleet.store.safetensors_header: header parsing from a stream prefix, cross-checked against the safetensors library."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import safetensors
 from safetensors.numpy import save as np_save
 
-from services.common.errors import InvalidAdapter
-from store.safetensors_header import (
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.safetensors_header import (
     DTYPE_BITS,
     SafetensorsHeader,
     TensorInfo,

@@ -1,4 +1,4 @@
-from store.refs import Ref
+from adapterfleet.store.refs import Ref
 from tests.helpers.synthetic import write_adapter
 
 

@@ -1,4 +1,4 @@
-"""store.validation: file rules, PEFT key forms, and tensors against the config, on real PEFT adapters and on
+"""adapterfleet.store.validation: file rules, PEFT key forms, and tensors against the config, on real PEFT adapters and on
 hand-made broken ones."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as np_save
 
-from services.common.errors import InvalidAdapter
-from store.adapter_config import LoraSpec, parse_adapter_config
-from store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
-from store.validation import (
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.adapter_config import LoraSpec, parse_adapter_config
+from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
+from adapterfleet.store.validation import (
     PICKLE_SUFFIXES,
     REQUIRED_FILES,
     check_adapter,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from services.common.errors import InvalidAdapter, ResourceExhausted
-from services.worker.cache import ACTIVE, DISK, HOST, AdapterCache
+from adapterfleet.common.errors import InvalidAdapter, ResourceExhausted
+from adapterfleet.worker.cache import ACTIVE, DISK, HOST, AdapterCache
 
 
 class FakeBackend:

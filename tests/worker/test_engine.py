@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from services.worker.engine import Engine, GenerateJob, ScoreJob
-from services.worker.lora import AdapterWeights, LoraModel
-from services.worker.sampling import Sampling
+from adapterfleet.worker.engine import Engine, GenerateJob, ScoreJob
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.sampling import Sampling
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter
 
 

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from services.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from tests.helpers.models import ARCHITECTURES, load_base_model
 
 TOL = 1e-4

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from services.common.errors import Incompatible, InvalidAdapter
-from services.worker.lora import AdapterWeights, LoraModel, wrappers
-from store.adapter_config import LoraSpec
+from adapterfleet.common.errors import Incompatible, InvalidAdapter
+from adapterfleet.worker.lora import AdapterWeights, LoraModel, wrappers
+from adapterfleet.store.adapter_config import LoraSpec
 from tests.helpers.models import base_config, load_base_model
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"

@@ -14,9 +14,9 @@ import warnings
 import pytest
 import torch
 
-import services.worker.lora.linear as lora_linear
-from services.worker.lora import AdapterWeights, LoraModel
-from services.worker.lora.linear import BAG_TOKENS
+import adapterfleet.worker.lora.linear as lora_linear
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.lora.linear import BAG_TOKENS
 from tests.helpers.models import load_base_model
 
 TOL = 1e-4

@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from services.worker.lora import AdapterWeights, LoraModel, wrappers
-from services.worker.lora.slot_stack import Field, SlotStack
+from adapterfleet.worker.lora import AdapterWeights, LoraModel, wrappers
+from adapterfleet.worker.lora.slot_stack import Field, SlotStack
 from tests.helpers.models import load_base_model
 
 IDS = torch.arange(5, 29).view(3, 8)  # [batch, seq]

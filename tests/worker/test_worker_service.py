@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig
+from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter
 from tests.helpers.servers import start_worker
 

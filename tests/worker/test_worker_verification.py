@@ -10,8 +10,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig
-from store.manifest import BaseModelIdentity
+from adapterfleet.worker.config import WorkerConfig
+from adapterfleet.store.manifest import BaseModelIdentity
 from tests.helpers.models import ALL_LINEAR_TARGETS, make_base_model, make_peft_adapter
 from tests.helpers.servers import start_worker
 from tests.worker.test_worker_service import peft_logprobs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from services.common.errors import Incompatible
+from adapterfleet.common.errors import Incompatible
 
 from .linear import is_linear, linear_shape
 from .modules_to_save import plain_tensors, unwrap

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.common.errors import Incompatible
+from adapterfleet.common.errors import Incompatible
 
 from .base import SlotWrapper
 from .plan import RowPlan

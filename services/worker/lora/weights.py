@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from services.common.errors import InvalidAdapter
-from store.adapter_config import LoraSpec
-from store.validation import peft_key_to_module
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.adapter_config import LoraSpec
+from adapterfleet.store.validation import peft_key_to_module
 
 # Suffixes of a targeted module's tensors -> field of ModuleLora. Longest first so ".weight" forms win.
 _SUFFIXES = {
