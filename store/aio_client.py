@@ -11,8 +11,8 @@ from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb
 from adapterfleet.common.grpc_errors import error_from_rpc
 from adapterfleet.common.server import CHANNEL_OPTIONS
 from adapterfleet.store import proto_convert as pc
-from adapterfleet.store.client import Resolved
-from adapterfleet.store.index import StoreEvent
+from adapterfleet.store.resolved import Resolved
+from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.registry import WorkerRecord
 from adapterfleet.store.registry_servicer import record_from_pb
 
@@ -34,7 +34,7 @@ class AsyncStoreClient:
                                           timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             raise error_from_rpc(err) from None
-        return Resolved(pc.manifest_from_pb(r.manifest), r.key, r.alias, pc.targets_from_pb(r.alias_targets))
+        return pc.resolution_from_pb(r)
 
     async def watch(self, cursor: str = "$") -> AsyncIterator[StoreEvent]:
         try:

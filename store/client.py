@@ -21,8 +21,10 @@ from adapterfleet.common.errors import AdapterFleetError, ChecksumMismatch, Inva
 from adapterfleet.common.grpc_errors import error_from_rpc
 from adapterfleet.common.server import CHANNEL_OPTIONS
 from adapterfleet.store import proto_convert as pc
-from adapterfleet.store.index import StoreEvent, Targets
+from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
+from adapterfleet.store.resolved import Resolved
+from adapterfleet.store.targets import Targets
 
 CHUNK = 1 << 20
 ORDER = {"adapter_config.json": 0, "adapter_model.safetensors": 1}  # config first: validated before weights
@@ -35,14 +37,6 @@ class PushOutcome:
     created: bool
     bytes_sent: int
     bytes_deduplicated: int
-
-
-@dataclass(frozen=True)
-class Resolved:
-    manifest: Manifest
-    key: str
-    alias: str
-    alias_targets: Targets
 
 
 def hash_file(path: Path) -> FileEntry:
@@ -208,7 +202,7 @@ class StoreClient:
     # --- the rest -------------------------------------------------------------------------------------------------
     def resolve(self, ref: str, routing_key: str = "") -> Resolved:
         r = self._call("Resolve", store_pb2.ResolveRequest(ref=ref, routing_key=routing_key))
-        return Resolved(pc.manifest_from_pb(r.manifest), r.key, r.alias, pc.targets_from_pb(r.alias_targets))
+        return pc.resolution_from_pb(r)
 
     def list_adapters(self, prefix: str = "") -> list[store_pb2.AdapterSummary]:
         return list(self._call("ListAdapters", store_pb2.ListAdaptersRequest(prefix=prefix)).adapters)

@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adapterfleet.common.errors import AliasConflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from adapterfleet.common.errors import AliasConflict, FailedPrecondition, NotFound, Unavailable
 from adapterfleet.store import scripts
+from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.manifest import Manifest
-
-Targets = tuple[tuple[int, int], ...]  # ((version, weight), ...) sorted by version; weights sum to 100
-
-
-def encode_targets(targets: Targets) -> str:
-    return ",".join(f"{v}:{w}" for v, w in sorted(targets))
-
-
-def decode_targets(text: str) -> Targets:
-    if not text:
-        return ()
-    return tuple(sorted((int(v), int(w)) for v, w in (part.split(":") for part in text.split(","))))
-
-
-def check_targets(targets: Targets) -> Targets:
-    if not targets:
-        raise InvalidArgument("an alias needs at least one target version, e.g. '3' or '3:90,4:10'")
-    versions = [v for v, _ in targets]
-    if len(set(versions)) != len(versions):
-        raise InvalidArgument(f"alias targets name a version twice: {encode_targets(targets)}")
-    if any(v < 1 for v in versions) or any(w < 0 for _, w in targets):
-        raise InvalidArgument(f"alias targets must be positive versions with non-negative weights: {targets}")
-    total = sum(w for _, w in targets)
-    if total != 100:
-        raise InvalidArgument(f"alias weights sum to {total}, not 100: {encode_targets(targets)}")
-    return tuple(sorted(targets))
-
-
-@dataclass(frozen=True)
-class StoreEvent:
-    cursor: str
-    type: str  # VERSION_PUSHED | ALIAS_CHANGED | ALIAS_DELETED | VERSION_YANKED
-    name: str
-    version: int
-    digest: str
-    alias: str
-    targets: Targets
-    time: float
+from adapterfleet.store.targets import Targets, decode, encode
 
 
 class RedisIndex:
@@ -131,11 +93,11 @@ class RedisIndex:
 
     async def aliases(self, name: str) -> dict[str, Targets]:
         raw = await self._r.hgetall(self._k(name, "a"))
-        return {a.decode(): decode_targets(t.decode()) for a, t in raw.items()}
+        return {a.decode(): decode(t.decode()) for a, t in raw.items()}
 
     async def alias(self, name: str, alias: str) -> Targets | None:
         raw = await self._r.hget(self._k(name, "a"), alias)
-        return decode_targets(raw.decode()) if raw else None
+        return decode(raw.decode()) if raw else None
 
     async def names(self) -> list[str]:
         return sorted(n.decode() for n in await self._r.smembers(f"{self._p}names"))
@@ -145,8 +107,8 @@ class RedisIndex:
         """CAS: ``expect`` is "any" (unconditional), None (must not exist) or the exact current targets.
         Empty ``targets`` deletes. Returns the previous targets."""
         mode, expected = ("any", "") if expect == "any" else ("absent", "") if expect is None else (
-            "equal", encode_targets(expect))  # type: ignore[arg-type]
-        out = await self._run(self._set_alias, [name, alias, encode_targets(targets), mode, expected])
+            "equal", encode(expect))  # type: ignore[arg-type]
+        out = await self._run(self._set_alias, [name, alias, encode(targets), mode, expected])
         kind, detail = out[0], out[1]
         if kind == "conflict":
             current = detail or "nothing (the alias does not exist)"
@@ -160,7 +122,7 @@ class RedisIndex:
             raise FailedPrecondition(f"{name}@{detail} is yanked; point the alias at a version that is not")
         if kind == "noalias":
             raise NotFound(f"alias {name}@{alias} does not exist")
-        return decode_targets(detail)
+        return decode(detail)
 
     async def yank(self, name: str, version: int, force: bool) -> None:
         out = await self._run(self._yank, [name, str(version), "1" if force else "0"])
@@ -199,7 +161,7 @@ class RedisIndex:
                 f = {k.decode(): v.decode() for k, v in fields.items()}
                 events.append(StoreEvent(
                     cursor=eid.decode(), type=f["type"], name=f["name"], version=int(f["version"] or 0),
-                    digest=f["digest"], alias=f["alias"], targets=decode_targets(f["targets"]),
+                    digest=f["digest"], alias=f["alias"], targets=decode(f["targets"]),
                     time=float(f["time"]),
                 ))
         return events

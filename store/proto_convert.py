@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from adapterfleet.v1 import common_pb2, store_pb2
-from adapterfleet.store.index import StoreEvent, Targets
+from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
+from adapterfleet.store.resolved import Resolved
+from adapterfleet.store.targets import LiveTarget, Targets
 
 
 def manifest_to_pb(m: Manifest) -> common_pb2.Manifest:
@@ -42,6 +44,18 @@ def targets_to_pb(t: Targets) -> list[common_pb2.AliasTarget]:
 
 def targets_from_pb(pbs) -> Targets:
     return tuple(sorted((t.version, t.weight) for t in pbs))
+
+
+def live_targets_to_pb(live) -> list[store_pb2.LiveTarget]:
+    return [store_pb2.LiveTarget(version=t.version, weight=t.weight, key=t.key) for t in live]
+
+
+def resolution_from_pb(r: store_pb2.Resolution) -> Resolved:
+    live = tuple(LiveTarget(t.version, t.weight, t.key) for t in r.targets)
+    manifest = manifest_from_pb(r.manifest)
+    # a store from before `targets` existed sends none: the chosen version is then the only one we know of
+    return Resolved(manifest, r.key, r.alias, targets_from_pb(r.alias_targets),
+                    live or (LiveTarget(manifest.version, 100, r.key),))
 
 
 def expectation_from_pb(request, field: str = "expect") -> Targets | None | str:

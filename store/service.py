@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -13,17 +12,20 @@ from adapterfleet.common.aio import Prefetch
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.config import StoreConfig
-from adapterfleet.store.index import RedisIndex, StoreEvent, Targets, check_targets
+from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.push import PushHeader, PushResult, PushSession
 from adapterfleet.store.refs import Ref, validate_alias, validate_hex_digest, validate_name
+from adapterfleet.store.targets import LiveTarget, Targets, check, choose
 
 
 @dataclass(frozen=True)
 class Resolution:
-    manifest: Manifest
+    manifest: Manifest                  # the version chosen for this request
+    targets: tuple[LiveTarget, ...]     # every live target (one for a version, digest or latest ref)
     alias: str = ""
-    alias_targets: Targets = ()
+    alias_targets: Targets = ()         # the alias as set, yanked targets included
 
 
 @dataclass(frozen=True)
@@ -48,22 +50,6 @@ class GcReport:
     kept_referenced: int
     kept_leased: int
     aborted_uploads: int
-
-
-def choose_target(targets: Targets, routing_key: str, rng: random.Random) -> int:
-    """Pick a version by weight; the same routing key always gets the same version (sticky canaries)."""
-    total = sum(w for _, w in targets)
-    if total <= 0:
-        return targets[0][0]
-    if routing_key:
-        point = int.from_bytes(hashlib.sha256(routing_key.encode()).digest()[:8], "big") % total
-    else:
-        point = rng.randrange(total)
-    for version, weight in targets:
-        point -= weight
-        if point < 0:
-            return version
-    return targets[-1][0]
 
 
 @dataclass
@@ -111,28 +97,35 @@ class AdapterStoreCore:
     async def resolve(self, text: str, routing_key: str = "") -> Resolution:
         ref = Ref.parse(text)
         if ref.digest is not None:
-            return Resolution(await self.index.manifest(ref.name, ref.digest))
+            return self._one(await self.index.manifest(ref.name, ref.digest))
         yanked = await self.index.yanked(ref.name)
         if ref.version is not None:
             if ref.version in yanked:
                 raise NotFound(f"{ref} is yanked; fetch it by digest if you really need it")
-            return Resolution(await self._by_version(ref.name, ref.version))
+            return self._one(await self._by_version(ref.name, ref.version))
         if ref.alias is not None:
             targets = await self.index.alias(ref.name, ref.alias)
             if targets is None:
                 raise NotFound(f"alias {ref} does not exist; `adapterfleet ls {ref.name}` lists its aliases")
-            live = tuple((v, w) for v, w in targets if v not in yanked)
+            digests = await self.index.versions(ref.name)
+            live = tuple(LiveTarget(v, w, f"{ref.name}@{digests[v]}")
+                         for v, w in targets if v not in yanked and v in digests)
             if not live:
                 raise FailedPrecondition(f"every version alias {ref} points at is yanked; move the alias")
-            version = choose_target(live, routing_key, self._rng)
-            return Resolution(await self._by_version(ref.name, version), ref.alias, targets)
+            chosen = choose(live, routing_key, self._rng)
+            manifest = await self.index.manifest(ref.name, digests[chosen.version])
+            return Resolution(manifest, live, ref.alias, targets)
         versions = await self.index.versions(ref.name)
-        live = [v for v in versions if v not in yanked]
-        if not live:
+        live_versions = [v for v in versions if v not in yanked]
+        if not live_versions:
             if versions:
                 raise NotFound(f"every version of {ref.name} is yanked; push a new one or fetch one by digest")
             raise NotFound(f"adapter {ref.name} does not exist; `adapterfleet ls` lists adapters")
-        return Resolution(await self.index.manifest(ref.name, versions[max(live)]))
+        return self._one(await self.index.manifest(ref.name, versions[max(live_versions)]))
+
+    @staticmethod
+    def _one(manifest: Manifest) -> Resolution:
+        return Resolution(manifest, (LiveTarget(manifest.version, 100, str(manifest.key)),))
 
     async def _by_version(self, name: str, version: int) -> Manifest:
         digest = await self.index.digest_of(name, version)
@@ -189,7 +182,7 @@ class AdapterStoreCore:
     async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | None | str) -> Targets:
         validate_name(name)
         validate_alias(alias)
-        return await self.index.set_alias(name, alias, check_targets(targets), expect)
+        return await self.index.set_alias(name, alias, check(targets), expect)
 
     async def delete_alias(self, name: str, alias: str, expect: Targets | None | str) -> None:
         validate_name(name)

@@ -47,7 +47,8 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
     async def Resolve(self, request, context):
         r = await self.core.resolve(request.ref, request.routing_key)
         return store_pb2.Resolution(manifest=pc.manifest_to_pb(r.manifest), key=str(r.manifest.key),
-                                    alias=r.alias, alias_targets=pc.targets_to_pb(r.alias_targets))
+                                    alias=r.alias, alias_targets=pc.targets_to_pb(r.alias_targets),
+                                    targets=pc.live_targets_to_pb(r.targets))
 
     async def ListAdapters(self, request, context):
         return store_pb2.ListAdaptersResponse(adapters=[

@@ -2,8 +2,9 @@
 dropped when the store's Watch stream reports a change to that adapter (push, alias move, yank), so the router
 does not ask the store on every request and never keeps serving a moved alias for long.
 
-Weighted aliases are cached as their targets (version, weight, key) and the choice is made here, per request,
-with the same rule as the store (sticky per routing key).
+Weighted aliases are cached as the live targets the store returns with one Resolve (yanked ones already dropped,
+each with its version key), and the choice is made here, per request, with the store's own rule
+(``adapterfleet.store.targets.choose``: weighted, sticky per routing key).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import defaultdict
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.store.aio_client import AsyncStoreClient
 from adapterfleet.store.refs import Ref
-from adapterfleet.store.service import choose_target
+from adapterfleet.store.targets import LiveTarget, choose
 
 log = logging.getLogger("adapterfleet.router")
 
@@ -25,7 +26,7 @@ class Resolver:
     def __init__(self, store: AsyncStoreClient, rng: random.Random | None = None):
         self._store = store
         self._rng = rng or random.Random()
-        self._cache: dict[str, tuple[tuple[int, int, str], ...]] = {}  # ref -> ((version, weight, key), ...)
+        self._cache: dict[str, tuple[LiveTarget, ...]] = {}  # ref -> live targets
         self._by_name: dict[str, set[str]] = defaultdict(set)
         self._generation: dict[str, int] = defaultdict(int)  # bumped per change, so a racing lookup is not cached
         self._task: asyncio.Task | None = None
@@ -40,21 +41,13 @@ class Resolver:
         targets = self._cache.get(ref)
         if targets is None:
             targets = await self._lookup(ref)
-        if len(targets) == 1:
-            return targets[0][2]
-        version = choose_target(tuple((v, w) for v, w, _ in targets), routing_key, self._rng)
-        return next(k for v, _, k in targets if v == version)
+        return choose(targets, routing_key, self._rng).key
 
-    async def _lookup(self, ref: str) -> tuple[tuple[int, int, str], ...]:
+    async def _lookup(self, ref: str) -> tuple[LiveTarget, ...]:
         self.lookups += 1
         name = Ref.parse(ref).name
         generation = self._generation[name]
-        r = await self._store.resolve(ref)
-        if r.alias and len(r.alias_targets) > 1:
-            resolved = await asyncio.gather(*(self._store.resolve(f"{name}@{v}") for v, _ in r.alias_targets))
-            targets = tuple((v, w, x.key) for (v, w), x in zip(r.alias_targets, resolved))
-        else:
-            targets = ((r.manifest.version, 100, r.key),)
+        targets = (await self._store.resolve(ref)).targets
         if self._generation[name] == generation:  # no change arrived while we asked
             self._cache[ref] = targets
             self._by_name[name].add(ref)

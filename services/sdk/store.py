@@ -15,15 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.client import PushOutcome, Resolved, StoreClient, hash_file
-from adapterfleet.store.index import StoreEvent, Targets
+from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.manifest import BaseModelIdentity, Manifest
 from adapterfleet.store.refs import DIGEST_PREFIX, Ref
+from adapterfleet.store.targets import Targets, TargetsLike, coerce
 
 try:  # POSIX advisory locks; elsewhere concurrent pulls of one key are only safe within one process
     import fcntl
@@ -31,7 +32,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-TargetsLike = int | Mapping[int, int] | Iterable[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,8 @@ class Versions:
     aliases: dict[str, Targets]
 
 
-def as_targets(targets: TargetsLike) -> Targets:
-    """``3`` -> ``((3, 100),)``; ``{3: 90, 4: 10}`` or ``[(3, 90), (4, 10)]`` -> sorted pairs."""
-    if isinstance(targets, int):
-        return ((targets, 100),)
-    pairs = targets.items() if isinstance(targets, Mapping) else targets
-    return tuple(sorted((int(v), int(w)) for v, w in pairs))
-
-
 def _expectation(expect: TargetsLike | None | str) -> Targets | None | str:
-    return expect if expect is None or isinstance(expect, str) else as_targets(expect)
+    return expect if expect is None or isinstance(expect, str) else coerce(expect)
 
 
 class AdapterStore:
@@ -163,7 +155,7 @@ class AdapterStore:
         """Adapter names starting with ``prefix`` (e.g. ``"tenant/"``)."""
         out = []
         for a in self.client.list_adapters(prefix):
-            aliases = {al.alias: as_targets((t.version, t.weight) for t in al.targets) for al in a.aliases}
+            aliases = {al.alias: tuple((t.version, t.weight) for t in al.targets) for al in a.aliases}
             out.append(AdapterSummary(a.name, a.latest_version, a.version_count, aliases))
         return out
 
@@ -178,7 +170,7 @@ class AdapterStore:
 
         ``expect`` is a compare-and-set guard: ``"any"`` (unconditional), ``None`` (the alias must not exist) or
         the targets it must hold now; a mismatch raises AliasConflict (FAILED_PRECONDITION)."""
-        self.client.set_alias(name, alias, as_targets(targets), _expectation(expect))
+        self.client.set_alias(name, alias, coerce(targets), _expectation(expect))
 
     def delete_alias(self, name: str, alias: str, *, expect: TargetsLike | None | str = "any") -> None:
         """Remove ``name@alias`` (same ``expect`` guard as :meth:`set_alias`)."""

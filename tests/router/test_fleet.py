@@ -181,3 +181,34 @@ def test_a_hot_adapter_spreads_to_more_workers(store, tiny, tmp_path):
         assert hot.replications >= 1 and hot.heat > 5.0
     finally:
         fleet.close()
+
+
+def test_a_weighted_alias_with_a_yanked_target_routes_to_the_live_one(store, tiny, tmp_path):
+    """alias prod -> 1:50,2:50, then `yank 2 --force`: every request for prod is served by version 1, through the
+    router that cached the alias before the yank, and through a fresh one; with and without a routing key."""
+    base, adapters = tiny
+    client = store.client()
+    v1, _ = (client.push_dir(a, "t/x").manifest for a in adapters[:2])
+    client.set_alias("t/x", "prod", ((1, 50), (2, 50)))
+    fleet = Fleet(store, base, tmp_path, workers=1)
+    try:
+        before = {score(fleet.api, "t/x@prod").adapter_key for _ in range(20)}
+        assert len(before) == 2  # both versions served while both are live
+        client.yank("t/x", 2, force=True)
+        # the yank event reaches the running router's resolver asynchronously
+        fleet.wait_for(lambda: score(fleet.api, "t/x@prod").adapter_key == str(v1.key), timeout=10)
+        cfg = RouterConfig(store=store.address, poll_s=0.1, unhealthy_s=2.0)
+        fresh_address, fresh, stop_fresh = start_router(cfg)
+        try:
+            fresh_api = worker_pb2_grpc.WorkerStub(grpc.insecure_channel(fresh_address))
+            fleet.wait_for(lambda: len(fresh.membership.views()) == 1)
+            for api in (fleet.api, fresh_api):
+                for i in range(20):
+                    key = f"user-{i}" if i % 2 else ""
+                    r = api.Score(worker_pb2.ScoreRequest(adapter="t/x@prod", token_ids=[1, 2, 3], routing_key=key),
+                                  timeout=30)
+                    assert r.adapter_key == str(v1.key)
+        finally:
+            stop_fresh()
+    finally:
+        fleet.close()

@@ -95,16 +95,28 @@ class ResolveRequest(_message.Message):
     def __init__(self, ref: _Optional[str] = ..., routing_key: _Optional[str] = ...) -> None: ...
 
 class Resolution(_message.Message):
-    __slots__ = ("manifest", "key", "alias", "alias_targets")
+    __slots__ = ("manifest", "key", "alias", "alias_targets", "targets")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ALIAS_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
     manifest: _common_pb2.Manifest
     key: str
     alias: str
     alias_targets: _containers.RepeatedCompositeFieldContainer[_common_pb2.AliasTarget]
-    def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., key: _Optional[str] = ..., alias: _Optional[str] = ..., alias_targets: _Optional[_Iterable[_Union[_common_pb2.AliasTarget, _Mapping]]] = ...) -> None: ...
+    targets: _containers.RepeatedCompositeFieldContainer[LiveTarget]
+    def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., key: _Optional[str] = ..., alias: _Optional[str] = ..., alias_targets: _Optional[_Iterable[_Union[_common_pb2.AliasTarget, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[LiveTarget, _Mapping]]] = ...) -> None: ...
+
+class LiveTarget(_message.Message):
+    __slots__ = ("version", "weight", "key")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    weight: int
+    key: str
+    def __init__(self, version: _Optional[int] = ..., weight: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ("prefix",)
