@@ -3,15 +3,7 @@
 Pure: works on names, a :class:`LoraSpec` and a :class:`SafetensorsHeader`. It cannot check against a base model
 (the store holds none); workers check modules and shapes against the loaded model before injecting.
 
-Key forms that peft 0.21 ``save_pretrained`` writes for LoRA (``M`` is a module path of the base model, e.g.
-``model.layers.0.self_attn.q_proj``), all prefixed ``base_model.model.``:
-    M.lora_A.weight [r, in]           M.lora_B.weight [out, r]              (Linear, GPT-2 Conv1D)
-    M.lora_embedding_A [r, num_emb]   M.lora_embedding_B [dim, r]           (Embedding)
-    M.lora_magnitude_vector [out]                                           (DoRA; [dim] on an Embedding)
-    M.base_layer.weight               full weight of a targeted embedding / lm_head (save_embedding_layers)
-    M.base_layer.bias [out]           bias of a targeted module (bias="all" or "lora_only")
-    M.bias                            bias of any other module (bias="all")
-    S.<param path>                    every parameter of a module S in modules_to_save (e.g. lm_head.weight)
+Tensor names are parsed by :mod:`.peft_keys` (the PEFT key grammar, shared with the worker and the SDK).
 """
 
 from __future__ import annotations
@@ -20,25 +12,13 @@ from collections import defaultdict
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.adapter_config import LoraSpec, pattern_key
+from adapterfleet.store.peft_keys import LORA_BIAS_FIELDS, PeftKey, parse_peft_keys
 from adapterfleet.store.safetensors_header import SafetensorsHeader, TensorInfo
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXTRA_SUFFIXES = (".json", ".md", ".txt")
 MAX_NAME_BYTES = 255
-KEY_PREFIX = "base_model.model."
-# Suffixes that name a LoRA parameter (or the base layer under a LoRA layer); anything else splits at the last dot.
-LORA_SUFFIXES = (
-    "lora_A.weight",
-    "lora_B.weight",
-    "lora_A.bias",
-    "lora_B.bias",
-    "lora_embedding_A",
-    "lora_embedding_B",
-    "lora_magnitude_vector",
-    "base_layer.weight",
-    "base_layer.bias",
-)
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _ALLOWED = "adapter_config.json, adapter_model.safetensors, README.md and other *.json, *.md, *.txt files"
 
@@ -92,24 +72,6 @@ def check_file_set(names: list[str], *, max_files: int = 64) -> None:
         )
 
 
-def peft_key_to_module(key: str) -> tuple[str, str]:
-    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'
-    -> ('model.layers.0.self_attn.q_proj', 'lora_A.weight'). A key at the root gives module ''."""
-    if not key.startswith(KEY_PREFIX):
-        raise InvalidAdapter(
-            f"tensor {key!r} does not start with {KEY_PREFIX!r}; this is not a PEFT adapter state dict. "
-            "Save the adapter with PeftModel.save_pretrained()"
-        )
-    rest = key[len(KEY_PREFIX) :]
-    for suffix in LORA_SUFFIXES:
-        if rest.endswith("." + suffix):
-            return rest[: -len(suffix) - 1], suffix
-    module, _, param = rest.rpartition(".")
-    if not param:
-        raise InvalidAdapter(f"tensor {key!r} has an empty parameter name; re-save the adapter")
-    return module, param
-
-
 def _saved_whole(spec: LoraSpec, module: str) -> bool:
     """Is ``module`` a module in modules_to_save, or inside one?"""
     parts = module.split(".") if module else []
@@ -125,11 +87,12 @@ def _fail(t: TensorInfo, msg: str) -> InvalidAdapter:
     return InvalidAdapter(f"adapter_model.safetensors: tensor {t.name} {list(t.shape)}: {msg}")
 
 
-def _classify(spec: LoraSpec, t: TensorInfo, module: str, param: str) -> bool:
-    """Check that tensor ``t`` may be in the file. True if it belongs to a LoRA layer of ``module``."""
+def _classify(spec: LoraSpec, t: TensorInfo, key: PeftKey) -> bool:
+    """Check that tensor ``t`` may be in the file. True if it belongs to a LoRA layer of ``key.module``."""
+    module = key.module
     targeted = spec.targets(module)
-    if param in LORA_SUFFIXES and param not in ("base_layer.weight", "base_layer.bias"):
-        if param in ("lora_A.bias", "lora_B.bias"):
+    if key.kind == "lora":
+        if key.field in LORA_BIAS_FIELDS:
             raise _fail(t, "a LoRA bias (lora_bias=True) is not supported; train the adapter with lora_bias=False")
         if not targeted:
             raise _fail(
@@ -140,20 +103,20 @@ def _classify(spec: LoraSpec, t: TensorInfo, module: str, param: str) -> bool:
             )
         if t.dtype not in _FLOAT_DTYPES:
             raise _fail(t, f"dtype {t.dtype} is not a float dtype; save LoRA weights as F32, F16 or BF16")
-        if param == "lora_magnitude_vector" and not spec.use_dora:
+        if key.field == "magnitude" and not spec.use_dora:
             raise _fail(t, "a DoRA magnitude vector, but adapter_config.json has use_dora=false; set use_dora=true")
         return True
     if _saved_whole(spec, module):
         return False
-    if param in ("base_layer.weight", "base_layer.bias"):
+    if key.kind == "base_layer":
         if not targeted:
             raise _fail(t, f"module {module} is not selected by target_modules={spec.target_modules!r}")
-        if param == "base_layer.bias" and spec.bias == "none":
+        if key.field == "bias" and spec.bias == "none":
             raise _fail(t, "a bias is saved but adapter_config.json has bias='none'; set bias to 'all' or 'lora_only'")
         return True
-    if param == "bias" and spec.bias == "all":
+    if key.param == "bias" and spec.bias == "all":
         return False
-    if param == "bias":
+    if key.param == "bias":
         raise _fail(
             t,
             f"a bias of module {module}, which is neither a LoRA target nor in modules_to_save; only bias='all' "
@@ -166,20 +129,20 @@ def _classify(spec: LoraSpec, t: TensorInfo, module: str, param: str) -> bool:
     )
 
 
-def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo]) -> None:
-    """One LoRA layer: factors present, 2-D, ranks agree with rank_for(), DoRA magnitude and base tensors fit."""
-    linear = "lora_A.weight" in parts or "lora_B.weight" in parts
-    embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
+def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo], embedding: bool) -> None:
+    """One LoRA layer (``parts``: field -> tensor, see peft_keys): factors present, 2-D, ranks agree with
+    rank_for(), DoRA magnitude and base tensors fit. :func:`parse_peft_keys` already refused mixed forms."""
     any_t = next(iter(parts.values()))
-    if linear and embedding:
-        raise _fail(any_t, f"module {module} has both lora_A/lora_B and lora_embedding_A/B; keep one pair")
-    if not (linear or embedding):
+    if "lora_A" not in parts and "lora_B" not in parts:
         raise _fail(any_t, f"module {module} has no lora_A/lora_B (or lora_embedding_A/B) pair; re-save the adapter")
-    a_key, b_key = ("lora_A.weight", "lora_B.weight") if linear else ("lora_embedding_A", "lora_embedding_B")
-    for have, want in ((a_key, b_key), (b_key, a_key)):
+    spelled = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
+    names = dict(zip(("lora_A", "lora_B"), spelled))
+    for have, want in (("lora_A", "lora_B"), ("lora_B", "lora_A")):
         if want not in parts:
-            raise _fail(parts[have], f"module {module} has {have} but no {want}; an adapter needs both factors")
-    a, b = parts[a_key], parts[b_key]
+            msg = f"module {module} has {names[have]} but no {names[want]}; an adapter needs both factors"
+            raise _fail(parts[have], msg)
+    a, b = parts["lora_A"], parts["lora_B"]
+    linear = not embedding
     for t, form in ((a, "[r, in_features]" if linear else "[r, num_embeddings]"), (b, "[out_features, r]")):
         if len(t.shape) != 2:
             raise _fail(t, f"expected a 2-D {form} matrix; only Linear, Conv1D and Embedding LoRA layers are served")
@@ -194,15 +157,15 @@ def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo]) -> N
             f"[{r}, in] and [out, {r}]. Fix r/rank_pattern in adapter_config.json to match the weights"
         )
     out_dim, in_dim = b.shape[0], a.shape[1]
-    mag = parts.get("lora_magnitude_vector")
+    mag = parts.get("magnitude")
     if spec.use_dora and mag is None:
         raise _fail(b, f"adapter_config.json has use_dora=true but module {module} has no lora_magnitude_vector")
     if mag is not None and mag.shape != (out_dim,):
         raise _fail(mag, f"expected [{out_dim}], the out dimension of {b.name} {list(b.shape)}")
-    bias = parts.get("base_layer.bias")
+    bias = parts.get("bias")
     if bias is not None and bias.shape != (out_dim,):
         raise _fail(bias, f"expected [{out_dim}], the out dimension of {b.name} {list(b.shape)}")
-    base = parts.get("base_layer.weight")
+    base = parts.get("base_weight")
     if base is not None:
         # Linear stores [out, in] (GPT-2 Conv1D with fan_in_fan_out: [in, out]); Embedding [num_embeddings, dim].
         want = [(out_dim, in_dim)] if linear else [(in_dim, out_dim)]
@@ -215,13 +178,17 @@ def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo]) -> N
 
 
 def check_adapter(spec: LoraSpec, header: SafetensorsHeader) -> None:
+    keys = parse_peft_keys(header.tensors)  # refuses names outside the PEFT grammar, and duplicate spellings
     layers: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
+    embedding: set[str] = set()
     for name, t in header.tensors.items():
-        module, param = peft_key_to_module(name)
-        if _classify(spec, t, module, param):
-            layers[module][param] = t  # (module, param) is unique: the suffix split is one-to-one
+        key = keys[name]
+        if _classify(spec, t, key):
+            layers[key.module][key.field] = t  # (module, field) is unique: parse_peft_keys checked
+            if key.embedding:
+                embedding.add(key.module)
     for module, parts in layers.items():
-        _check_layer(spec, module, parts)  # every layer here has an A/B pair after this
+        _check_layer(spec, module, parts, module in embedding)  # every layer here has an A/B pair after this
     if not layers:
         raise InvalidAdapter(
             "adapter_model.safetensors holds no LoRA tensors (lora_A/lora_B or lora_embedding_A/B); "

@@ -9,8 +9,9 @@ The classic PEFT loading failures, caught with their fix in the message:
 - device placement: a base on the ``meta`` device -> :class:`FailedPrecondition`; otherwise
   :func:`load_device` is the device PEFT should load the adapter weights onto (the base model's own).
 
-Tensor names follow peft's ``get_peft_model_state_dict`` (``base_model.model.<module>.lora_A.weight``, ...;
-see ``store.validation``). Linear weights are ``[out, in]``; GPT-2's Conv1D stores ``[in, out]``. No peft import.
+Tensor names follow peft's ``get_peft_model_state_dict`` (``base_model.model.<module>.lora_A.weight``, ...) and
+are parsed by ``adapterfleet.store.peft_keys``, the grammar the store and the workers use too. Linear weights are
+``[out, in]``; GPT-2's Conv1D stores ``[in, out]``. No peft import.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterfleet.common.errors import FailedPrecondition, Incompatible, InvalidAdapter
+from adapterfleet.store.peft_keys import PeftKey, parse_peft_keys
 from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
-from adapterfleet.store.validation import KEY_PREFIX, REQUIRED_FILES, peft_key_to_module
+from adapterfleet.store.validation import REQUIRED_FILES
 
 if TYPE_CHECKING:
     from torch import nn
 
 CONFIG, WEIGHTS = REQUIRED_FILES
 _DIFFERENT_BASE = "was this adapter trained on a different base model?"
-_LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
 
 def check_files(directory: str | os.PathLike) -> Path:
@@ -121,27 +122,29 @@ def _weight_shape(module: nn.Module) -> str:
     return f" (shape {list(weight.shape)})" if weight is not None and hasattr(weight, "shape") else ""
 
 
-def _check_lora(key: str, shape: tuple[int, ...], path: str, param: str, base: nn.Module) -> str | None:
-    """One problem with LoRA tensor ``key`` on base module ``base`` at ``path``, or None."""
+def _check_lora(shape: tuple[int, ...], pk: PeftKey, base: nn.Module) -> str | None:
+    """One problem with LoRA tensor ``pk`` on base module ``base``, or None."""
     from torch import nn
 
-    head = f"adapter tensor {key} has shape {list(shape)} but base module {path}"
+    head = f"adapter tensor {pk.key} has shape {list(shape)} but base module {pk.module}"
     is_embedding = isinstance(base, nn.Embedding)
-    if param.startswith("lora_embedding") and not is_embedding:
+    if pk.embedding and not is_embedding:
         return f"{head} is a {type(base).__name__}, not an Embedding; {_DIFFERENT_BASE}"
-    if param in ("lora_A.weight", "lora_B.weight") and is_embedding:
+    if pk.field in ("lora_A", "lora_B") and not pk.embedding and is_embedding:
         return f"{head} is an Embedding (PEFT saves embedding LoRA as lora_embedding_A/B); {_DIFFERENT_BASE}"
     if is_embedding:
-        rules = {"lora_embedding_A": (1, "has num_embeddings", base.num_embeddings),
-                 "lora_embedding_B": (0, "has embedding_dim", base.embedding_dim),
-                 "lora_magnitude_vector": (-1, "has embedding_dim", base.embedding_dim)}
+        rules = {"lora_A": (1, "has num_embeddings", base.num_embeddings),
+                 "lora_B": (0, "has embedding_dim", base.embedding_dim),
+                 "magnitude": (-1, "has embedding_dim", base.embedding_dim)}
     else:
         fans = _fans(base)
         if fans is None:
             return None  # Conv2d, quantised or custom layers: left to PEFT
-        rules = {"lora_A.weight": (1, "takes in_features", fans[0]), "lora_B.weight": (0, "gives out_features",
-                 fans[1]), "lora_magnitude_vector": (-1, "gives out_features", fans[1])}
-    dim, what, want = rules[param]
+        rules = {"lora_A": (1, "takes in_features", fans[0]), "lora_B": (0, "gives out_features", fans[1]),
+                 "magnitude": (-1, "gives out_features", fans[1])}
+    if pk.field not in rules:
+        return None  # lora_bias: left to PEFT
+    dim, what, want = rules[pk.field]
     got = _numel(shape) if dim == -1 else (shape[dim] if len(shape) > dim else -1)
     if got == want:
         return None
@@ -197,18 +200,20 @@ def check_compatible(model: nn.Module, directory: str | os.PathLike) -> None:
     root = _root(model)
     _check_targets(config, root)
     problems: list[str] = []
-    for key, shape in sorted(read_shapes(path).items()):  # sorted: the first problem is reported in full
-        if not key.startswith(KEY_PREFIX):
-            continue
-        module_path, param = peft_key_to_module(key)
-        base = _walk(root, module_path)
-        lora = param in _LORA_PARAMS
+    shapes = read_shapes(path)
+    keys = parse_peft_keys(shapes)  # InvalidAdapter for names outside the PEFT grammar, as the store and workers
+    for key, shape in sorted(shapes.items()):  # sorted: the first problem is reported in full
+        pk = keys[key]
+        base = _walk(root, pk.module)
         if base is None:
-            if lora or param.startswith("base_layer."):
-                problems.append(f"adapter targets {module_path} (tensor {key}) but the base model has no such "
+            if pk.kind != "param":
+                problems.append(f"adapter targets {pk.module} (tensor {key}) but the base model has no such "
                                 "module; was it trained on a different architecture?")
             continue
-        problem = (_check_lora if lora else _check_other)(key, shape, module_path, param, base)
+        if pk.kind == "lora":
+            problem = _check_lora(shape, pk, base)
+        else:
+            problem = _check_other(key, shape, pk.module, pk.param, base)
         if problem:
             problems.append(problem)
     if problems:

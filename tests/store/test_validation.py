@@ -12,6 +12,7 @@ from safetensors.numpy import save as np_save
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.adapter_config import LoraSpec, parse_adapter_config
+from adapterfleet.store.peft_keys import parse_peft_key
 from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
 from adapterfleet.store.validation import (
     PICKLE_SUFFIXES,
@@ -19,7 +20,6 @@ from adapterfleet.store.validation import (
     check_adapter,
     check_file_name,
     check_file_set,
-    peft_key_to_module,
 )
 
 P = "base_model.model."
@@ -100,15 +100,16 @@ def test_file_set():
     ("model.layers.1.mlp.up_proj.weight", ("model.layers.1.mlp.up_proj", "weight")),
     ("bias", ("", "bias")),
 ])
-def test_peft_key_to_module(key, want):
-    assert peft_key_to_module(P + key) == want
+def test_parse_peft_key(key, want):
+    parsed = parse_peft_key(P + key)
+    assert (parsed.module, parsed.param) == want
 
 
 def test_key_without_peft_prefix_refused():
     with pytest.raises(InvalidAdapter, match="does not start with 'base_model.model.'; this is not a PEFT adapter"):
-        peft_key_to_module("model.layers.0.self_attn.q_proj.lora_A.weight")
+        parse_peft_key("model.layers.0.self_attn.q_proj.lora_A.weight")
     with pytest.raises(InvalidAdapter, match="has an empty parameter name"):
-        peft_key_to_module(P + "lm_head.")
+        parse_peft_key(P + "lm_head.")
 
 
 # ---- real PEFT adapters round-trip --------------------------------------------------------------------------------
@@ -220,11 +221,11 @@ def test_peft_patterns_are_exercised(peft_adapters):
 
 
 def test_key_forms_written_by_peft(peft_adapters):
-    """Every key form PEFT writes for these adapters is one peft_key_to_module knows."""
+    """Every key form PEFT writes for these adapters is one parse_peft_key knows."""
     params = set()
     for adir, _, _ in peft_adapters.values():
         _, header = _read(adir)
-        params |= {peft_key_to_module(k)[1] for k in header.tensors}
+        params |= {parse_peft_key(k).param for k in header.tensors}
     assert params == {"lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B",
                       "lora_magnitude_vector", "base_layer.weight", "base_layer.bias", "bias", "weight"}
 

@@ -1,17 +1,16 @@
 """An adapter's tensors, grouped per module of the base model, checked on their own (no model needed).
 
-Built from a parsed :class:`store.adapter_config.LoraSpec` and the tensors of ``adapter_model.safetensors`` with
-the keys PEFT saves, e.g.::
+Built from a parsed :class:`store.adapter_config.LoraSpec` and the tensors of ``adapter_model.safetensors``, whose
+keys are parsed by :mod:`adapterfleet.store.peft_keys` (the PEFT key grammar, shared with the store and the SDK;
+its docstring lists every form). Each LoRA key's canonical field names the :class:`ModuleLora` attribute it fills::
 
-    base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight          [r, in]
-    base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight          [out, r]
-    base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector  [out]        (DoRA)
-    base_model.model.model.embed_tokens.lora_embedding_A                    [r, num_embeddings]
-    base_model.model.model.embed_tokens.lora_embedding_B                    [dim, r]
-    base_model.model.model.embed_tokens.base_layer.weight                   (PEFT's copy of the base embedding)
-    base_model.model.transformer.h.0.attn.c_attn.base_layer.bias            [out]   (bias="all" / "lora_only")
-    base_model.model.transformer.h.0.ln_1.bias                              [dim]   (bias="all": any module)
-    base_model.model.lm_head.weight                                         (modules_to_save: the whole module)
+    base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight          -> lora_A      [r, in]
+    base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector  -> magnitude   [out]   (DoRA)
+    base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.weight  -> magnitude   (the same)
+    base_model.model.model.embed_tokens.lora_embedding_B                    -> lora_B      [dim, r]
+    base_model.model.model.embed_tokens.base_layer.weight                   -> base_weight
+    base_model.model.transformer.h.0.ln_1.bias                              -> bias    (bias="all": any module)
+    base_model.model.lm_head.weight                                         -> copies  (modules_to_save)
 
 Whether the modules exist in the loaded base and the shapes fit is :mod:`.compat`'s job.
 """
@@ -27,19 +26,7 @@ import torch
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.adapter_config import LoraSpec
-from adapterfleet.store.validation import peft_key_to_module
-
-# Suffixes of a targeted module's tensors -> field of ModuleLora. Longest first so ".weight" forms win.
-_SUFFIXES = {
-    "lora_magnitude_vector.weight": "magnitude",
-    "lora_magnitude_vector": "magnitude",
-    "lora_A.weight": "lora_A",
-    "lora_B.weight": "lora_B",
-    "lora_embedding_A": "lora_A",
-    "lora_embedding_B": "lora_B",
-    "base_layer.weight": "base_weight",
-    "base_layer.bias": "bias",
-}
+from adapterfleet.store.peft_keys import LORA_BIAS_FIELDS, PeftKey, parse_peft_keys
 
 
 @dataclass
@@ -90,45 +77,40 @@ class AdapterWeights:
         if not tensors:
             raise InvalidAdapter("the adapter has no tensors; save it with PeftModel.save_pretrained()")
         weights = cls(spec)
+        keys = parse_peft_keys(tensors)  # refuses names outside the PEFT grammar, and duplicate spellings
         for key, tensor in tensors.items():
             _check_finite(key, tensor)
-            module, suffix = peft_key_to_module(key)
-            weights._place(key, f"{module}.{suffix}" if module else suffix, tensor)
+            weights._place(keys[key], tensor)
         for m in weights.modules.values():
             weights._finish(m)
         return weights
 
-    def _place(self, key: str, name: str, tensor: torch.Tensor) -> None:
-        for suffix, attr in _SUFFIXES.items():
-            if name.endswith("." + suffix):
-                path = name[: -len(suffix) - 1]
-                if attr == "bias" and self.spec.bias == "none":
-                    raise InvalidAdapter(
-                        f"{key}: the adapter carries a bias but adapter_config.json has bias='none'"
-                    )
-                m = self.modules.setdefault(path, ModuleLora(path))
-                if getattr(m, attr) is not None:
-                    raise InvalidAdapter(f"{key}: {path} has two tensors for {attr}; keep one")
-                setattr(m, attr, tensor)
-                if suffix.startswith("lora_embedding"):
-                    m.embedding = True
-                return
-        if ".lora_" in name:
-            raise InvalidAdapter(
-                f"{key}: '{name}' is not a LoRA tensor the worker serves (expected lora_A/lora_B, "
-                "lora_embedding_A/B or lora_magnitude_vector); lora_bias and other LoRA variants are not served"
-            )
+    def _place(self, pk: PeftKey, tensor: torch.Tensor) -> None:
+        key = pk.key
+        if pk.kind != "param":  # a LoRA layer's tensor: field is the ModuleLora attribute
+            if pk.field in LORA_BIAS_FIELDS:
+                raise InvalidAdapter(
+                    f"{key}: a LoRA bias (lora_bias=True) is not served; train the adapter with lora_bias=False"
+                )
+            if pk.field == "bias" and self.spec.bias == "none":
+                raise InvalidAdapter(f"{key}: the adapter carries a bias but adapter_config.json has bias='none'")
+            m = self.modules.setdefault(pk.module, ModuleLora(pk.module))
+            if getattr(m, pk.field) is not None:
+                raise InvalidAdapter(f"{key}: {pk.module} has two tensors for {pk.field}; keep one")
+            setattr(m, pk.field, tensor)
+            m.embedding = m.embedding or pk.embedding
+            return
+        name = f"{pk.module}.{pk.param}" if pk.module else pk.param
         parts = name.split(".")
         for i in range(1, len(parts)):  # the outermost module saved whole owns the tensor
             owner = ".".join(parts[:i])
             if self.spec.is_module_to_save(owner):
                 self.copies.setdefault(owner, {})[".".join(parts[i:])] = tensor
                 return
-        if name.endswith(".bias") and self.spec.bias == "all":
-            path = name[: -len(".bias")]
-            m = self.modules.setdefault(path, ModuleLora(path))
+        if pk.param == "bias" and pk.module and self.spec.bias == "all":
+            m = self.modules.setdefault(pk.module, ModuleLora(pk.module))
             if m.bias is not None:
-                raise InvalidAdapter(f"{key}: {path} has two bias tensors; keep one")
+                raise InvalidAdapter(f"{key}: {pk.module} has two bias tensors; keep one")
             m.bias = tensor
             return
         raise InvalidAdapter(
