@@ -12,7 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.strict_json import strict_loads
@@ -93,6 +93,10 @@ def _regex(pattern: str, key: str, template: str = "{}") -> None:
         raise _fail(f"{key} {_show(pattern)} is not a valid regular expression ({e})") from None
 
 
+@overload
+def _names(v: Any, key: str, *, allow_regex: Literal[False]) -> tuple[str, ...]: ...
+@overload
+def _names(v: Any, key: str, *, allow_regex: Literal[True]) -> tuple[str, ...] | str: ...
 def _names(v: Any, key: str, *, allow_regex: bool) -> tuple[str, ...] | str:
     """A list of module names -> sorted tuple; a string -> regex (when allowed)."""
     if isinstance(v, str) and allow_regex:

@@ -13,6 +13,11 @@ from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.targets import Targets, decode, encode
 
 
+def _text(x: bytes | str) -> str:
+    """A reply string. redis-py types replies ``bytes | str`` (``str`` with decode_responses); ours come as bytes."""
+    return x.decode() if isinstance(x, bytes) else x
+
+
 class RedisIndex:
     def __init__(self, client: aioredis.Redis, prefix: str = "af:"):
         self._r = client
@@ -68,7 +73,7 @@ class RedisIndex:
     # --- reads --------------------------------------------------------------------------------------------------
     async def digest_of(self, name: str, version: int) -> str | None:
         d = await self._r.hget(self._k(name, "v"), str(version))
-        return d.decode() if d else None
+        return _text(d) if d else None
 
     async def version_of(self, name: str, digest: str) -> int | None:
         v = await self._r.hget(self._k(name, "d"), digest)
@@ -86,28 +91,33 @@ class RedisIndex:
 
     async def versions(self, name: str) -> dict[int, str]:
         raw = await self._r.hgetall(self._k(name, "v"))
-        return {int(v): d.decode() for v, d in raw.items()}
+        return {int(v): _text(d) for v, d in raw.items()}
 
     async def yanked(self, name: str) -> set[int]:
         return {int(v) for v in await self._r.smembers(self._k(name, "y"))}
 
     async def aliases(self, name: str) -> dict[str, Targets]:
         raw = await self._r.hgetall(self._k(name, "a"))
-        return {a.decode(): decode(t.decode()) for a, t in raw.items()}
+        return {_text(a): decode(_text(t)) for a, t in raw.items()}
 
     async def alias(self, name: str, alias: str) -> Targets | None:
         raw = await self._r.hget(self._k(name, "a"), alias)
-        return decode(raw.decode()) if raw else None
+        return decode(_text(raw)) if raw else None
 
     async def names(self) -> list[str]:
-        return sorted(n.decode() for n in await self._r.smembers(f"{self._p}names"))
+        return sorted(_text(n) for n in await self._r.smembers(f"{self._p}names"))
 
     # --- aliases and yanks ----------------------------------------------------------------------------------------
     async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | None | str) -> Targets:
         """CAS: ``expect`` is "any" (unconditional), None (must not exist) or the exact current targets.
         Empty ``targets`` deletes. Returns the previous targets."""
-        mode, expected = ("any", "") if expect == "any" else ("absent", "") if expect is None else (
-            "equal", encode(expect))  # type: ignore[arg-type]
+        if expect == "any":
+            mode, expected = "any", ""
+        elif expect is None:
+            mode, expected = "absent", ""
+        else:
+            assert not isinstance(expect, str), f"expect is 'any', None or targets, not {expect!r}"
+            mode, expected = "equal", encode(expect)
         out = await self._run(self._set_alias, [name, alias, encode(targets), mode, expected])
         kind, detail = out[0], out[1]
         if kind == "conflict":
@@ -155,8 +165,11 @@ class RedisIndex:
             out = await self._r.xread({f"{self._p}events": cursor}, count=count, block=block_ms)
         except (RedisConnectionError, RedisTimeoutError) as err:
             raise Unavailable(f"Redis is unreachable: {err}") from err
+        streams = out or []
+        # RESP2 / legacy replies (redis-py's defaults, which make_redis keeps): [[stream, [(id, fields), ...]], ...]
+        assert isinstance(streams, list), f"XREAD replied {type(streams).__name__}; the client must use RESP2 replies"
         events = []
-        for _stream, entries in out or []:
+        for _stream, entries in streams:
             for eid, fields in entries:
                 f = {k.decode(): v.decode() for k, v in fields.items()}
                 events.append(StoreEvent(

@@ -30,12 +30,15 @@ REGISTRY_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 
 
 def make_blob_store(cfg: StoreConfig) -> BlobStore:
+    blobs: BlobStore
     if cfg.s3 is not None:
-        blobs: BlobStore = S3BlobStore(cfg.s3)
-        blobs.ensure_bucket()
+        s3 = S3BlobStore(cfg.s3)
+        s3.ensure_bucket()
+        blobs = s3
     else:
-        blobs = LocalBlobStore(f"{cfg.data_dir}/blobs")
-        blobs.ensure()
+        local = LocalBlobStore(f"{cfg.data_dir}/blobs")
+        local.ensure()
+        blobs = local
     if cfg.blob_cache_bytes > 0:
         blobs = CachedBlobStore(blobs, budget=cfg.blob_cache_bytes, max_item=cfg.blob_cache_max_item)
     return blobs

@@ -24,7 +24,7 @@ class RedisProcess:
         self.binary = shutil.which(binary)
         self.data_dir = Path(data_dir) if data_dir else None
         self.port = 0
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -42,10 +42,12 @@ class RedisProcess:
         else:
             args += ["--appendonly", "no"]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = self._proc.stderr
+        assert stderr is not None  # stderr=PIPE
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise Unavailable(f"redis-server exited: {self._proc.stderr.read().decode(errors='replace')}")
+                raise Unavailable(f"redis-server exited: {stderr.read().decode(errors='replace')}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")

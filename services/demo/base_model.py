@@ -5,12 +5,31 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TypedDict
 
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
 CHARS = string.ascii_lowercase + string.digits + " .,:;!?'-+=()\n" + string.ascii_uppercase
-DEMO_CONFIG = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                   tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+
+
+class DemoConfig(TypedDict):
+    """The ``LlamaConfig`` keyword arguments of the demo model."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    pad_token_id: int
+    eos_token_id: int
+    bos_token_id: int | None
+
+
+DEMO_CONFIG = DemoConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None)
 
 
 def save_char_tokenizer(path: str | Path, vocab_size: int = 128) -> Path:

@@ -264,9 +264,19 @@ def _joinable(cache: DynamicCache) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
+def _filled(layer: object) -> tuple[DynamicLayer, torch.Tensor, torch.Tensor]:
+    """A prefilled dynamic cache layer with its keys and values [B, heads, T, head_dim]."""
+    assert isinstance(layer, DynamicLayer), "only joinable caches (_joinable) are joined"
+    keys, values = layer.keys, layer.values
+    assert keys is not None and values is not None, "a prefill fills every layer of its cache"
+    return layer, keys, values
+
+
 def _join_caches(cache: DynamicCache, new: DynamicCache) -> None:
     """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded."""
-    for layer, other in zip(cache.layers, new.layers):
-        width = max(layer.keys.shape[-2], other.keys.shape[-2])
-        layer.keys = torch.cat([_pad_left(layer.keys, width, -2), _pad_left(other.keys, width, -2)], dim=0)
-        layer.values = torch.cat([_pad_left(layer.values, width, -2), _pad_left(other.values, width, -2)], dim=0)
+    for mine, theirs in zip(cache.layers, new.layers):
+        layer, keys, values = _filled(mine)
+        _, other_keys, other_values = _filled(theirs)
+        width = max(keys.shape[-2], other_keys.shape[-2])
+        layer.keys = torch.cat([_pad_left(keys, width, -2), _pad_left(other_keys, width, -2)], dim=0)
+        layer.values = torch.cat([_pad_left(values, width, -2), _pad_left(other_values, width, -2)], dim=0)

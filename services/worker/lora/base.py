@@ -8,12 +8,34 @@ from torch import nn
 from .context import RowContext
 from .plan import RowPlan, plan_for
 from .slot_stack import Field, SlotStack
+from .weights import ModuleLora
 
 
 def module_device(module: nn.Module) -> torch.device:
     for t in module.parameters():
         return t.device
     return torch.device("cpu")
+
+
+def optional_module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>``: a parameter or buffer, or None where the module registered it as None (a Linear built
+    with ``bias=False``).
+
+    torch types ``nn.Module.__getattr__`` as ``Tensor | Module`` and a module's parameters by their first assignment
+    (``nn.Linear.bias: Parameter``), so its stubs say neither that the attribute is a tensor nor that it may be None.
+    """
+    t = getattr(module, name)
+    if t is not None and not isinstance(t, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is a {type(t).__name__}, not a tensor")
+    return t
+
+
+def module_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """``module.<name>``: a parameter or buffer that the module must have (e.g. a Linear's weight)."""
+    t = optional_module_tensor(module, name)
+    if t is None:
+        raise TypeError(f"{type(module).__name__}.{name} is None, not a tensor")
+    return t
 
 
 class SlotWrapper(nn.Module):
@@ -39,6 +61,10 @@ class SlotWrapper(nn.Module):
 
     def nbytes(self) -> int:
         return self._stack.nbytes()
+
+    def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
+        """Per-slot stack entries (field -> entry, None: field not used) and the rank of one adapter's change here."""
+        raise NotImplementedError
 
     def add(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> None:
         self._stack = self._stack.added(slot, entries, rank)

@@ -51,6 +51,7 @@ def _shape(t: torch.Tensor) -> list[int]:
 
 def _check_lora(path: str, m: ModuleLora, base: nn.Module) -> str:
     a, b = m.lora_A, m.lora_B
+    assert a is not None and b is not None, "only called with a rank, which comes with lora_A and lora_B (weights)"
     if m.embedding:
         if not isinstance(base, nn.Embedding):
             raise Incompatible(

@@ -58,8 +58,8 @@ class Rows:
         rows = self._rows_of.get(key)
         if rows is None:
             k = self.expansion(batch)
-            rows = [b for b in range(batch) if self.slots[b // k] == slot]
-            rows = torch.tensor(rows, dtype=torch.long, device=device)
+            members = [b for b in range(batch) if self.slots[b // k] == slot]
+            rows = torch.tensor(members, dtype=torch.long, device=device)
             self._rows_of[key] = rows
         return rows
 
@@ -80,9 +80,10 @@ class RowContext:
         """Run the enclosed forwards with row b on adapter slot ``slots[b]`` (-1: base model)."""
         if isinstance(slots, torch.Tensor):
             slots = slots.tolist()
-        token = self._current.set(Rows(slots, self.max_slots))
+        rows = Rows(slots, self.max_slots)
+        token = self._current.set(rows)
         try:
-            yield self._current.get()
+            yield rows
         finally:
             self._current.reset(token)
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .base import SlotWrapper
+from .context import RowContext
 from .slot_stack import Field
 from .weights import ModuleLora
 
@@ -29,8 +30,9 @@ class LoraEmbedding(SlotWrapper):
         "B": Field(0.0, rank_dim=1),  # entry [dim, r], scaling (and DoRA scale) folded in
         "scale": Field(1.0),  # entry [dim]; DoRA only
     }
+    base_layer: nn.Embedding  # set by SlotWrapper.__init__
 
-    def __init__(self, base_layer: nn.Embedding, ctx):
+    def __init__(self, base_layer: nn.Embedding, ctx: RowContext):
         super().__init__(base_layer, ctx)
         self.num_embeddings = base_layer.num_embeddings
         self.embedding_dim = base_layer.embedding_dim
@@ -52,6 +54,7 @@ class LoraEmbedding(SlotWrapper):
     def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
         w = self.base_layer.weight  # [num_embeddings, dim]
         dtype, device = w.dtype, w.device
+        assert m.lora_A is not None and m.lora_B is not None, "embedding LoRA comes with a rank (compat._check_lora)"
         a = m.lora_A.to(device=device, dtype=torch.float32)  # [r, num_embeddings]
         b = m.lora_B.to(device=device, dtype=torch.float32)  # [dim, r]
         entries: dict[str, torch.Tensor | None] = {}
@@ -74,7 +77,7 @@ class LoraEmbedding(SlotWrapper):
             return y
         batch = ids.shape[0]
         out = y.reshape(batch, -1, self.embedding_dim)  # [batch, tokens, dim]
-        a_t, b, scale = stack["A_T"], stack["B"], stack["scale"]
+        a_t, b, scale = stack.tensor("A_T"), stack.tensor("B"), stack["scale"]
         if scale is not None:
             out = out * scale[local].unsqueeze(1)  # [batch, 1, dim]
         h = a_t[local.unsqueeze(1), ids.reshape(batch, -1)]  # [batch, tokens, rank]

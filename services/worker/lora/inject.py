@@ -19,7 +19,9 @@ from .linear import LoraLinear, is_linear
 from .modules_to_save import ModuleSwitch, unwrap
 from .row_bias import RowBias, adds_bias_last
 
-WRAPPERS: dict[str, type[nn.Module]] = {
+Wrapper = SlotWrapper | ModuleSwitch  # what inject places: a per-row LoRA / bias wrapper, or a module switch
+
+WRAPPERS: dict[str, type[SlotWrapper] | type[ModuleSwitch]] = {
     LINEAR: LoraLinear,
     EMBEDDING: LoraEmbedding,
     BIAS: RowBias,
@@ -27,7 +29,7 @@ WRAPPERS: dict[str, type[nn.Module]] = {
 }
 
 
-def _wrap_inner(container: nn.Module, attr: str, module: nn.Module, kind: str, ctx: RowContext) -> nn.Module:
+def _wrap_inner(container: nn.Module, attr: str, module: nn.Module, kind: str, ctx: RowContext) -> Wrapper:
     cls = WRAPPERS[kind]
     if isinstance(module, cls):
         return module
@@ -52,7 +54,7 @@ def default_kind(module: nn.Module) -> str:
 
 def inject(
     model: nn.Module, placements: Mapping[str, str] | Iterable[str], ctx: RowContext
-) -> dict[str, nn.Module]:
+) -> dict[str, Wrapper]:
     """Wrap each module path with the wrapper of its kind (linear, embedding, bias, copy); return path -> wrapper.
 
     ``placements`` is the plan of :func:`.compat.check_compatible` (path -> kind), or just module paths, whose
@@ -61,7 +63,7 @@ def inject(
     """
     if not isinstance(placements, Mapping):
         placements = {p: default_kind(_found(model, p)[2]) for p in placements}
-    out: dict[str, nn.Module] = {}
+    out: dict[str, Wrapper] = {}
     for path, kind in placements.items():
         if kind not in WRAPPERS:
             raise ValueError(f"unknown wrapper kind {kind!r} for {path}; use one of {sorted(WRAPPERS)}")
@@ -84,6 +86,6 @@ def _found(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
     return found
 
 
-def wrappers(model: nn.Module) -> dict[str, nn.Module]:
+def wrappers(model: nn.Module) -> dict[str, Wrapper]:
     """Every per-row wrapper in ``model`` by its module path."""
     return {name: m for name, m in model.named_modules() if isinstance(m, (SlotWrapper, ModuleSwitch))}

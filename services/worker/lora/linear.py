@@ -38,31 +38,35 @@ from torch import nn
 
 from adapterfleet.common.errors import Incompatible
 
-from .base import SlotWrapper
+from .base import SlotWrapper, module_tensor, optional_module_tensor
+from .context import RowContext
 from .plan import RowPlan
 from .slot_stack import Field, SlotStack
 from .weights import ModuleLora
 
 try:  # transformers' GPT-2 style linear layer: weight [in, out], y = x @ W + b
     from transformers.pytorch_utils import Conv1D
+
+    _CONV1D: tuple[type[nn.Module], ...] = (Conv1D,)
 except ImportError:  # pragma: no cover
-    Conv1D = ()
+    _CONV1D = ()
 
 BAG_TOKENS = 4  # rows of at most this many tokens take the embedding_bag route
-_PLAIN = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)  # exact types whose forward is x @ W (+ b)
+_PLAIN = (nn.Linear, *_CONV1D)  # exact types whose forward is x @ W (+ b)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of an nn.Linear or Conv1D."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    if Conv1D and isinstance(module, Conv1D):
-        return module.weight.shape[0], module.weight.shape[1]
+    if isinstance(module, _CONV1D):
+        weight = module_tensor(module, "weight")  # [in, out]
+        return weight.shape[0], weight.shape[1]
     raise TypeError(f"{type(module).__name__} is not a linear layer")
 
 
 def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or bool(Conv1D) and isinstance(module, Conv1D)
+    return isinstance(module, nn.Linear) or isinstance(module, _CONV1D)
 
 
 class LoraLinear(SlotWrapper):
@@ -73,33 +77,35 @@ class LoraLinear(SlotWrapper):
         "shift": Field(0.0),  # entry [out]; bias replacement (and DoRA's rescaled base bias)
     }
 
-    def __init__(self, base_layer: nn.Module, ctx):
+    def __init__(self, base_layer: nn.Module, ctx: RowContext):
         super().__init__(base_layer, ctx)
         self.in_features, self.out_features = linear_shape(base_layer)
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
+        """The base layer's weight as it stores it: nn.Linear [out, in], Conv1D [in, out]."""
+        return module_tensor(self.base_layer, "weight")
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+        return optional_module_tensor(self.base_layer, "bias")
 
     def base_weight(self) -> torch.Tensor:
         """The base weight as [out, in]."""  # noqa: D401
-        w = self.base_layer.weight
+        w = self.weight
         return w.T if self.fan_in_fan_out else w
 
     @torch.no_grad()
     def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
         """Per-slot stack entries for one adapter's change to this module (computed in float32)."""
-        w = self.base_layer.weight
+        w = self.weight
         dtype, device = w.dtype, w.device
-        b0 = self.base_layer.bias
+        b0 = self.bias
         entries: dict[str, torch.Tensor | None] = {}
         s = None
         if m.rank:
+            assert m.lora_A is not None and m.lora_B is not None, "a rank comes with lora_A and lora_B (weights)"
             a = m.lora_A.to(device=device, dtype=torch.float32)  # [r, in]
             b = m.lora_B.to(device=device, dtype=torch.float32)  # [out, r]
             if m.magnitude is not None:
@@ -111,7 +117,7 @@ class LoraLinear(SlotWrapper):
             entries["A"] = a.T.contiguous().to(dtype)
             entries["B"] = b.T.contiguous().to(dtype)
         if m.bias is not None or (s is not None and b0 is not None):
-            if m.bias is not None and b0 is None:
+            if b0 is None:  # then m.bias is set: a DoRA scale alone needs b0 to get here
                 raise Incompatible(
                     f"adapter carries a bias for {m.path} but the base model's module has none; was it trained on "
                     "a different base model?"
@@ -132,10 +138,11 @@ class LoraLinear(SlotWrapper):
         shape = (*x.shape[:-1], self.out_features)
         if "A" in carried and not args and not kwargs and self._plain(x, stack):
             # the base GEMM accumulates onto the low-rank term, so the output is written once, not re-read
-            flat = self._low_rank(xs, stack["A"], stack["B"], plan)  # [batch * tokens, out]
-            if self.base_layer.bias is not None:
-                flat.add_(self.base_layer.bias)
-            weight = self.base_layer.weight  # nn.Linear [out, in], Conv1D [in, out]
+            flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan)  # [batch * tokens, out]
+            bias = self.bias
+            if bias is not None:
+                flat.add_(bias)
+            weight = self.weight  # nn.Linear [out, in], Conv1D [in, out]
             flat.addmm_(xs.reshape(-1, self.in_features), weight if self.fan_in_fan_out else weight.t())
             out = flat.view(batch, -1, self.out_features)  # [batch, tokens, out]
         else:
@@ -143,15 +150,15 @@ class LoraLinear(SlotWrapper):
             shape = y.shape
             out = y.reshape(batch, -1, self.out_features)  # [batch, tokens, out]; the base layer's fresh output
             if "A" in carried:
-                a = stack["A"]
+                a, b = stack.tensor("A"), stack.tensor("B")
                 if a.dtype == out.dtype:
-                    self._low_rank(xs.to(a.dtype), a, stack["B"], plan, into=out.view(-1, self.out_features))
+                    self._low_rank(xs.to(a.dtype), a, b, plan, into=out.view(-1, self.out_features))
                 else:
-                    out.add_(self._low_rank(xs.to(a.dtype), a, stack["B"], plan).view(out.shape).to(out.dtype))
+                    out.add_(self._low_rank(xs.to(a.dtype), a, b, plan).view(out.shape).to(out.dtype))
         if "scale" in carried:  # DoRA
-            out.mul_(_per_row(stack["scale"], plan))
+            out.mul_(_per_row(stack.tensor("scale"), plan))
         if "shift" in carried:
-            out.add_(_per_row(stack["shift"], plan))
+            out.add_(_per_row(stack.tensor("shift"), plan))
         return out.reshape(shape)
 
     def _plain(self, x: torch.Tensor, stack: SlotStack) -> bool:
@@ -160,7 +167,7 @@ class LoraLinear(SlotWrapper):
         base = self.base_layer
         return (
             type(base) in _PLAIN
-            and x.dtype == base.weight.dtype == stack["A"].dtype
+            and x.dtype == self.weight.dtype == stack.tensor("A").dtype
             and not torch.is_autocast_enabled(x.device.type)
         )
 

@@ -14,16 +14,18 @@ caller must not remove a slot that an in-flight forward uses.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 
 import torch
 from torch import nn
 
+from .base import SlotWrapper
 from .compat import COPY, check_compatible
 from .context import NO_ADAPTER, RowContext, Rows
-from .inject import inject, wrappers
-from .modules_to_save import clone_module
+from .inject import Wrapper, inject, wrappers
+from .modules_to_save import ModuleSwitch, clone_module
 from .weights import AdapterWeights
 
 
@@ -31,7 +33,7 @@ class LoraModel:
     def __init__(self, model: nn.Module, *, max_slots: int):
         self.model = model
         self.ctx = RowContext(max_slots)
-        self._slots: dict[int, list[nn.Module]] = {}  # slot -> the wrappers that hold its tensors
+        self._slots: dict[int, list[Wrapper]] = {}  # slot -> the wrappers that hold its tensors
         self._lock = threading.Lock()
 
     @property
@@ -67,17 +69,21 @@ class LoraModel:
                 raise ValueError(f"slot {slot} is occupied; remove its adapter first")
             plan = check_compatible(self.model, weights)
             placed = inject(self.model, plan, self.ctx)
-            prepared = []  # compute everything first, so a failure leaves no half-installed adapter
+            # compute everything first, so a failure leaves no half-installed adapter
+            prepared: list[tuple[Wrapper, Callable[[], None]]] = []  # (wrapper, its add of this slot)
             for path, kind in plan.items():
                 w = placed[path]
                 if kind == COPY:
-                    prepared.append((w, (clone_module(w.base_layer, weights.copies[path]),)))
+                    assert isinstance(w, ModuleSwitch), "inject places a ModuleSwitch at a 'copy' path"
+                    prepared.append((w, partial(w.add, slot, clone_module(w.base_layer, weights.copies[path]))))
                 else:
-                    prepared.append((w, w.prepare(weights.modules[path])))
-            done: list[nn.Module] = []
+                    assert isinstance(w, SlotWrapper), "inject places a per-row LoRA / bias wrapper elsewhere"
+                    entries, rank = w.prepare(weights.modules[path])
+                    prepared.append((w, partial(w.add, slot, entries, rank)))
+            done: list[Wrapper] = []
             try:
-                for w, args in prepared:
-                    w.add(slot, *args)
+                for w, add in prepared:
+                    add()
                     done.append(w)
             except BaseException:
                 for w in done:

@@ -9,16 +9,25 @@ this module* (as PEFT's mixed batch does), never per installed adapter.
 from __future__ import annotations
 
 import copy
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from .base import module_tensor
 from .context import RowContext
+
+
+@runtime_checkable
+class Unwrappable(Protocol):
+    """A per-row wrapper (:class:`.base.SlotWrapper`, :class:`ModuleSwitch`): has the module it wraps."""
+
+    def unwrapped(self) -> nn.Module: ...
 
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module under any per-row wrappers."""
-    while hasattr(module, "unwrapped"):
+    while isinstance(module, Unwrappable):
         module = module.unwrapped()
     return module
 
@@ -43,7 +52,7 @@ def clone_module(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module
     for t in (*module.parameters(), *module.buffers()):
         memo[id(t)] = t  # share, do not copy
     for sub in module.modules():
-        if sub is not module and hasattr(sub, "unwrapped"):
+        if sub is not module and isinstance(sub, Unwrappable):
             memo[id(sub)] = clone_module(sub, {})  # a wrapper inside: the copy gets the plain module
     clone = copy.deepcopy(module, memo)
     for name, tensor in state.items():
@@ -71,7 +80,7 @@ class ModuleSwitch(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return unwrap(self.base_layer).weight
+        return module_tensor(unwrap(self.base_layer), "weight")
 
     def unwrapped(self) -> nn.Module:
         return self.base_layer

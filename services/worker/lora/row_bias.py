@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SlotWrapper
+from .base import SlotWrapper, module_tensor
 from .slot_stack import Field
 from .weights import ModuleLora
 
@@ -28,7 +28,8 @@ class RowBias(SlotWrapper):
 
     @torch.no_grad()
     def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
-        b0 = self.base_layer.bias
+        b0 = module_tensor(self.base_layer, "bias")  # adds_bias_last: the module has one
+        assert m.bias is not None, "a row-bias module is planned only for an adapter bias (compat._check_module)"
         b1 = m.bias.to(device=b0.device, dtype=torch.float32)
         return {"shift": (b1 - b0.to(torch.float32)).to(b0.dtype)}, 0
 
@@ -38,5 +39,5 @@ class RowBias(SlotWrapper):
         local = self._local_rows(stack, x.shape[0], x.device)  # [batch]
         if local is None:
             return y
-        shift = stack["shift"][local]  # [batch, dim]
+        shift = stack.tensor("shift")[local]  # [batch, dim]
         return y + shift.view(y.shape[0], *([1] * (y.dim() - 2)), -1).to(y.dtype)

@@ -78,6 +78,13 @@ class SlotStack:
     def __getitem__(self, name: str) -> torch.Tensor | None:
         return self.tensors[name]
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """The stacked tensor of a field that some installed slot carries (e.g. one in a row plan's ``carried``)."""
+        t = self.tensors[name]
+        if t is None:
+            raise KeyError(f"no slot in this stack carries {name!r}")
+        return t
+
     def nbytes(self) -> int:
         total = 0 if self.slot_map is None else self.slot_map.nbytes
         return total + sum(t.nbytes for t in self.tensors.values() if t is not None)
@@ -86,9 +93,9 @@ class SlotStack:
         dim = self.fields[name].rank_dim
         if dim is None:
             return shape
-        shape = list(shape)
-        shape[dim] = rank
-        return tuple(shape)
+        padded = list(shape)
+        padded[dim] = rank
+        return tuple(padded)
 
     def added(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> "SlotStack":
         """A new stack with ``slot`` appended; ``entries`` maps field -> per-slot tensor (None: field not used)."""
@@ -101,20 +108,25 @@ class SlotStack:
             raise ValueError(f"unknown fields {sorted(unknown)}")
         new_rank = max(self.rank, rank)
         n_rows = len(self.order) + 2
-        tensors, has = {}, {}
+        tensors: dict[str, torch.Tensor | None] = {}
+        has: dict[str, frozenset[int]] = {}
         for name, spec in self.fields.items():
             old, new = self.tensors[name], entries.get(name)
             has[name] = self.has[name] | {slot} if new is not None else self.has[name]
-            if new is None and old is None:
+            if new is not None:
+                ref = new
+            elif old is not None:
+                ref = old[0]
+            else:
                 tensors[name] = None
                 continue
-            ref = new if new is not None else old[0]
             shape = self._padded_shape(name, tuple(ref.shape), new_rank)
             out = torch.full((n_rows, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
             if old is not None:
                 out[tuple(slice(0, n) for n in old.shape)].copy_(old)
             if new is not None:
-                out[(n_rows - 1, *(slice(0, n) for n in new.shape))].copy_(new)
+                last: tuple[int | slice, ...] = (n_rows - 1, *(slice(0, n) for n in new.shape))
+                out[last].copy_(new)
             tensors[name] = out
         ranks = {**self.ranks, slot: rank}
         order = (*self.order, slot)
@@ -129,7 +141,7 @@ class SlotStack:
         has = {name: slots - {slot} for name, slots in self.has.items()}
         new_rank = max(ranks.values(), default=0)
         keep = [0] + [i + 1 for i, s in enumerate(self.order) if s != slot]
-        tensors = {}
+        tensors: dict[str, torch.Tensor | None] = {}
         for name, spec in self.fields.items():
             old = self.tensors[name]
             if old is None or not has[name]:
@@ -141,8 +153,14 @@ class SlotStack:
             tensors[name] = rows
         return self._with(order, ranks, has, tensors)
 
-    def _with(self, order, ranks, has, tensors) -> "SlotStack":
-        slot_map = None
+    def _with(
+        self,
+        order: tuple[int, ...],
+        ranks: dict[int, int],
+        has: dict[str, frozenset[int]],
+        tensors: dict[str, torch.Tensor | None],
+    ) -> "SlotStack":
+        slot_map: torch.Tensor | None = None
         if order:
             slot_map = torch.zeros(self.max_slots + 1, dtype=torch.long)
             for local, s in enumerate(order, start=1):
