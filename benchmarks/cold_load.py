@@ -31,7 +31,7 @@ from benchmarks._fleet import s3_and_store  # noqa: E402
 from adapterfleet.worker.backend import WorkerBackend  # noqa: E402
 from adapterfleet.worker.cache import AdapterCache  # noqa: E402
 from adapterfleet.worker.lora import LoraModel  # noqa: E402
-from adapterfleet.worker.model_host import fingerprint  # noqa: E402
+from adapterfleet.store.base_model import fingerprint  # noqa: E402
 from adapterfleet.store.client import StoreClient  # noqa: E402
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter  # noqa: E402
 

@@ -55,9 +55,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 import numpy as np
 
 from benchmarks import _plot
+from adapterfleet.common.tiers import ACTIVE, LOADING
 from adapterfleet.router.placement import Placement, PlacementConfig, WorkerView
-
-ACTIVE, LOADING = "active", "loading"
 
 
 @dataclass(frozen=True)

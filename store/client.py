@@ -17,11 +17,12 @@ from pathlib import Path
 import grpc
 
 from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
-from adapterfleet.common.errors import AdapterFleetError, ChecksumMismatch, InvalidArgument
+from adapterfleet.common.channel import CHANNEL_OPTIONS
+from adapterfleet.common.errors import BlobMissing, ChecksumMismatch, InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
-from adapterfleet.common.server import CHANNEL_OPTIONS
 from adapterfleet.store import proto_convert as pc
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.targets import Targets
@@ -89,9 +90,7 @@ class StoreClient:
                                              for e in entries])
         try:
             return self._push_once(header, paths, entries, progress, chunk_size, dedupe=True)
-        except AdapterFleetError as err:
-            if err.code != "FAILED_PRECONDITION" or "was not sent" not in err.message:
-                raise
+        except BlobMissing:
             # a blob we skipped vanished in between (garbage collection): send everything
             return self._push_once(header, paths, entries, progress, chunk_size, dedupe=False)
 
@@ -204,8 +203,9 @@ class StoreClient:
         r = self._call("Resolve", store_pb2.ResolveRequest(ref=ref, routing_key=routing_key))
         return pc.resolution_from_pb(r)
 
-    def list_adapters(self, prefix: str = "") -> list[store_pb2.AdapterSummary]:
-        return list(self._call("ListAdapters", store_pb2.ListAdaptersRequest(prefix=prefix)).adapters)
+    def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:
+        return [pc.summary_from_pb(a)
+                for a in self._call("ListAdapters", store_pb2.ListAdaptersRequest(prefix=prefix)).adapters]
 
     def list_versions(self, name: str) -> tuple[list[Manifest], dict[str, Targets]]:
         r = self._call("ListVersions", store_pb2.ListVersionsRequest(name=name))
@@ -228,11 +228,11 @@ class StoreClient:
         return pc.manifest_from_pb(self._call("YankVersion", store_pb2.YankVersionRequest(
             name=name, version=version, force=force)))
 
-    def collect_garbage(self, dry_run: bool = False, min_age: float | None = None) -> store_pb2.CollectGarbageResponse:
+    def collect_garbage(self, dry_run: bool = False, min_age: float | None = None) -> GcReport:
         request = store_pb2.CollectGarbageRequest(dry_run=dry_run)
         if min_age is not None:
             request.min_age_seconds = min_age
-        return self._call("CollectGarbage", request)
+        return pc.gc_report_from_pb(self._call("CollectGarbage", request))
 
     def watch(self, cursor: str = "", name: str = "") -> Iterator[StoreEvent]:
         try:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapterfleet.common.metrics import MetricsConfig
+from adapterfleet.common.metrics_config import MetricsConfig
+
+PORT = 50051  # where `adapterfleet store serve` listens unless told otherwise (StoreConfig's 0: any free port)
+ADDRESS = f"127.0.0.1:{PORT}"  # where clients look for the store unless told otherwise
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.store.base_model import BaseModelIdentity
 from adapterfleet.store.refs import DIGEST_PREFIX, AdapterKey, validate_hex_digest
 
 MANIFEST_SCHEMA = "adapterfleet.manifest/v1"
@@ -22,12 +23,6 @@ class FileEntry:
     name: str
     size: int
     sha256: str  # lowercase hex
-
-
-@dataclass(frozen=True)
-class BaseModelIdentity:
-    name_or_path: str = ""
-    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adapterfleet.v1 import common_pb2, store_pb2
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.targets import LiveTarget, Targets
@@ -76,6 +77,26 @@ def expectation_to_pb(expect: Targets | None | str) -> store_pb2.AliasExpectatio
 
 def alias_to_pb(name: str, alias: str, t: Targets) -> store_pb2.Alias:
     return store_pb2.Alias(name=name, alias=alias, targets=targets_to_pb(t))
+
+
+def summary_to_pb(a: AdapterSummary) -> store_pb2.AdapterSummary:
+    return store_pb2.AdapterSummary(name=a.name, latest_version=a.latest_version, version_count=a.version_count,
+                                    aliases=[alias_to_pb(a.name, k, t) for k, t in sorted(a.aliases.items())])
+
+
+def summary_from_pb(pb: store_pb2.AdapterSummary) -> AdapterSummary:
+    return AdapterSummary(pb.name, pb.latest_version, pb.version_count,
+                          {a.alias: targets_from_pb(a.targets) for a in pb.aliases})
+
+
+def gc_report_to_pb(r: GcReport) -> store_pb2.CollectGarbageResponse:
+    return store_pb2.CollectGarbageResponse(deleted=r.deleted, bytes_freed=r.bytes_freed,
+                                            kept_referenced=r.kept_referenced, kept_leased=r.kept_leased,
+                                            aborted_uploads=r.aborted_uploads)
+
+
+def gc_report_from_pb(pb: store_pb2.CollectGarbageResponse) -> GcReport:
+    return GcReport(list(pb.deleted), pb.bytes_freed, pb.kept_referenced, pb.kept_leased, pb.aborted_uploads)
 
 
 def event_to_pb(e: StoreEvent) -> store_pb2.Event:

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from adapterfleet.common.errors import FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
+from adapterfleet.common.errors import BlobMissing, InvalidAdapter, InvalidArgument, Unavailable
 from adapterfleet.store.adapter_config import LoraSpec, parse_adapter_config
 from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
@@ -161,7 +161,7 @@ class PushSession:
             if name in self._writers:
                 continue
             if not await asyncio.to_thread(self._blobs.exists, entry.sha256):
-                raise FailedPrecondition(
+                raise BlobMissing(
                     f"{name} (sha256 {entry.sha256}) was not sent and the store does not have it; push again "
                     "(the client re-checks which blobs are missing)"
                 )

@@ -7,26 +7,12 @@ A worker that stops announcing is gone after its TTL; stale records are swept on
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
 
 from adapterfleet.common.errors import InvalidArgument
-
-
-@dataclass(frozen=True)
-class WorkerRecord:
-    id: str
-    address: str
-    region: str = "local"
-    capacity: int = 0
-    load: float = 0.0
-    adapters: dict[str, str] = field(default_factory=dict)  # key -> tier
-    fingerprint: str = ""
-    base_model: str = ""
-    draining: bool = False
+from adapterfleet.store.workers import WorkerRecord, record_from_json, record_to_json
 
 
 class RedisRegistry:
@@ -41,7 +27,7 @@ class RedisRegistry:
             raise InvalidArgument("a worker announcement needs an id and an address")
         expiry = time.time() + (ttl or self.default_ttl)
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(self._hash, record.id, json.dumps(asdict(record), sort_keys=True))
+            pipe.hset(self._hash, record.id, record_to_json(record))
             pipe.zadd(self._expiry, {record.id: expiry})
             await pipe.execute()
 
@@ -56,5 +42,5 @@ class RedisRegistry:
         live = await self._r.zrangebyscore(self._expiry, now, "+inf")
         if not live:
             return []
-        records = [WorkerRecord(**json.loads(raw)) for raw in await self._r.hmget(self._hash, live) if raw]
+        records = [record_from_json(raw) for raw in await self._r.hmget(self._hash, live) if raw]
         return sorted((r for r in records if not region or r.region == region), key=lambda r: r.id)

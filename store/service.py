@@ -14,6 +14,7 @@ from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.config import StoreConfig
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.index import RedisIndex
+from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.push import PushHeader, PushResult, PushSession
 from adapterfleet.store.refs import Ref, validate_alias, validate_hex_digest, validate_name
@@ -33,23 +34,6 @@ class FileChunk:
     file: str
     offset: int
     data: bytes
-
-
-@dataclass(frozen=True)
-class AdapterSummary:
-    name: str
-    latest_version: int
-    version_count: int
-    aliases: dict[str, Targets]
-
-
-@dataclass(frozen=True)
-class GcReport:
-    deleted: list[str]
-    bytes_freed: int
-    kept_referenced: int
-    kept_leased: int
-    aborted_uploads: int
 
 
 @dataclass

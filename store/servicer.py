@@ -51,12 +51,8 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
                                     targets=pc.live_targets_to_pb(r.targets))
 
     async def ListAdapters(self, request, context):
-        return store_pb2.ListAdaptersResponse(adapters=[
-            store_pb2.AdapterSummary(
-                name=a.name, latest_version=a.latest_version, version_count=a.version_count,
-                aliases=[pc.alias_to_pb(a.name, k, t) for k, t in sorted(a.aliases.items())])
-            for a in await self.core.list_adapters(request.prefix)
-        ])
+        return store_pb2.ListAdaptersResponse(
+            adapters=[pc.summary_to_pb(a) for a in await self.core.list_adapters(request.prefix)])
 
     async def ListVersions(self, request, context):
         versions, aliases = await self.core.list_versions(request.name)
@@ -78,10 +74,7 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
 
     async def CollectGarbage(self, request, context):
         min_age = request.min_age_seconds if request.HasField("min_age_seconds") else None
-        r = await self.core.collect_garbage(request.dry_run, min_age)
-        return store_pb2.CollectGarbageResponse(deleted=r.deleted, bytes_freed=r.bytes_freed,
-                                                kept_referenced=r.kept_referenced, kept_leased=r.kept_leased,
-                                                aborted_uploads=r.aborted_uploads)
+        return pc.gc_report_to_pb(await self.core.collect_garbage(request.dry_run, min_age))
 
     async def Watch(self, request, context):
         async for event in self.core.watch(request.cursor, request.name):

@@ -5,6 +5,8 @@ stubs) stays cheap; torch and peft load only when a PEFT function runs::
 
     from adapterfleet import AdapterStore, FleetClient, AsyncFleetClient
     from adapterfleet import from_store, load_adapter_from_store, push_from_peft
+
+``adapterfleet.__version__`` is the installed distribution's version (read when first asked for).
 """
 
 from __future__ import annotations
@@ -29,16 +31,29 @@ _EXPORTS = {
         "DeadlineExceeded")},
 }
 __all__ = sorted(_EXPORTS)
+_UNKNOWN_VERSION = "0+unknown"  # __version__ when the distribution is not installed (a bare source checkout)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - only when asked
+
+    try:
+        return version("adapterfleet")
+    except PackageNotFoundError:
+        return _UNKNOWN_VERSION
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name == "__version__":
+        value = _version()
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
         raise AttributeError(f"module 'adapterfleet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*(k for k in globals() if not k.startswith("_")), *_EXPORTS} - {"Any", "annotations", "importlib"})
+    return sorted({*(k for k in globals() if not k.startswith("_")), *_EXPORTS, "__version__"}
+                  - {"Any", "annotations", "importlib"})

@@ -6,29 +6,19 @@ import json
 import sys
 from contextlib import contextmanager
 
-from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.store.manifest import Manifest
+from adapterfleet.store.targets import Targets, encode, parse
 
 
 def _out(obj) -> None:
     print(json.dumps(obj, sort_keys=True))
 
 
-def parse_targets(text: str) -> tuple[tuple[int, int], ...]:
-    """'3' -> ((3, 100),); '3:90,4:10' -> ((3, 90), (4, 10))."""
-    try:
-        parts = [p.split(":") for p in text.split(",") if p]
-        if len(parts) == 1 and len(parts[0]) == 1:
-            return ((int(parts[0][0]), 100),)
-        return tuple((int(v), int(w)) for v, w in parts)
-    except ValueError:
-        raise InvalidArgument(f"cannot parse targets {text!r}: use a version ('3') or weights ('3:90,4:10')") from None
-
-
-def parse_expect(text: str | None):
+def parse_expect(text: str | None) -> Targets | None | str:
+    """``--expect``: unset -> "any" (unconditional); 'none' -> the alias must not exist; else its exact targets."""
     if text is None:
         return "any"
-    return None if text.lower() in ("none", "absent", "") else parse_targets(text)
+    return None if text.lower() in ("none", "absent", "") else parse(text)
 
 
 def manifest_json(m: Manifest) -> dict:
@@ -115,14 +105,11 @@ def cmd_resolve(args, client) -> int:
     r = client.resolve(args.ref, args.routing_key)
     if args.json:
         _out({**manifest_json(r.manifest), "alias": r.alias,
-              "alias_targets": [{"version": v, "weight": w} for v, w in r.alias_targets]})
+              "alias_targets": [{"version": v, "weight": w} for v, w in r.alias_targets],
+              "targets": [{"version": t.version, "weight": t.weight, "key": t.key} for t in r.targets]})
     else:
         print(f"{args.ref} -> {r.manifest.name}@{r.manifest.version} {r.manifest.digest}")
     return 0
-
-
-def _targets_text(targets) -> str:
-    return ",".join(f"{v}:{w}" for v, w in targets)
 
 
 def cmd_ls(args, client) -> int:
@@ -135,17 +122,16 @@ def cmd_ls(args, client) -> int:
         for m in versions:
             print(f"{m.name}@{m.version}\t{m.digest}\t{m.total_size} B" + ("\tyanked" if m.yanked else ""))
         for a, t in sorted(aliases.items()):
-            print(f"{args.name}@{a}\t-> {_targets_text(t)}")
+            print(f"{args.name}@{a}\t-> {encode(t)}")
         return 0
     adapters = client.list_adapters()
     if args.json:
         _out({"adapters": [{"name": a.name, "latest_version": a.latest_version, "version_count": a.version_count,
-                            "aliases": {x.alias: [{"version": t.version, "weight": t.weight} for t in x.targets]
-                                        for x in a.aliases}} for a in adapters]})
+                            "aliases": {x: [{"version": v, "weight": w} for v, w in t] for x, t in a.aliases.items()}}
+                           for a in adapters]})
         return 0
     for a in adapters:
-        aliases = " ".join(f"{x.alias}->{_targets_text((t.version, t.weight) for t in x.targets)}"
-                           for x in a.aliases)
+        aliases = " ".join(f"{x}->{encode(t)}" for x, t in sorted(a.aliases.items()))
         print(f"{a.name}\tlatest {a.latest_version}\t{a.version_count} versions\t{aliases}")
     return 0
 
@@ -153,9 +139,9 @@ def cmd_ls(args, client) -> int:
 def cmd_alias(args, client) -> int:
     expect = parse_expect(args.expect)
     if args.alias_cmd == "set":
-        targets = parse_targets(args.targets)
+        targets = parse(args.targets)
         client.set_alias(args.name, args.alias, targets, expect)
-        print(f"{args.name}@{args.alias} -> {_targets_text(targets)}")
+        print(f"{args.name}@{args.alias} -> {encode(targets)}")
     else:
         client.delete_alias(args.name, args.alias, expect)
         print(f"deleted {args.name}@{args.alias}")

@@ -112,14 +112,14 @@ def _fingerprint(base: Path) -> str:
     """The base model's fingerprint, recorded in each manifest: workers on another base refuse the adapter."""
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    from adapterfleet.worker.model_host import fingerprint  # noqa: PLC0415 - imports torch
+    from adapterfleet.store.base_model import fingerprint  # noqa: PLC0415
 
     return fingerprint(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True))
 
 
 def _push_all(store: str, trained: list[TrainResult], fp: str) -> list[str]:
     from adapterfleet.store.client import StoreClient  # noqa: PLC0415
-    from adapterfleet.store.manifest import BaseModelIdentity  # noqa: PLC0415
+    from adapterfleet.store.base_model import BaseModelIdentity  # noqa: PLC0415
 
     refs = []
     with StoreClient(store) as client:

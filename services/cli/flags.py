@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from adapterfleet.common.metrics import MetricsConfig
+from adapterfleet.common.metrics_config import MetricsConfig
 
 ENV_PREFIX = "ADAPTERFLEET_"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
-def parse_layered(parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str]):
+def parse_layered(parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str],
+                  check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None):
+    """``check(parser, args)``, when given, runs once the command is known and before its settings are read."""
     required = [a for a in _all_options(parser) if a.required]
     for action in required:  # the environment or the file may supply these
         action.required = False
     first = parser.parse_args(argv)  # flags alone: finds the command, rejects unknown flags
     for action in required:
         action.required = True
+    if check is not None:
+        check(parser, first)
     path = first.config or environ.get(f"{ENV_PREFIX}CONFIG")
     section, leaf = _command(parser, first)
     from_file = _load_section(parser, path, section, leaf) if path else {}
@@ -127,7 +131,7 @@ def _convert(parser, action: argparse.Action, value, origin: str):
     if isinstance(value, (dict, list)):
         parser.error(f"{origin}: expected a single value, got {value!r}")
     try:
-        out = action.type(value) if action.type is not None else str(value)
+        out = action.type(value) if callable(action.type) else str(value)
     except (TypeError, ValueError):
         parser.error(f"{origin}: {value!r} is not a valid {getattr(action.type, '__name__', 'value')}")
     if action.choices is not None and out not in action.choices:

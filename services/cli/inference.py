@@ -8,9 +8,9 @@ import sys
 import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
-from adapterfleet.common.server import CHANNEL_OPTIONS
 
 
 def _ids(text: str | None) -> list[int]:

@@ -4,7 +4,7 @@ Each part is started with the same command an operator would use (``adapterfleet
 ``<data-dir>/<part>.log`` and is ready once it prints its "... listening" line. Used by ``adapterfleet up`` and
 ``adapterfleet demo``::
 
-    fleet = LocalFleet(FleetConfig(data_dir, base_model, port=50051, workers=2))
+    fleet = LocalFleet(FleetConfig(data_dir, base_model, workers=2))
     with fleet:              # launch: the store is up; workers and the router are booting (importing torch)
         ...                  # do something useful meanwhile
         fleet.wait_ready()   # every part printed its "listening" line
@@ -20,9 +20,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from adapterfleet.common.errors import InvalidArgument, Unavailable
+from adapterfleet.store.config import PORT as STORE_PORT
+from adapterfleet.worker.config import WorkerConfig
 
+DATA_DIR = ".adapterfleet"  # `adapterfleet up` and `demo`: the store, worker caches, logs and the demo's files
 MAX_WORKERS = 10  # workers take PORT+10 .. PORT+19; the router PORT+20
 SPAN = 50  # the fleet's ports: gRPC PORT..PORT+20; Prometheus /metrics: store PORT+30, router +31, workers +40..+49
 
@@ -31,9 +35,9 @@ SPAN = 50  # the fleet's ports: gRPC PORT..PORT+20; Prometheus /metrics: store P
 class FleetConfig:
     data_dir: Path
     base_model: str  # a directory written by save_pretrained
-    port: int = 50051  # the store's; workers take PORT+10.., the router PORT+20, /metrics PORT+30..
+    port: int = STORE_PORT  # the store's; workers take PORT+10.., the router PORT+20, /metrics PORT+30..
     workers: int = 2
-    max_slots: int = 8
+    max_slots: int = WorkerConfig.max_slots
     ready_timeout_s: float = 180.0  # for every part together; a worker spends seconds importing torch
     stop_timeout_s: float = 15.0  # per part, after SIGTERM; then it is killed
 
@@ -67,10 +71,15 @@ class FleetConfig:
 @dataclass
 class _Part:
     name: str  # "store", "worker-0", "router"
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
     log: Path
     ready_line: str
     ready: bool = False
+
+    @property
+    def stdout(self) -> IO[str]:
+        assert self.proc.stdout is not None  # started with stdout=PIPE
+        return self.proc.stdout
 
 
 class LocalFleet:
@@ -148,7 +157,7 @@ class LocalFleet:
             raise
         finally:
             for part in parts:
-                part.proc.stdout.close()
+                part.stdout.close()
 
     def __enter__(self) -> LocalFleet:
         try:
@@ -180,7 +189,7 @@ class LocalFleet:
 
     def _wait(self, parts: list[_Part], deadline: float) -> None:
         """Read each part's first line, all at once: a part that fails is reported as soon as it exits."""
-        pending = {p.proc.stdout: p for p in parts if not p.ready}
+        pending = {p.stdout: p for p in parts if not p.ready}
         while pending:
             # Nothing was read from these pipes before, so select() sees every byte the children wrote.
             readable, _, _ = select.select(list(pending), [], [], max(deadline - time.monotonic(), 0))

@@ -1,33 +1,59 @@
 """`adapterfleet` — the command line. Reads flags and environment here, once; nothing below reads either.
 
-Commands that do not serve models never import torch or transformers (they are imported lazily by the
-worker commands only), so the CLI starts fast.
+The client commands (push, pull, ls, resolve, alias, generate, score, watch, yank, gc) need only the base
+install and start fast; a serving command first checks that its extra is installed
+(:mod:`adapterfleet.common.extras`) and then imports torch, redis or boto3. Every default is read from the typed
+config it ends up in (WorkerConfig, RouterConfig, StoreConfig, FleetConfig), so it is defined once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from adapterfleet.cli.flags import parse_layered
+from adapterfleet.cli.local_fleet import DATA_DIR, FleetConfig
+from adapterfleet.common import extras
 from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.common.metrics_config import MetricsConfig
+from adapterfleet.router.config import PORT as ROUTER_PORT
+from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.placement import PlacementConfig
+from adapterfleet.store.config import ADDRESS as DEFAULT_STORE
+from adapterfleet.store.config import PORT as STORE_PORT
+from adapterfleet.store.config import Limits, S3Config, StoreConfig
+from adapterfleet.worker.config import PORT as WORKER_PORT
+from adapterfleet.worker.config import WorkerConfig
 
-DEFAULT_STORE = "127.0.0.1:50051"
+MIB_SHIFT = 20  # bytes in the configs >> MIB_SHIFT: the flags' MB
 
 
 def _store_addr(args) -> str:
     return getattr(args, "store", None) or DEFAULT_STORE  # --store, else $ADAPTERFLEET_STORE (parse_layered)
 
 
-def _serve_flags(s: argparse.ArgumentParser) -> None:
+class _Version(argparse.Action):
+    """``--version``: reads the installed version only when asked (importlib.metadata is not free)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import adapterfleet  # noqa: PLC0415
+
+        print(f"{parser.prog} {adapterfleet.__version__}")
+        parser.exit()
+
+
+def _serve_flags(s: argparse.ArgumentParser, drain_s: float) -> None:
     """Flags every long-running service shares: logs, metrics, drain."""
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--log-format", default="json", choices=["json", "text"], help="json: one object per line")
-    s.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
-    s.add_argument("--metrics-host", default="0.0.0.0")
-    s.add_argument("--drain-seconds", type=float, default=10.0,
+    s.add_argument("--metrics-port", type=int, default=MetricsConfig.port,
+                   help="serve Prometheus /metrics on this port (0: off)")
+    s.add_argument("--metrics-host", default=MetricsConfig.host)
+    s.add_argument("--drain-seconds", type=float, default=drain_s,
                    help="on SIGTERM: stop taking new work, give in-flight requests this long, then exit")
 
 
@@ -35,75 +61,84 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapterfleet", description="Store, ship and serve PEFT LoRA adapters.",
                                 epilog="Every option can also be set as ADAPTERFLEET_<OPTION> in the environment or "
                                        "in the command's section of --config; flags win over both.")
+    p.add_argument("--version", action=_Version, help="print the installed version and exit")
     p.add_argument("--config", help="YAML/JSON file: {store: {...}, worker: {...}, router: {...}} of option names "
                                     "(default $ADAPTERFLEET_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
 
     store = sub.add_parser("store", help="the adapter store service").add_subparsers(dest="store_cmd", required=True)
     s = store.add_parser("serve", help="run the store (embedded default without --redis-url/--s3-endpoint)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--host", default=StoreConfig.host)
+    s.add_argument("--port", type=int, default=STORE_PORT)
     s.add_argument("--redis-url", help="redis://host:port/db; default: a private redis-server it starts itself")
-    s.add_argument("--redis-prefix", default="af:")
+    s.add_argument("--redis-prefix", default=StoreConfig.redis_prefix)
     s.add_argument("--s3-endpoint", help="S3 endpoint URL; default: blobs in --data-dir")
     s.add_argument("--bucket", default="adapterfleet")
-    s.add_argument("--region", default="local")
-    s.add_argument("--s3-region", default="us-east-1")
+    s.add_argument("--region", default=StoreConfig.region)
+    s.add_argument("--s3-region", default=S3Config.region)
     s.add_argument("--s3-access-key-id", help="default: boto3's usual chain (AWS_ACCESS_KEY_ID, ~/.aws, ...)")
     s.add_argument("--s3-secret-access-key")
-    s.add_argument("--s3-part-mb", type=int, default=8, help="multipart part size (S3's minimum is 5)")
-    s.add_argument("--data-dir", default=".adapterfleet/store")
-    s.add_argument("--chunk-size", type=int, default=1 << 20)
-    s.add_argument("--max-file-mb", type=int, default=4096)
-    s.add_argument("--max-rank", type=int, default=256)
-    s.add_argument("--blob-cache-mb", type=int, default=512, help="in-memory cache of small blobs (0: off)")
-    _serve_flags(s)
+    s.add_argument("--s3-part-mb", type=int, default=S3Config.part_size >> MIB_SHIFT,
+                   help="multipart part size (S3's minimum is 5)")
+    s.add_argument("--data-dir", default=StoreConfig.data_dir)
+    s.add_argument("--chunk-size", type=int, default=StoreConfig.chunk_size)
+    s.add_argument("--max-file-mb", type=int, default=Limits.max_file_bytes >> MIB_SHIFT)
+    s.add_argument("--max-rank", type=int, default=Limits.max_rank)
+    s.add_argument("--blob-cache-mb", type=int, default=StoreConfig.blob_cache_bytes >> MIB_SHIFT,
+                   help="in-memory cache of small blobs (0: off)")
+    _serve_flags(s, StoreConfig.drain_s)
 
     worker = sub.add_parser("worker", help="a worker: one base model, many adapters").add_subparsers(
         dest="worker_cmd", required=True)
     s = worker.add_parser("serve", help="serve a transformers causal LM directory with adapters from the store")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50061)
+    s.add_argument("--host", default=WorkerConfig.host)
+    s.add_argument("--port", type=int, default=WORKER_PORT)
     s.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
     s.add_argument("--base-model", required=True, help="directory written by save_pretrained")
-    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    s.add_argument("--region", default="local")
-    s.add_argument("--max-slots", type=int, default=8, help="adapters active on the device at once")
-    s.add_argument("--host-cache-mb", type=int, default=2048, help="host-RAM tier budget")
-    s.add_argument("--disk-cache-mb", type=int, default=20480, help="local-disk tier budget")
-    s.add_argument("--disk-cache-dir", default=".adapterfleet/worker-cache")
-    s.add_argument("--max-batch", type=int, default=32)
-    s.add_argument("--advertise", default="", help="address routers should use (default HOST:PORT)")
-    _serve_flags(s)
+    s.add_argument("--device", default=WorkerConfig.device, help="cpu | cuda | cuda:N")
+    s.add_argument("--dtype", default=WorkerConfig.dtype, choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--region", default=WorkerConfig.region)
+    s.add_argument("--max-slots", type=int, default=WorkerConfig.max_slots,
+                   help="adapters active on the device at once")
+    s.add_argument("--host-cache-mb", type=int, default=WorkerConfig.host_bytes >> MIB_SHIFT,
+                   help="host-RAM tier budget")
+    s.add_argument("--disk-cache-mb", type=int, default=WorkerConfig.disk_bytes >> MIB_SHIFT,
+                   help="local-disk tier budget")
+    s.add_argument("--disk-cache-dir", default=WorkerConfig.disk_dir)
+    s.add_argument("--max-batch", type=int, default=WorkerConfig.max_batch)
+    s.add_argument("--advertise", default=WorkerConfig.advertise, help="address routers should use (default HOST:PORT)")
+    _serve_flags(s, WorkerConfig.drain_s)
 
     router = sub.add_parser("router", help="the router: affinity, bounded load, failover").add_subparsers(
         dest="router_cmd", required=True)
     s = router.add_parser("serve", help="route Generate/Score to the workers that hold each adapter")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50071)
+    s.add_argument("--host", default=RouterConfig.host)
+    s.add_argument("--port", type=int, default=ROUTER_PORT)
     s.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
     s.add_argument("--redis-url", help="read the worker registry straight from the store's Redis")
-    s.add_argument("--redis-prefix", default="af:")
-    s.add_argument("--region", default="local")
-    s.add_argument("--eps", type=float, default=0.25, help="bounded load: load <= (1+eps) x average")
-    s.add_argument("--hot-rps-per-copy", type=float, default=20.0, help="add a copy above this rate per copy")
-    s.add_argument("--max-copies", type=int, default=4)
-    _serve_flags(s)
+    s.add_argument("--redis-prefix", default=RouterConfig.redis_prefix)
+    s.add_argument("--region", default=RouterConfig.region)
+    s.add_argument("--eps", type=float, default=PlacementConfig.eps, help="bounded load: load <= (1+eps) x average")
+    s.add_argument("--hot-rps-per-copy", type=float, default=PlacementConfig.hot_requests_per_copy,
+                   help="add a copy above this rate per copy")
+    s.add_argument("--max-copies", type=int, default=PlacementConfig.max_copies)
+    _serve_flags(s, RouterConfig.drain_s)
 
     s = sub.add_parser("up", help="run a whole fleet on localhost: store, workers, router (Ctrl-C stops it)")
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--port", type=int, default=50051, help="store port; workers take PORT+10.., the router PORT+20")
+    s.add_argument("--workers", type=int, default=FleetConfig.workers)
+    s.add_argument("--port", type=int, default=FleetConfig.port,
+                   help="store port; workers take PORT+10.., the router PORT+20")
     s.add_argument("--base-model", default="", help="default: a small demo Llama built with a fixed seed")
-    s.add_argument("--data-dir", default=".adapterfleet")
-    s.add_argument("--max-slots", type=int, default=8)
+    s.add_argument("--data-dir", default=DATA_DIR)
+    s.add_argument("--max-slots", type=int, default=FleetConfig.max_slots)
     s.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)
 
     s = sub.add_parser("demo", help="start a local fleet, train three toy adapters with PEFT, push them, route "
                                     "requests and print the answers and the affinity statistics")
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--port", type=int, default=50051, help="store port; workers take PORT+10.., the router PORT+20")
-    s.add_argument("--data-dir", default=".adapterfleet")
+    s.add_argument("--workers", type=int, default=FleetConfig.workers)
+    s.add_argument("--port", type=int, default=FleetConfig.port,
+                   help="store port; workers take PORT+10.., the router PORT+20")
+    s.add_argument("--data-dir", default=DATA_DIR)
     s.add_argument("--steps", type=int, default=0, help="training steps per adapter (default: enough to learn)")
     s.add_argument("--requests", type=int, default=24, help="requests sent through the router")
     s.add_argument("--exit", action="store_true", help="stop the fleet when done (default: keep serving)")
@@ -188,8 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def require_extra(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Before the command's own flags are checked: exit 1, naming the pip install, when its extra is missing."""
+    words = [args.command, getattr(args, f"{args.command}_cmd", None)]
+    try:
+        extras.require(" ".join(["adapterfleet", *filter(None, words)]))
+    except extras.MissingExtra as err:
+        parser.exit(1, f"{err}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_layered(build_parser(), sys.argv[1:] if argv is None else argv, os.environ)
+    args = parse_layered(build_parser(), sys.argv[1:] if argv is None else argv, os.environ, check=require_extra)
     from adapterfleet.cli import commands  # noqa: PLC0415 - keep `--help` instant
 
     try:
@@ -199,10 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-def print_json(obj) -> None:
-    print(json.dumps(obj, sort_keys=True))
+    except BrokenPipeError:  # `adapterfleet watch | head`: the reader is gone; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class Incompatible(FailedPrecondition):
     """An adapter does not fit the loaded base model."""
 
 
+class BlobMissing(FailedPrecondition):
+    """A push skipped a file whose blob the store no longer has (collected since the client asked): the client
+    pushes again, sending every file."""
+
+
 class ChecksumMismatch(AdapterFleetError):
     """Bytes do not hash to the digest that was promised for them."""
 

@@ -8,20 +8,20 @@ collector registered beside them, so the hot paths carry no metric calls beyond 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from adapterfleet.common.metrics_config import MetricsConfig
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+__all__ = ["BASE", "LATENCY_BUCKETS", "OTHER", "AdapterLabels", "MetricsConfig", "ServiceMetrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BASE = "_base"     # the adapter label of requests on the base model alone
 OTHER = "_other"   # the adapter label once the label budget is spent
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    port: int = 0          # 0: no /metrics endpoint
-    host: str = "0.0.0.0"
-    adapter_labels: int = 256  # distinct adapter names labelled before the rest count as "_other"
 
 
 class AdapterLabels:
@@ -61,7 +61,7 @@ class ServiceMetrics:
         self.latency = Histogram("adapterfleet_request_seconds", "gRPC call duration (streams: until the last "
                                  "message)", ["service", "method", "adapter"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def observe(self, method: str, adapter_ref: str | None, code: str, seconds: float) -> None:
         adapter = self.adapter_label(adapter_ref)

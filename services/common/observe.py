@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.interceptors import rewrap
 from adapterfleet.common.logs import request_id
 from adapterfleet.common.metrics import ServiceMetrics
@@ -41,7 +42,7 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
 
     async def intercept_service(self, continuation, details):
-        rid = dict(details.invocation_metadata or ()).get("x-request-id") or uuid.uuid4().hex
+        rid = dict(details.invocation_metadata or ()).get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         return rewrap(await continuation(details), functools.partial(self._unary, rid=rid),
                       functools.partial(self._stream, rid=rid), details.method)
 

@@ -11,16 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.grpc_errors import ErrorInterceptor
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.observe import ObserveInterceptor
 
 log = logging.getLogger("adapterfleet.server")
-MAX_MESSAGE_BYTES = 64 << 20
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 def create_server(

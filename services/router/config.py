@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapterfleet.common.metrics import MetricsConfig
+from adapterfleet.common.metrics_config import MetricsConfig
 from adapterfleet.router.placement import PlacementConfig
+
+PORT = 50071  # where `adapterfleet router serve` listens unless told otherwise (RouterConfig's 0: any free port)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from adapterfleet.router.placement import LOADING, WorkerView
-from adapterfleet.store.registry import WorkerRecord
+from adapterfleet.common.tiers import LOADING
+from adapterfleet.router.placement import WorkerView
+from adapterfleet.store.workers import WorkerRecord
 
 log = logging.getLogger("adapterfleet.router")
 Source = Callable[[], Awaitable[list[WorkerRecord]]]

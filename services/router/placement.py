@@ -41,8 +41,9 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-ACTIVE, HOST, DISK, LOADING = "active", "host", "disk", "loading"
-TIER_RANK: Mapping[str, int] = {ACTIVE: 0, HOST: 1, DISK: 2, LOADING: 3}
+from adapterfleet.common.tiers import TIERS
+
+TIER_RANK: Mapping[str, int] = {tier: rank for rank, tier in enumerate(TIERS)}   # active < host < disk < loading
 _UNKNOWN_TIER = len(TIER_RANK)       # a tier this module does not know ranks after "loading"
 
 _SCORE_CACHE_KEYS = 65_536            # keys whose rendezvous scores are kept (oldest dropped first)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import grpc
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
 from adapterfleet.common.errors import Unavailable
 from adapterfleet.common.grpc_errors import error_from_rpc
-from adapterfleet.common.server import CHANNEL_OPTIONS
 from adapterfleet.router.config import RouterConfig
 from adapterfleet.router.membership import Membership
 from adapterfleet.router.placement import Placement, WorkerView
@@ -129,7 +129,7 @@ class RouterCore:
     async def generate(self, request: worker_pb2.GenerateRequest, *, deadline: float | None,
                        request_id: str = "") -> AsyncIterator[worker_pb2.GenerateResponse]:
         self.requests += 1
-        metadata = (("x-request-id", request_id or uuid.uuid4().hex),)
+        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
         key = await self.resolver.key(request.adapter, request.routing_key)
         sent: list[int] = []
         tried: set[str] = set()
@@ -167,7 +167,7 @@ class RouterCore:
     async def score(self, request: worker_pb2.ScoreRequest, *, deadline: float | None,
                     request_id: str = "") -> worker_pb2.ScoreResponse:
         self.requests += 1
-        metadata = (("x-request-id", request_id or uuid.uuid4().hex),)
+        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
         key = await self.resolver.key(request.adapter, request.routing_key)
         forward = worker_pb2.ScoreRequest()
         forward.CopyFrom(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
+from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.logs import request_id
 from adapterfleet.router.proxy import RouterCore
 
@@ -16,7 +17,7 @@ def _deadline(context) -> float | None:
 
 def _request_id(context) -> str:
     """The call's id (the caller's x-request-id, or the one the observing interceptor made): sent on to workers."""
-    return request_id.get() or dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    return request_id.get() or dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER, "")
 
 
 class RouterWorkerServicer(worker_pb2_grpc.WorkerServicer):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import grpc
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
+from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.common.grpc_errors import error_from_rpc
-from adapterfleet.common.server import CHANNEL_OPTIONS
 
 DEFAULT_ADDRESS = "127.0.0.1:50071"
 Metadata = Sequence[tuple[str, str]]
@@ -98,7 +98,7 @@ def new_request_id(request_id: str | None) -> str:
 
 
 def call_metadata(extra: Metadata, request_id: str) -> tuple[tuple[str, str], ...]:
-    return (*tuple(extra), ("x-request-id", request_id))
+    return (*tuple(extra), (REQUEST_ID_HEADER, request_id))
 
 
 def typed_error(err: grpc.RpcError, request_id: str) -> AdapterFleetError:

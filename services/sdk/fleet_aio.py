@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.sdk.fleet import (
     DEFAULT_ADDRESS,
     Accumulator,

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.common.extras import require
 from adapterfleet.sdk.preflight import check_files, preflight
 from adapterfleet.sdk.store import DEFAULT_ADDRESS, AdapterStore, LocalAdapter
+from adapterfleet.store.base_model import BaseModelIdentity, fingerprint
 from adapterfleet.store.client import PushOutcome
-from adapterfleet.store.manifest import BaseModelIdentity
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -50,17 +51,15 @@ def stabilize_config(directory: str | os.PathLike) -> None:
 def _identity(peft_model: PeftModel) -> BaseModelIdentity:
     """The fingerprint of the base model under ``peft_model``: recorded in the manifest, so that workers serving
     a different base refuse the adapter before installing it."""
-    from adapterfleet.worker.model_host import fingerprint  # noqa: PLC0415 - torch, already loaded with peft
-
     return BaseModelIdentity(fingerprint=fingerprint(peft_model))
 
 
-def _require_peft() -> Any:
-    try:
-        import peft
-    except ImportError as err:
-        raise ImportError("loading adapters into PEFT models needs the optional peft package: "
-                          "pip install 'adapterfleet[peft]'") from err
+def _require_peft(function: str) -> Any:
+    """peft, or MissingExtra (an ImportError) naming ``pip install 'adapterfleet[peft]'`` when it or torch is not
+    installed."""
+    require(f"adapterfleet.{function}")
+    import peft  # noqa: PLC0415 - an optional extra
+
     return peft
 
 
@@ -95,7 +94,7 @@ def from_store(base_model: nn.Module, ref: str, *, adapter_name: str = "default"
     """``PeftModel.from_pretrained`` on the store version ``ref`` names (``name``, ``name@3``, ``name@prod``,
     ``name@sha256:...``): pulled and verified into the local cache, checked against ``base_model`` (Incompatible,
     InvalidAdapter, FailedPrecondition), loaded onto the base model's device. ``peft_kwargs`` go to PEFT."""
-    peft = _require_peft()
+    peft = _require_peft("from_store")
     local, device = _pull_checked(base_model, ref, store)
     if device is not None:
         peft_kwargs.setdefault("torch_device", device)
@@ -109,7 +108,7 @@ def load_adapter_from_store(peft_model: PeftModel, ref: str, adapter_name: str, 
                             store: str | AdapterStore = DEFAULT_ADDRESS, **peft_kwargs: Any) -> Any:
     """``peft_model.load_adapter`` of the store version ``ref`` as ``adapter_name`` (pulled, verified, checked);
     returns PEFT's load result. Activate it as usual with ``peft_model.set_adapter(adapter_name)``."""
-    _require_peft()
+    _require_peft("load_adapter_from_store")
     local, device = _pull_checked(peft_model, ref, store)
     if device is not None:
         peft_kwargs.setdefault("torch_device", device)
@@ -126,7 +125,7 @@ def push_from_peft(peft_model: PeftModel, name: str, *, store: str | AdapterStor
     ``parent`` defaults to the version that adapter was loaded from (``adapterfleet_sources``); pass ``""`` for
     none. Only the adapter's own files are pushed (not PEFT's generated model card), so the same weights always
     give the same digest. Afterwards ``adapterfleet_sources[adapter_name]`` is the pushed version's key."""
-    _require_peft()
+    _require_peft("push_from_peft")
     configs = getattr(peft_model, "peft_config", None)
     if not isinstance(configs, dict) or adapter_name not in configs:
         have = sorted(configs) if isinstance(configs, dict) else "none: it is not a PeftModel"

@@ -16,12 +16,13 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.client import PushOutcome, Resolved, StoreClient, hash_file
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.listing import AdapterSummary
 from adapterfleet.store.manifest import BaseModelIdentity, Manifest
 from adapterfleet.store.refs import DIGEST_PREFIX, Ref
 from adapterfleet.store.targets import Targets, TargetsLike, coerce
@@ -44,16 +45,6 @@ class LocalAdapter:
     @property
     def key(self) -> str:
         return str(self.manifest.key)
-
-
-@dataclass(frozen=True)
-class AdapterSummary:
-    """One adapter name in the store: its latest version, how many versions, and its aliases."""
-
-    name: str
-    latest_version: int
-    version_count: int
-    aliases: dict[str, Targets] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,11 +144,7 @@ class AdapterStore:
 
     def adapters(self, prefix: str = "") -> list[AdapterSummary]:
         """Adapter names starting with ``prefix`` (e.g. ``"tenant/"``)."""
-        out = []
-        for a in self.client.list_adapters(prefix):
-            aliases = {al.alias: tuple((t.version, t.weight) for t in al.targets) for al in a.aliases}
-            out.append(AdapterSummary(a.name, a.latest_version, a.version_count, aliases))
-        return out
+        return self.client.list_adapters(prefix)
 
     def versions(self, name: str) -> Versions:
         """Every version of ``name`` and its aliases."""

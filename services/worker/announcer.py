@@ -9,7 +9,9 @@ import uuid
 import grpc
 
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
-from adapterfleet.common.server import CHANNEL_OPTIONS
+from adapterfleet.common.channel import CHANNEL_OPTIONS
+from adapterfleet.common.tiers import LOADING
+from adapterfleet.store.workers import WorkerRecord, record_to_pb
 from adapterfleet.worker.service import WorkerCore
 
 log = logging.getLogger("adapterfleet.worker")
@@ -29,13 +31,12 @@ class Announcer:
 
     def info(self, draining: bool = False) -> registry_pb2.WorkerInfo:
         core, cache = self._core, self._core.cache
-        adapters = [registry_pb2.ResidentAdapter(key=e.key, tier=e.tier) for e in cache.entries()]
-        adapters += [registry_pb2.ResidentAdapter(key=k, tier="loading") for k in cache.loading()
-                     if all(a.key != k for a in adapters)]
-        return registry_pb2.WorkerInfo(
-            id=self.id, address=self.advertise, region=core.cfg.region, capacity=cache.max_slots,
-            load=float(core.inflight), adapters=adapters, fingerprint=core.host.fingerprint,
-            base_model=core.host.path, ttl_seconds=self._ttl, draining=draining)
+        adapters = {e.key: e.tier for e in cache.entries()}
+        adapters.update((k, LOADING) for k in cache.loading() if k not in adapters)
+        record = WorkerRecord(id=self.id, address=self.advertise, region=core.cfg.region, capacity=cache.max_slots,
+                              load=float(core.inflight), adapters=adapters, fingerprint=core.host.fingerprint,
+                              base_model=core.host.path, draining=draining)
+        return record_to_pb(record, ttl_seconds=self._ttl)
 
     async def announce(self, draining: bool = False) -> None:
         if self._channel is None:

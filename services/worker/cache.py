@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapterfleet.common.errors import NotFound, ResourceExhausted
-
-ACTIVE, HOST, DISK = "active", "host", "disk"
+from adapterfleet.common.tiers import ACTIVE, CACHE_TIERS, DISK, HOST
 
 
 class Backend(Protocol):
@@ -60,7 +59,7 @@ class CacheStats:
     hits: int = 0              # requests whose adapter was already in an active slot
     misses: int = 0            # requests that waited for a load (their own or a concurrent one)
     fetched_bytes: int = 0     # from the store
-    evictions: dict[str, int] = field(default_factory=lambda: {ACTIVE: 0, HOST: 0, DISK: 0})
+    evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CACHE_TIERS, 0))
 
 
 class Lease:

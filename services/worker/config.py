@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapterfleet.common.metrics import MetricsConfig
+from adapterfleet.common.metrics_config import MetricsConfig
+
+PORT = 50061  # where `adapterfleet worker serve` listens unless told otherwise (WorkerConfig's 0: any free port)
 
 
 @dataclass(frozen=True)

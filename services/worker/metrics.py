@@ -6,7 +6,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from adapterfleet.common.metrics import ServiceMetrics
-from adapterfleet.worker.cache import ACTIVE, DISK, HOST
+from adapterfleet.common.tiers import CACHE_TIERS, DISK, HOST
 
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -33,8 +33,8 @@ class WorkerCollector:
         c = CounterMetricFamily("adapterfleet_worker_cache_loads", "adapters loaded into the host tier, by source",
                                 labels=["source"])
         c.add_metric(["store"], stats.cold_loads)
-        c.add_metric(["disk"], stats.disk_loads)
-        c.add_metric(["host"], stats.host_loads)
+        c.add_metric([DISK], stats.disk_loads)
+        c.add_metric([HOST], stats.host_loads)
         yield c
         c = CounterMetricFamily("adapterfleet_worker_cache_evictions", "evictions by tier", labels=["tier"])
         for tier, n in sorted(dict(stats.evictions).items()):
@@ -43,7 +43,7 @@ class WorkerCollector:
         yield CounterMetricFamily("adapterfleet_worker_fetched_bytes", "adapter bytes fetched from the store",
                                   value=stats.fetched_bytes)
         g = GaugeMetricFamily("adapterfleet_worker_cache_bytes", "bytes held per tier", labels=["tier"])
-        for tier in (ACTIVE, HOST, DISK):
+        for tier in CACHE_TIERS:
             g.add_metric([tier], core.cache.tier_bytes(tier))
         yield g
         yield GaugeMetricFamily("adapterfleet_worker_adapters_resident", "adapters in any tier",

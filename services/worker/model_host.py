@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,43 +9,9 @@ import torch
 from torch import nn
 
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument
+from adapterfleet.store.base_model import fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Config fields that fix tensor shapes, across the architectures transformers names them in.
-SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "vocab_size", "n_embd", "n_layer", "n_head", "n_inner",
-                "ffn_dim", "word_embed_proj_dim", "tie_word_embeddings")
-
-
-# Module names of adapter wrappers (PEFT's, and the worker's own): the wrapped base module lives one level down.
-_WRAPPED = {"base_layer", "original_module"}
-_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
-                  "modules_to_save", "lora_dropout"}
-
-
-def fingerprint(model: nn.Module) -> str:
-    """sha256 over the architecture, the shape-fixing config fields and every targetable module's shape.
-
-    Two workers with the same fingerprint accept exactly the same adapters. A PeftModel (or a model with adapters
-    injected) gives the fingerprint of its base model: adapter wrappers are looked through, adapter parts skipped.
-    """
-    from transformers.pytorch_utils import Conv1D
-
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    config = model.config
-    modules = {}
-    for name, module in model.named_modules():
-        parts = name.split(".")
-        if isinstance(module, nn.Linear | Conv1D | nn.Embedding) and not _ADAPTER_PARTS.intersection(parts):
-            canonical = ".".join(p for p in parts if p not in _WRAPPED)
-            modules[canonical] = [type(module).__name__, list(module.weight.shape)]
-    body = {
-        "architectures": list(getattr(config, "architectures", None) or [type(model).__name__]),
-        "config": {k: getattr(config, k) for k in SHAPE_FIELDS if getattr(config, k, None) is not None},
-        "modules": modules,
-    }
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, Unavailable
 from adapterfleet.common.metrics import ServiceMetrics
-from adapterfleet.worker.cache import ACTIVE, AdapterCache, Entry, Lease
+from adapterfleet.common.tiers import ACTIVE
+from adapterfleet.worker.cache import AdapterCache, Entry, Lease
 from adapterfleet.worker.config import WorkerConfig
 from adapterfleet.worker.engine import Engine, GenerateJob, ScoreJob
 from adapterfleet.worker.lora import NO_ADAPTER

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from adapterfleet.common.tiers import ACTIVE, DISK, HOST, LOADING, tier_from_pb, tier_to_pb
 from adapterfleet.worker.cache import Entry
 from adapterfleet.worker.sampling import Sampling
 from adapterfleet.worker.service import GenerateParams, WorkerCore
 
 
 def state_pb(e: Entry, core: WorkerCore) -> worker_pb2.AdapterState:
-    tier = "loading" if e.key in core.cache.loading() and e.slot is None else e.tier
-    return worker_pb2.AdapterState(key=e.key, tier=tier, bytes=e.nbytes or e.disk_bytes, pinned=e.pinned,
+    tier = LOADING if e.key in core.cache.loading() and e.slot is None else e.tier
+    return worker_pb2.AdapterState(key=e.key, tier=tier_to_pb(tier), bytes=e.nbytes or e.disk_bytes, pinned=e.pinned,
                                    in_use=e.refs, slot=-1 if e.slot is None else e.slot, hits=e.hits)
 
 
@@ -39,7 +40,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.ScoreResponse(logprobs=logprobs, adapter_key=key)
 
     async def LoadAdapter(self, request, context):
-        return state_pb(await self.core.load(request.ref, request.pin, request.tier), self.core)
+        return state_pb(await self.core.load(request.ref, request.pin, tier_from_pb(request.tier)), self.core)
 
     async def UnloadAdapter(self, request, context):
         return worker_pb2.UnloadAdapterResponse(unloaded=await self.core.unload(request.ref))
@@ -57,6 +58,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             running=engine.stats.running, requests_total=engine.stats.requests,
             tokens_generated=engine.stats.tokens, tokens_per_second=engine.stats.tokens_per_second(),
             adapters=[state_pb(e, core) for e in cache.entries()], max_slots=cache.max_slots,
-            active_bytes=cache.tier_bytes("active"), host_bytes=cache.tier_bytes("host"),
-            disk_bytes=cache.tier_bytes("disk"), region=core.cfg.region, cold_loads=cache.stats.cold_loads,
+            active_bytes=cache.tier_bytes(ACTIVE), host_bytes=cache.tier_bytes(HOST),
+            disk_bytes=cache.tier_bytes(DISK), region=core.cfg.region, cold_loads=cache.stats.cold_loads,
             evictions=sum(cache.stats.evictions.values()))

@@ -72,6 +72,13 @@ def test_push_resolve_alias_ls_pull_json_contract(store_proc, tmp_path):
     listing = json.loads(run_cli("ls", "acme/sum", "--json", store=addr).stdout)
     assert [v["version"] for v in listing["versions"]] == [1, 2]
     assert listing["aliases"]["prod"] == [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]
+    every = json.loads(run_cli("ls", "--json", store=addr).stdout)
+    assert every == {"adapters": [{"name": "acme/sum", "latest_version": 2, "version_count": 2,
+                                   "aliases": {"prod": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]}}]}
+    assert run_cli("ls", store=addr).stdout.split("\t") == ["acme/sum", "latest 2", "2 versions", "prod->1:90,2:10\n"]
+    gc = json.loads(run_cli("gc", "--dry-run", "--min-age", "0", "--json", store=addr).stdout)
+    assert gc == {"deleted": [], "bytes_freed": 0, "kept_referenced": 4, "kept_leased": 0, "aborted_uploads": 0,
+                  "dry_run": True}  # v1's three blobs and v2's new weights
     run_cli("pull", "acme/sum@1", str(tmp_path / "out"), store=addr)
     assert all((tmp_path / "out" / f.name).read_bytes() == f.read_bytes() for f in src.iterdir())
 

@@ -170,7 +170,7 @@ def test_pushed_config_is_the_same_bytes_whatever_order_peft_wrote_target_module
 def test_pushed_versions_record_the_base_model_fingerprint_workers_check(sdk, zoo, arch, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from adapterfleet.worker.model_host import fingerprint
+    from adapterfleet.store.base_model import fingerprint
 
     z = zoo[arch]
     base_fp = fingerprint(load_base_model(z["base"]))

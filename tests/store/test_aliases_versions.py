@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.store.listing import AdapterSummary
 from tests.helpers.synthetic import write_adapter
 
 
@@ -123,7 +124,7 @@ def test_list_adapters_and_versions(store, tmp_path):
     names = [a.name for a in c.list_adapters()]
     assert names == ["team-a/one", "team-b/two"]
     [one] = c.list_adapters("team-a/")
-    assert one.latest_version == 1 and one.aliases[0].alias == "prod"
+    assert one == AdapterSummary("team-a/one", latest_version=1, version_count=1, aliases={"prod": ((1, 100),)})
     assert code_of(c.list_versions, "team-c/none")[0] == "NOT_FOUND"
 
 

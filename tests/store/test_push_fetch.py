@@ -134,3 +134,35 @@ def test_push_records_parent_and_base_model(store, tmp_path):
     assert v2.parent == str(v1.key)
     assert v2.base_model.name_or_path == json.loads((tmp_path / "2" / "adapter_config.json").read_text())[
         "base_model_name_or_path"]
+
+
+def test_a_blob_lost_after_the_check_is_a_typed_error_and_the_push_resends_everything(store, tmp_path, monkeypatch):
+    from adapterfleet.common.errors import BlobMissing, FailedPrecondition
+    from adapterfleet.common.grpc_errors import error_from_rpc
+    from adapterfleet.v1 import common_pb2
+
+    # on the wire: a skipped file the store lacks comes back as BlobMissing (a FailedPrecondition), message kept
+    stub = store_pb2_grpc.AdapterStoreStub(grpc.insecure_channel(store.address))
+    files = [common_pb2.FileEntry(name=n, size=10, sha256=c * 64)
+             for n, c in (("adapter_config.json", "a"), ("adapter_model.safetensors", "b"))]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Push(iter([store_pb2.PushRequest(header=store_pb2.PushHeader(name="team/lost", files=files))]))
+    typed = error_from_rpc(err.value)
+    assert isinstance(typed, BlobMissing) and isinstance(typed, FailedPrecondition)
+    assert "was not sent" in typed.message
+
+    # the client: the store "had" every blob when asked (then lost them): the push is retried sending every file
+    client = store.client()
+    real, asked = client._call, []  # noqa: SLF001 - stand in for a garbage collection between check and push
+
+    def call(method, request):
+        if method == "MissingBlobs" and not asked:
+            asked.append(method)
+            return store_pb2.MissingBlobsResponse()
+        return real(method, request)
+
+    monkeypatch.setattr(client, "_call", call)
+    src = write_adapter(tmp_path / "a", seed=11)
+    out = client.push_dir(src, "team/lost")
+    assert asked and out.created and out.manifest.version == 1
+    assert out.bytes_sent == sum(f.size for f in out.manifest.files)

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from adapterfleet.common.errors import InvalidAdapter, ResourceExhausted
-from adapterfleet.worker.cache import ACTIVE, DISK, HOST, AdapterCache
+from adapterfleet.common.tiers import ACTIVE, DISK, HOST
+from adapterfleet.worker.cache import AdapterCache
 
 
 class FakeBackend:

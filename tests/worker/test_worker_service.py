@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from adapterfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter
 from tests.helpers.servers import start_worker
@@ -203,9 +203,21 @@ def test_worker_announces_itself_and_its_adapters_to_the_registry(fleet):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         workers = registry.ListWorkers(registry_pb2.ListWorkersRequest()).workers
-        if workers and any(a.key == keys["plain"] and a.tier == "active" for a in workers[0].adapters):
+        if workers and any(a.key == keys["plain"] and a.tier == common_pb2.TIER_ACTIVE for a in workers[0].adapters):
             break
         time.sleep(0.2)
     [info] = workers
     assert info.fingerprint == core.host.fingerprint and info.capacity == 4
-    assert {a.key: a.tier for a in info.adapters}[keys["plain"]] == "active"
+    assert {a.key: a.tier for a in info.adapters}[keys["plain"]] == common_pb2.TIER_ACTIVE
+
+
+def test_load_adapter_to_a_tier_travels_as_the_tier_enum(fleet):
+    stub, _, keys, _ = fleet
+    state = stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref=keys["wide"], tier=common_pb2.TIER_DISK))
+    assert state.tier == common_pb2.TIER_DISK and state.slot == -1
+    state = stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref=keys["wide"], tier=common_pb2.TIER_HOST))
+    assert state.tier == common_pb2.TIER_HOST and state.slot == -1
+    state = stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref=keys["wide"]))  # unspecified: active
+    assert state.tier == common_pb2.TIER_ACTIVE and state.slot >= 0
+    listed = stub.ListResident(worker_pb2.ListResidentRequest()).adapters
+    assert [(a.key, a.tier) for a in listed] == [(keys["wide"], common_pb2.TIER_ACTIVE)]

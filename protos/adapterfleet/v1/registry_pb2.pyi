@@ -1,3 +1,4 @@
+from adapterfleet.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -11,8 +12,8 @@ class ResidentAdapter(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     key: str
-    tier: str
-    def __init__(self, key: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
+    tier: _common_pb2.Tier
+    def __init__(self, key: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("id", "address", "region", "capacity", "load", "adapters", "fingerprint", "base_model", "ttl_seconds", "draining")

@@ -1,3 +1,4 @@
+from adapterfleet.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -83,8 +84,8 @@ class LoadAdapterRequest(_message.Message):
     TIER_FIELD_NUMBER: _ClassVar[int]
     ref: str
     pin: bool
-    tier: str
-    def __init__(self, ref: _Optional[str] = ..., pin: _Optional[bool] = ..., tier: _Optional[str] = ...) -> None: ...
+    tier: _common_pb2.Tier
+    def __init__(self, ref: _Optional[str] = ..., pin: _Optional[bool] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ...) -> None: ...
 
 class AdapterState(_message.Message):
     __slots__ = ("key", "tier", "bytes", "pinned", "in_use", "slot", "hits")
@@ -96,13 +97,13 @@ class AdapterState(_message.Message):
     SLOT_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     key: str
-    tier: str
+    tier: _common_pb2.Tier
     bytes: int
     pinned: bool
     in_use: int
     slot: int
     hits: int
-    def __init__(self, key: _Optional[str] = ..., tier: _Optional[str] = ..., bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., in_use: _Optional[int] = ..., slot: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., in_use: _Optional[int] = ..., slot: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class UnloadAdapterRequest(_message.Message):
     __slots__ = ("ref",)

@@ -92,7 +92,7 @@ class LoraLinear(SlotWrapper):
         return optional_module_tensor(self.base_layer, "bias")
 
     def base_weight(self) -> torch.Tensor:
-        """The base weight as [out, in]."""  # noqa: D401
+        """The base weight as [out, in]."""
         w = self.weight
         return w.T if self.fan_in_fan_out else w
 
