@@ -87,7 +87,7 @@ def store_throughput(plot_dir: Path, *, mb: float, rounds: int, seconds: dict[st
               ("pull (sha256-verified)", "get", "download", "get_object", "download_fileobj")]
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     width = 0.26
-    for g, (title, raw, managed, raw_name, managed_name) in enumerate(groups):
+    for g, (_title, raw, managed, raw_name, managed_name) in enumerate(groups):
         ours = rate["push" if g == 0 else "pull"]
         xs = [g - width, g, g + width]
         bars = ax.bar(xs, [ours, rate[raw], rate[managed]], width * 0.95, color=[OURS, BASE, ALT],
@@ -129,7 +129,7 @@ def cold_load(plot_dir: Path, *, ms: dict[str, float], switch_ms: float, peft_sw
             ("  PEFT load_adapter alone\n  (local dir, unverified)", ms["peft_load"], MUTED)]
     ys = list(range(len(rows)))[::-1]
     bars = ax.barh(ys, [r[1] for r in rows], 0.6, color=[r[2] for r in rows])
-    for bar, (_, v, _) in zip(bars, rows):
+    for bar, (_, v, _) in zip(bars, rows, strict=True):
         ax.annotate(f"{v:.1f} ms", (v, bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=8)
     goal = 1.5 * ms["naive"] + 10
@@ -145,7 +145,7 @@ def cold_load(plot_dir: Path, *, ms: dict[str, float], switch_ms: float, peft_sw
 
     vals = [switch_ms, peft_switch_ms]
     bars = bx.bar([0, 1], vals, 0.55, color=[OURS, BASE])
-    for bar, v, text in zip(bars, vals, (f"{switch_ms:+.2f} ms", f"{peft_switch_ms:.2f} ms")):
+    for bar, v, text in zip(bars, vals, (f"{switch_ms:+.2f} ms", f"{peft_switch_ms:.2f} ms"), strict=True):
         bx.annotate(text, (bar.get_x() + bar.get_width() / 2, v), xytext=(0, 2 if v >= 0 else -2),
                     textcoords="offset points", ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
     bx.axhline(switch_goal_ms, color=GOAL, linestyle="--", linewidth=1.4)
@@ -154,7 +154,7 @@ def cold_load(plot_dir: Path, *, ms: dict[str, float], switch_ms: float, peft_sw
     bx.axhline(0, color="black", linewidth=0.6)
     bx.set_xticks([0, 1], ["ours: forward on B\nafter A, minus A after A", "PEFT set_adapter\n(alone)"])
     bx.set_ylabel("switch cost, ms (lower is better)")
-    lo, hi = min(0.0, *vals), max(vals + [switch_goal_ms])
+    lo, hi = min(0.0, *vals), max([*vals, switch_goal_ms])
     bx.set_ylim(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo))
     bx.set_title("Switching between two resident adapters", fontsize=9.5, pad=16)
     bx.grid(axis="x", visible=False)
@@ -222,7 +222,7 @@ def mixed_batch(plot_dir: Path, *, regimes: dict[str, dict[tuple[str, str], floa
             axes = [top, ax]
         else:
             top = ax = fig.add_subplot(outer[k])
-            ax.set_ylim(min([0.88] + [r * 0.92 for r in ratio.values()]), max([hi] + goals) * 1.12)
+            ax.set_ylim(min([0.88] + [r * 0.92 for r in ratio.values()]), max([hi, *goals]) * 1.12)
             axes = [ax]
         for a in axes:
             lo, up = a.get_ylim()
@@ -230,7 +230,7 @@ def mixed_batch(plot_dir: Path, *, regimes: dict[str, dict[tuple[str, str], floa
                 xs = [x[lb] for lb in lora if (lb, col) in ratio]
                 ys = [ratio[(lb, col)] for lb in lora if (lb, col) in ratio]
                 a.plot(xs, ys, color=style["color"], linestyle=style["linestyle"])
-                inside = [(xi, yi) for xi, yi in zip(xs, ys) if lo <= yi <= up]  # no half-clipped markers
+                inside = [(xi, yi) for xi, yi in zip(xs, ys, strict=True) if lo <= yi <= up]  # no half-clipped markers
                 a.plot([p[0] for p in inside], [p[1] for p in inside], color=style["color"], marker=style["marker"],
                        linestyle="")
                 handles.setdefault(col, a.plot([], [], **style)[0])
@@ -316,7 +316,7 @@ def routing_sim(plot_dir: Path, *, rows: list[tuple[str, float, float]], ideal: 
 
     pct = [100 * hit / ideal for _, hit, _ in rows]
     bars = ax.bar(xs, pct, 0.6, color=colors)
-    for bar, (_, hit, _), p in zip(bars, rows, pct):
+    for bar, (_, hit, _), p in zip(bars, rows, pct, strict=True):
         ax.annotate(f"{p:.1f}%\n({hit:.1%} hits)", (bar.get_x() + bar.get_width() / 2, p), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom", fontsize=7.5,
                     bbox=_BOX)
@@ -332,7 +332,7 @@ def routing_sim(plot_dir: Path, *, rows: list[tuple[str, float, float]], ideal: 
     ratio = [r for _, _, r in rows]
     cap = max(1.5, max((r for r in ratio if r <= 2.0), default=1.0) + 0.2)  # bars above it are cut off
     bars = bx.bar(xs, [min(r, cap) - 1 for r in ratio], 0.6, bottom=1.0, color=colors)
-    for bar, r in zip(bars, ratio):
+    for bar, r in zip(bars, ratio, strict=True):
         off = r > cap
         bx.annotate(f"{r:.3f}\n(off scale)" if off else f"{r:.3f}", (bar.get_x() + bar.get_width() / 2, min(r, cap)),
                     xytext=(0, -4 if off else 2), textcoords="offset points", ha="center",
@@ -366,7 +366,7 @@ def router_overhead(plot_dir: Path, *, stats: dict[int, dict[str, tuple[float, f
         return None
     ns = sorted(stats)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for q, (ax, goal) in enumerate(zip(axes, (goal_p50, goal_p99))):
+    for q, (ax, goal) in enumerate(zip(axes, (goal_p50, goal_p99), strict=True)):
         name = ("p50", "p99")[q]
         direct = [stats[n]["direct"][q] for n in ns]
         router = [stats[n]["router"][q] - stats[n]["direct"][q] for n in ns]
@@ -374,7 +374,7 @@ def router_overhead(plot_dir: Path, *, stats: dict[int, dict[str, tuple[float, f
         ax.plot(ns, router, color=OURS, marker="o", label="router adds (ours)")
         ax.plot(ns, bare, color=BASE, marker="s", linestyle="--", label="bare Python gRPC proxy adds")
         ax.plot(ns, direct, color=MUTED, marker=".", linestyle=":", label=f"direct {name} itself (reference)")
-        for n, r, b in zip(ns, router, bare):
+        for n, r, b in zip(ns, router, bare, strict=True):
             up = r >= b
             ax.annotate(f"{r:+.2f}", (n, r), xytext=(-5, 4 if up else -4), textcoords="offset points", ha="right",
                         va="bottom" if up else "top", fontsize=7.5, color=OURS, bbox=_BOX)

@@ -26,13 +26,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import boto3  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import _plot  # noqa: E402
-from benchmarks._fleet import s3_and_store  # noqa: E402
+from adapterfleet.store.base_model import fingerprint  # noqa: E402
+from adapterfleet.store.client import StoreClient  # noqa: E402
 from adapterfleet.worker.backend import WorkerBackend  # noqa: E402
 from adapterfleet.worker.cache import AdapterCache  # noqa: E402
 from adapterfleet.worker.lora import LoraModel  # noqa: E402
-from adapterfleet.store.base_model import fingerprint  # noqa: E402
-from adapterfleet.store.client import StoreClient  # noqa: E402
+from benchmarks import _plot  # noqa: E402
+from benchmarks._fleet import s3_and_store  # noqa: E402
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -118,7 +118,7 @@ def main() -> None:
                 peft_model.set_adapter("a1" if _ % 2 else "a2")
                 peft_switch.append(time.perf_counter() - t)
 
-        naive = [g + p for g, p in zip(raw_get, peft_load)]
+        naive = [g + p for g, p in zip(raw_get, peft_load, strict=True)]
         print(f"adapter: rank 16, all linear layers of a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
               f"Llama, {size / 1e6:.1f} MB on the wire; {args.repeat} cold loads, median")
         print(f"  ours: resolve+fetch+verify+inject      {ms(ours):8.1f} ms")

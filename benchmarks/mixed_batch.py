@@ -42,10 +42,11 @@ from pathlib import Path
 
 import torch
 
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
+
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
-from benchmarks import _plot
-from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from benchmarks import _plot  # noqa: E402 - needs the repo root the line above puts on sys.path (run as a script)
 
 ROWS = 32
 PREFILL_TOKENS = 128

@@ -23,10 +23,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 import grpc  # noqa: E402
 
+from adapterfleet.common.embedded_redis import free_port  # noqa: E402
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
-from adapterfleet.common.embedded_redis import free_port  # noqa: E402
 
 KEY = "bench/a@sha256:" + "ab" * 32  # canonical: the router places it without asking the store
 

@@ -50,13 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
-
 import numpy as np
 
-from benchmarks import _plot
 from adapterfleet.common.tiers import ACTIVE, LOADING
 from adapterfleet.router.placement import Placement, PlacementConfig, WorkerView
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+
+from benchmarks import _plot  # noqa: E402 - needs the repo root the line above puts on sys.path (run as a script)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import boto3
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
+from adapterfleet.store.client import StoreClient  # noqa: E402
 from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import s3_and_store  # noqa: E402
-from adapterfleet.store.client import StoreClient  # noqa: E402
 from tests.helpers.synthetic import big_adapter  # noqa: E402
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, overload
+from typing import Any, Literal, overload
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.strict_json import strict_loads
@@ -149,7 +150,7 @@ class LoraSpec:
     task_type: str | None
 
     @classmethod
-    def from_dict(cls, d: dict, *, max_rank: int = 256) -> "LoraSpec":
+    def from_dict(cls, d: dict, *, max_rank: int = 256) -> LoraSpec:
         if max_rank < 1:
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         if not isinstance(d, dict):

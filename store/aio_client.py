@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.grpc_errors import error_from_rpc
 from adapterfleet.store import proto_convert as pc
-from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.workers import WorkerRecord, record_from_pb
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 
 
 class AsyncStoreClient:

@@ -43,8 +43,9 @@ def fingerprint(model: nn.Module) -> str:
     from torch import nn  # noqa: PLC0415 - torch only when a model is fingerprinted
     from transformers.pytorch_utils import Conv1D  # noqa: PLC0415
 
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    get_base_model = getattr(model, "get_base_model", None)
+    if get_base_model is not None:
+        model = get_base_model()
     config = model.config
     modules = {}
     for name, module in model.named_modules():

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 
-from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.errors import BlobMissing, ChecksumMismatch, InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
@@ -26,6 +25,7 @@ from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.targets import Targets
+from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 CHUNK = 1 << 20
 ORDER = {"adapter_config.json": 0, "adapter_model.safetensors": 1}  # config first: validated before weights
@@ -66,7 +66,7 @@ class StoreClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "StoreClient":
+    def __enter__(self) -> StoreClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,7 +101,7 @@ class StoreClient:
         def requests() -> Iterator[store_pb2.PushRequest]:
             yield store_pb2.PushRequest(header=header)
             sent = set()
-            for path, entry in zip(paths, entries):
+            for path, entry in zip(paths, entries, strict=True):
                 if entry.sha256 not in missing or entry.sha256 in sent:
                     if progress:
                         progress(entry.size)
@@ -136,7 +136,7 @@ class StoreClient:
         try:
             def sink(name: str):
                 if name not in handles:
-                    handles[name] = open(tmp / name, "wb")
+                    handles[name] = open(tmp / name, "wb")  # noqa: SIM115 - closed in the finally below
                 return handles[name].write  # type: ignore[attr-defined]
 
             manifest = self._download(ref, sink, progress=progress)
@@ -212,13 +212,13 @@ class StoreClient:
         return ([pc.manifest_from_pb(m) for m in r.versions],
                 {a.alias: pc.targets_from_pb(a.targets) for a in r.aliases})
 
-    def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | None | str = "any") -> None:
+    def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | str | None = "any") -> None:
         request = store_pb2.SetAliasRequest(name=name, alias=alias, targets=pc.targets_to_pb(targets))
         if (exp := pc.expectation_to_pb(expect)) is not None:
             request.expect.CopyFrom(exp)
         self._call("SetAlias", request)
 
-    def delete_alias(self, name: str, alias: str, expect: Targets | None | str = "any") -> None:
+    def delete_alias(self, name: str, alias: str, expect: Targets | str | None = "any") -> None:
         request = store_pb2.DeleteAliasRequest(name=name, alias=alias)
         if (exp := pc.expectation_to_pb(expect)) is not None:
             request.expect.CopyFrom(exp)

@@ -108,7 +108,7 @@ class RedisIndex:
         return sorted(_text(n) for n in await self._r.smembers(f"{self._p}names"))
 
     # --- aliases and yanks ----------------------------------------------------------------------------------------
-    async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | None | str) -> Targets:
+    async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | str | None) -> Targets:
         """CAS: ``expect`` is "any" (unconditional), None (must not exist) or the exact current targets.
         Empty ``targets`` deletes. Returns the previous targets."""
         if expect == "any":

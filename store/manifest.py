@@ -73,7 +73,7 @@ class Manifest:
         return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str, *, version: int = 0, yanked: bool = False) -> "Manifest":
+    def from_json(cls, text: str, *, version: int = 0, yanked: bool = False) -> Manifest:
         data = json.loads(text)
         return cls(
             name=data["name"],
@@ -87,7 +87,7 @@ class Manifest:
             yanked=yanked,
         )
 
-    def with_version(self, version: int, yanked: bool = False) -> "Manifest":
+    def with_version(self, version: int, yanked: bool = False) -> Manifest:
         return replace(self, version=version, yanked=yanked)
 
 

@@ -116,7 +116,8 @@ def parse_peft_key(key: str) -> PeftKey:
         raise InvalidAdapter(f"tensor {key!r} has an empty parameter name; re-save the adapter")
     if "" in segments:
         raise InvalidAdapter(f"tensor {key!r} has an empty module name ('..' or a leading '.'); re-save the adapter")
-    for table, kind in ((LORA_SUFFIXES, "lora"), (BASE_LAYER_SUFFIXES, "base_layer")):
+    tables: tuple[tuple[dict[str, str], KeyKind], ...] = ((LORA_SUFFIXES, "lora"), (BASE_LAYER_SUFFIXES, "base_layer"))
+    for table, kind in tables:
         for suffix in table:
             if rest.endswith("." + suffix):
                 parsed = PeftKey(rest[: -len(suffix) - 1], suffix, kind)

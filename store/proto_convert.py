@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from adapterfleet.v1 import common_pb2, store_pb2
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.targets import LiveTarget, Targets
+from adapterfleet.v1 import common_pb2, store_pb2
 
 
 def manifest_to_pb(m: Manifest) -> common_pb2.Manifest:
@@ -59,7 +59,7 @@ def resolution_from_pb(r: store_pb2.Resolution) -> Resolved:
                     live or (LiveTarget(manifest.version, 100, r.key),))
 
 
-def expectation_from_pb(request, field: str = "expect") -> Targets | None | str:
+def expectation_from_pb(request, field: str = "expect") -> Targets | str | None:
     """Unset -> "any" (unconditional); absent -> None; else the exact targets expected."""
     if not request.HasField(field):
         return "any"
@@ -67,7 +67,7 @@ def expectation_from_pb(request, field: str = "expect") -> Targets | None | str:
     return None if expect.absent else targets_from_pb(expect.targets)
 
 
-def expectation_to_pb(expect: Targets | None | str) -> store_pb2.AliasExpectation | None:
+def expectation_to_pb(expect: Targets | str | None) -> store_pb2.AliasExpectation | None:
     if expect == "any":
         return None
     if expect is None:

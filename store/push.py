@@ -13,6 +13,7 @@ A failure at any step aborts the uploads and releases the leases: no version, no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -203,18 +204,14 @@ class PushSession:
             name=h.name, files=tuple(sorted(h.files, key=lambda f: f.name)), base_model=base,
             peft_type="LORA", rank=self._spec.r, created_at=time.time(), parent=h.parent,
         )
-        version, created = await self._index.commit(manifest, self._id, h.alias)
+        _, created = await self._index.commit(manifest, self._id, h.alias)
         stored = await self._index.manifest(h.name, manifest.digest)
         return PushResult(stored, created, self._received, skipped)
 
     async def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the error that got us here is already on its way
             await self._drain()
-        except Exception:  # noqa: BLE001 - the error that got us here is already on its way
-            pass
         for writer in self._writers.values():
             await asyncio.to_thread(writer.abort)
-        try:
+        with contextlib.suppress(Exception):  # leases expire on their own
             await self._index.release(self._id, self._blob_ids)
-        except Exception:  # noqa: BLE001 - leases expire on their own
-            pass

@@ -8,6 +8,7 @@ A worker that stops announcing is gone after its TTL; stale records are swept on
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -39,7 +40,8 @@ class RedisRegistry:
                 pipe.hdel(self._hash, *dead)
                 pipe.zrem(self._expiry, *dead)
                 await pipe.execute()
-        live = await self._r.zrangebyscore(self._expiry, now, "+inf")
+        # redis-py types the reply as members or (member, score) pairs whatever withscores says; without it, members
+        live = cast("list[bytes | str]", await self._r.zrangebyscore(self._expiry, now, "+inf"))
         if not live:
             return []
         records = [record_from_json(raw) for raw in await self._r.hmget(self._hash, live) if raw]

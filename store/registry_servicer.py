@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
 from adapterfleet.store.registry import RedisRegistry
 from adapterfleet.store.workers import record_from_pb, record_to_pb
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):

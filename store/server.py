@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 
-from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
 from adapterfleet.store.blobs.base import BlobStore
@@ -23,6 +22,7 @@ from adapterfleet.store.registry import RedisRegistry
 from adapterfleet.store.registry_servicer import RegistryServicer
 from adapterfleet.store.service import AdapterStoreCore
 from adapterfleet.store.servicer import StoreServicer
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 
 log = logging.getLogger("adapterfleet.store")
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["AdapterStore"].full_name

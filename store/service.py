@@ -75,7 +75,7 @@ class AdapterStoreCore:
         for d in digests:
             validate_hex_digest(d)
         present = await asyncio.gather(*(asyncio.to_thread(self.blobs.exists, d) for d in digests))
-        return [d for d, ok in zip(digests, present) if not ok]
+        return [d for d, ok in zip(digests, present, strict=True) if not ok]
 
     # --- resolve --------------------------------------------------------------------------------------------------
     async def resolve(self, text: str, routing_key: str = "") -> Resolution:
@@ -132,9 +132,10 @@ class AdapterStoreCore:
         entries = manifest.files[start:]
         offsets = [resume_offset] + [0] * (len(entries) - 1)
         # every file's read starts now, so small files' round trips overlap the first file's stream
-        readers = [Prefetch(self.blobs.read(e.sha256, off, chunk_size)) for e, off in zip(entries, offsets)]
+        readers = [Prefetch(self.blobs.read(e.sha256, off, chunk_size))
+                   for e, off in zip(entries, offsets, strict=True)]
         try:
-            for entry, offset, reader in zip(entries, offsets, readers):
+            for entry, offset, reader in zip(entries, offsets, readers, strict=True):
                 async for data in reader:
                     yield FileChunk(entry.name, offset, data)
                     offset += len(data)
@@ -163,12 +164,12 @@ class AdapterStoreCore:
         return manifests, await self.index.aliases(name)
 
     # --- aliases and yanks ------------------------------------------------------------------------------------------
-    async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | None | str) -> Targets:
+    async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | str | None) -> Targets:
         validate_name(name)
         validate_alias(alias)
         return await self.index.set_alias(name, alias, check(targets), expect)
 
-    async def delete_alias(self, name: str, alias: str, expect: Targets | None | str) -> None:
+    async def delete_alias(self, name: str, alias: str, expect: Targets | str | None) -> None:
         validate_name(name)
         validate_alias(alias)
         await self.index.set_alias(name, alias, (), expect)
@@ -188,7 +189,7 @@ class AdapterStoreCore:
         cutoff = time.time() - (self.cfg.gc_grace_seconds if min_age is None else min_age)
         infos = [b for b in await asyncio.to_thread(lambda: list(self.blobs.list())) if b.modified <= cutoff]
         refs = await self.index.referenced([b.sha256 for b in infos])
-        candidates = [b for b, ref in zip(infos, refs) if not ref]
+        candidates = [b for b, ref in zip(infos, refs, strict=True) if not ref]
         sizes = {b.sha256: b.size for b in candidates}
         kept_referenced = sum(refs)
         if dry_run:
@@ -205,7 +206,7 @@ class AdapterStoreCore:
         return GcReport(sorted(doomed), sum(sizes[s] for s in doomed), kept_referenced,
                         len(candidates) - len(doomed), aborted)
 
-    # --- events ---------------------------------------------------------------------------------------------------------
+    # --- events ---------------------------------------------------------------------------------------------------
     async def watch(self, cursor: str = "", name: str = "", block_ms: int = 5000) -> AsyncIterator[StoreEvent]:
         if cursor in ("", "$"):
             cursor = await self.index.last_event_id()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from adapterfleet.v1 import store_pb2, store_pb2_grpc
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.store import proto_convert as pc
 from adapterfleet.store.push import PushHeader
 from adapterfleet.store.service import AdapterStoreCore, FileChunk
+from adapterfleet.v1 import store_pb2, store_pb2_grpc
 
 
 class StoreServicer(store_pb2_grpc.AdapterStoreServicer):

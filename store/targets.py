@@ -17,12 +17,12 @@ import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, Union
+from typing import TypeVar
 
 from adapterfleet.common.errors import InvalidArgument
 
 Targets = tuple[tuple[int, int], ...]  # ((version, weight), ...) sorted by version
-TargetsLike = Union[int, Mapping[int, int], Iterable[tuple[int, int]]]  # what users may pass: 3, {3: 90, 4: 10}
+TargetsLike = int | Mapping[int, int] | Iterable[tuple[int, int]]  # what users may pass: 3, {3: 90, 4: 10}
 SYNTAX = "'3' (one version) or '3:90,4:10' (versions with weights that sum to 100)"
 MAX_TARGETS = 16
 
@@ -117,7 +117,7 @@ def choose(live: Sequence[T], routing_key: str, rng: random.Random) -> T:
         point = int.from_bytes(hashlib.sha256(routing_key.encode()).digest()[:8], "big") % total
     else:
         point = rng.randrange(total)
-    for target, weight in zip(live, weights):
+    for target, weight in zip(live, weights, strict=True):
         point -= weight
         if point < 0:
             return target

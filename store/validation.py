@@ -136,7 +136,7 @@ def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo], embe
     if "lora_A" not in parts and "lora_B" not in parts:
         raise _fail(any_t, f"module {module} has no lora_A/lora_B (or lora_embedding_A/B) pair; re-save the adapter")
     spelled = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
-    names = dict(zip(("lora_A", "lora_B"), spelled))
+    names = dict(zip(("lora_A", "lora_B"), spelled, strict=True))
     for have, want in (("lora_A", "lora_B"), ("lora_B", "lora_A")):
         if want not in parts:
             msg = f"module {module} has {names[have]} but no {names[want]}; an adapter needs both factors"
@@ -168,12 +168,12 @@ def _check_layer(spec: LoraSpec, module: str, parts: dict[str, TensorInfo], embe
     base = parts.get("base_weight")
     if base is not None:
         # Linear stores [out, in] (GPT-2 Conv1D with fan_in_fan_out: [in, out]); Embedding [num_embeddings, dim].
-        want = [(out_dim, in_dim)] if linear else [(in_dim, out_dim)]
+        fits = [(out_dim, in_dim)] if linear else [(in_dim, out_dim)]
         if linear and spec.fan_in_fan_out:
-            want.append((in_dim, out_dim))
-        if base.shape not in want:
+            fits.append((in_dim, out_dim))
+        if base.shape not in fits:
             raise _fail(
-                base, f"does not fit {a.name} {list(a.shape)} and {b.name} {list(b.shape)}; expected {list(want[0])}"
+                base, f"does not fit {a.name} {list(a.shape)} and {b.name} {list(b.shape)}; expected {list(fits[0])}"
             )
 
 

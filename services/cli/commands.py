@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.targets import Targets, encode, parse
@@ -14,7 +15,7 @@ def _out(obj) -> None:
     print(json.dumps(obj, sort_keys=True))
 
 
-def parse_expect(text: str | None) -> Targets | None | str:
+def parse_expect(text: str | None) -> Targets | str | None:
     """``--expect``: unset -> "any" (unconditional); 'none' -> the alias must not exist; else its exact targets."""
     if text is None:
         return "any"
@@ -34,7 +35,7 @@ def progress_bar(enabled: bool, total: int, label: str):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn  # noqa: PLC0415 - only with a TTY
 
     with Progress("[bold]" + label, BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
         task = bar.add_task(label, total=total or None)
@@ -73,9 +74,7 @@ def dispatch(args, store_addr: str) -> int:
 
 
 def cmd_push(args, client) -> int:
-    from pathlib import Path
-
-    from adapterfleet.store.client import adapter_files
+    from adapterfleet.store.client import adapter_files  # noqa: PLC0415 - loaded with the client, not for --help
 
     total = sum(p.stat().st_size for p in adapter_files(Path(args.dir)))
     with progress_bar(not args.json, total, f"push {args.name}") as advance:

@@ -118,8 +118,8 @@ def _fingerprint(base: Path) -> str:
 
 
 def _push_all(store: str, trained: list[TrainResult], fp: str) -> list[str]:
-    from adapterfleet.store.client import StoreClient  # noqa: PLC0415
     from adapterfleet.store.base_model import BaseModelIdentity  # noqa: PLC0415
+    from adapterfleet.store.client import StoreClient  # noqa: PLC0415
 
     refs = []
     with StoreClient(store) as client:
@@ -164,11 +164,11 @@ def _ask_all(router: FleetClient, plan: list[tuple[str, str]]) -> list[str]:
 def answer_table(plan: list[tuple[str, str]], answers: list[str], columns: list[str]) -> str:
     """One row per prompt, one column per adapter (and the base model); cells are JSON strings, "-" if not asked."""
     cells: dict[str, dict[str, str]] = {}
-    for (column, word), answer in zip(plan, answers):
+    for (column, word), answer in zip(plan, answers, strict=True):
         cells.setdefault(prompt_for(word), {})[column] = json.dumps(answer, ensure_ascii=False)
     rows = [["prompt", *columns]] + [[json.dumps(p), *(row.get(c, "-") for c in columns)] for p, row in cells.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns) + 1)]
-    return "\n".join(" | ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _short(key: str) -> str:

@@ -60,7 +60,7 @@ def _command(parser: argparse.ArgumentParser, args) -> tuple[str, argparse.Argum
     """(top-level command name, the innermost subparser that parsed the command's own flags)."""
     section, current = "", parser
     while True:
-        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001 - argparse has no public API to walk parsers
         if not subs:
             return section, current
         name = getattr(args, subs[0].dest)
@@ -70,8 +70,8 @@ def _command(parser: argparse.ArgumentParser, args) -> tuple[str, argparse.Argum
 
 def _all_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     out = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public API to walk parsers
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001 - argparse has no public API to walk parsers
             for sub in action.choices.values():
                 out += _all_options(sub)
         elif action.option_strings:
@@ -80,8 +80,8 @@ def _all_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def _options(leaf: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in leaf._actions if a.option_strings and a.dest not in ("help", "config")
-            and not isinstance(a, argparse._SubParsersAction)]
+    return [a for a in leaf._actions if a.option_strings and a.dest not in ("help", "config")  # noqa: SLF001 - argparse has no public API to walk parsers
+            and not isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001 - argparse has no public API to walk parsers
 
 
 def _load_section(parser, path: str, section: str, leaf) -> dict:
@@ -118,12 +118,12 @@ def _load_section(parser, path: str, section: str, leaf) -> dict:
 
 
 def _choices(parser: argparse.ArgumentParser) -> list[str]:
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001 - argparse has no public API to walk parsers
     return list(subs[0].choices) if subs else []
 
 
 def _convert(parser, action: argparse.Action, value, origin: str):
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001 - argparse has no public API to walk parsers
         text = str(value).strip().lower()
         if text not in _TRUE | _FALSE:
             parser.error(f"{origin}: expected true or false, got {value!r}")

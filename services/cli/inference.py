@@ -7,10 +7,10 @@ import sys
 
 import grpc
 
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 
 
 def _ids(text: str | None) -> list[int]:

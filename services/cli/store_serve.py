@@ -38,7 +38,7 @@ def embedded_redis(data_dir: str):
     except Unavailable as err:
         log.warning("%s", err)
     try:
-        import fakeredis  # noqa: F401
+        import fakeredis  # noqa: F401, PLC0415 - only probing that the extra is installed
     except ImportError:
         raise Unavailable("no redis-server binary and no in-process fallback: install Redis, pass --redis-url, or "
                           "`pip install adapterfleet[embedded]`") from None
@@ -64,10 +64,10 @@ def run_store(args) -> int:
 
 
 async def _serve(cfg: StoreConfig, url: str | None) -> None:
-    from adapterfleet.store.server import make_redis, serve
+    from adapterfleet.store.server import make_redis, serve  # noqa: PLC0415 - boto3/redis only when serving
 
     if url is None:
-        from fakeredis.aioredis import FakeRedis
+        from fakeredis.aioredis import FakeRedis  # noqa: PLC0415 - optional extra
 
         client = FakeRedis()
     else:

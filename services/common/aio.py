@@ -43,7 +43,7 @@ class Prefetch(Generic[T]):
             if close:
                 close()
 
-    def __aiter__(self) -> "Prefetch[T]":
+    def __aiter__(self) -> Prefetch[T]:
         return self
 
     async def __anext__(self) -> T:

@@ -30,7 +30,7 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "RedisProcess":
+    def start(self, timeout: float = 10.0) -> RedisProcess:
         if self.binary is None:
             raise Unavailable("redis-server is not on PATH")
         self.port = free_port()

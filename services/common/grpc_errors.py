@@ -7,6 +7,7 @@ as INTERNAL without leaking internals. Also the one place clients turn a status 
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import grpc
 
@@ -14,6 +15,7 @@ from adapterfleet.common import errors
 from adapterfleet.common.interceptors import rewrap
 
 log = logging.getLogger("adapterfleet.grpc")
+_E = TypeVar("_E")
 
 _BY_CODE: dict[str, type[errors.AdapterFleetError]] = {
     cls.code: cls
@@ -29,7 +31,7 @@ def status_of(err: errors.AdapterFleetError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, err.code)
 
 
-def _subclasses(cls: type) -> list[type]:
+def _subclasses(cls: type[_E]) -> list[type[_E]]:
     return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
 
 

@@ -68,7 +68,7 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
         started, code = time.perf_counter(), None
         try:
             yield
-        except Exception:  # noqa: BLE001 - re-raised; only its status is read here
+        except Exception:
             code = "UNKNOWN"
             raise
         except BaseException:  # asyncio.CancelledError: the caller went away

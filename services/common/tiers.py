@@ -17,7 +17,7 @@ _TO_PB = {ACTIVE: common_pb2.TIER_ACTIVE, HOST: common_pb2.TIER_HOST, DISK: comm
 _FROM_PB: dict[int, str] = {v: k for k, v in _TO_PB.items()}
 
 
-def tier_to_pb(name: str) -> common_pb2.Tier.ValueType:
+def tier_to_pb(name: str) -> common_pb2.Tier:
     """``"active"`` -> ``TIER_ACTIVE``; ``""`` -> ``TIER_UNSPECIFIED``."""
     if not name:
         return common_pb2.TIER_UNSPECIFIED

@@ -34,8 +34,8 @@ DEMO_CONFIG = DemoConfig(vocab_size=128, hidden_size=64, intermediate_size=128, 
 
 def save_char_tokenizer(path: str | Path, vocab_size: int = 128) -> Path:
     """Tokenizer files in ``path``; ids: 0 pad, 1 eos, 2 unk, then one id per character."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415 - heavy
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - heavy
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS))}
     if len(vocab) > vocab_size:
@@ -53,8 +53,8 @@ def build_demo_base(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch  # noqa: PLC0415 - heavy; `python -m adapterfleet.demo --help` stays instant
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415 - heavy
 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**DEMO_CONFIG))

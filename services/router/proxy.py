@@ -9,6 +9,7 @@ Errors that retrying cannot fix (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
 from adapterfleet.common.errors import Unavailable
 from adapterfleet.common.grpc_errors import error_from_rpc
@@ -26,6 +26,7 @@ from adapterfleet.router.config import RouterConfig
 from adapterfleet.router.membership import Membership
 from adapterfleet.router.placement import Placement, WorkerView
 from adapterfleet.router.resolver import Resolver
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("adapterfleet.router")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
@@ -49,6 +50,7 @@ class RouterCore:
         self._clock = clock
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._loading: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task] = set()  # replication loads in flight (held so they are not collected)
         self.adapters: dict[str, AdapterCounters] = defaultdict(AdapterCounters)
         self.requests = self.retries = self.failures = 0
 
@@ -95,7 +97,9 @@ class RouterCore:
             self._loading.add((key, worker.id))
             self.membership.expect(worker.id, key)
             self.adapters[key].replications += 1
-            asyncio.ensure_future(self._load(worker, key))
+            task = asyncio.ensure_future(self._load(worker, key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _load(self, worker: WorkerView, key: str) -> None:
         try:
@@ -109,10 +113,8 @@ class RouterCore:
     async def _settle(call) -> None:
         """Let a finished stream end on its own (its OK status follows the last message at once) rather than cancel
         it: a cancelled call counts as CANCELLED at the worker. The caller already has every token."""
-        try:
+        with contextlib.suppress(asyncio.TimeoutError, grpc.aio.AioRpcError):  # the caller's finally cancels it
             await asyncio.wait_for(call.code(), 1.0)
-        except (asyncio.TimeoutError, grpc.aio.AioRpcError):
-            pass  # the finally cancels it
 
     def _timeout(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(deadline - time.monotonic(), 0.001)

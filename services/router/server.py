@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
 from adapterfleet.router.config import RouterConfig
@@ -18,6 +17,7 @@ from adapterfleet.router.proxy import RouterCore
 from adapterfleet.router.resolver import Resolver
 from adapterfleet.router.servicer import RouterServicer, RouterWorkerServicer
 from adapterfleet.store.aio_client import AsyncStoreClient
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("adapterfleet.router")
 NAMES = [worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
@@ -28,8 +28,8 @@ def registry_source(cfg: RouterConfig, store: AsyncStoreClient):
     """Where membership comes from: the store's Registry RPC, or its Redis directly (--redis-url)."""
     if cfg.redis_url is None:
         return lambda: store.workers()
-    from adapterfleet.store.registry import RedisRegistry
-    from adapterfleet.store.server import make_redis
+    from adapterfleet.store.registry import RedisRegistry  # noqa: PLC0415 - redis only with --redis-url
+    from adapterfleet.store.server import make_redis  # noqa: PLC0415 - likewise
 
     registry = RedisRegistry(make_redis(cfg.redis_url), cfg.redis_prefix)
     return registry.workers

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
 from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.logs import request_id
 from adapterfleet.router.proxy import RouterCore
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
 
 
 def _deadline(context) -> float | None:

@@ -12,11 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
-from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50071"
 Metadata = Sequence[tuple[str, str]]
@@ -236,7 +236,7 @@ class FleetClient:
         acc = Accumulator(stream.request_id)
         while True:
             try:
-                acc.add(stream._next_message())
+                acc.add(stream._next_message())  # noqa: SLF001 - our own stream class, one module over
             except StopIteration:
                 return acc.result()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.sdk.fleet import (
@@ -28,6 +27,7 @@ from adapterfleet.sdk.fleet import (
     stats_of,
     typed_error,
 )
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 
 class AsyncGenerationStream(AsyncIterator[GenerationChunk]):
@@ -105,7 +105,7 @@ class AsyncFleetClient:
         acc = Accumulator(stream.request_id)
         while True:
             try:
-                acc.add(await stream._next_message())
+                acc.add(await stream._next_message())  # noqa: SLF001 - our own stream class
             except StopAsyncIteration:
                 return acc.result()
 

@@ -79,27 +79,29 @@ def read_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 
 def _root(model: nn.Module) -> nn.Module:
     """The module that adapter key paths are relative to (a PeftModel's underlying transformers model)."""
-    if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
-        return model.get_base_model()
+    if hasattr(model, "peft_config"):
+        get_base_model = getattr(model, "get_base_model", None)
+        if callable(get_base_model):
+            base: nn.Module = get_base_model()
+            return base
     return model
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
     """Look through PEFT wrappers: a LoRA layer's ``base_layer``, a modules_to_save copy's ``original_module``."""
     for _ in range(8):
-        if "original_module" in module._modules:
-            module = module._modules["original_module"]
-        elif "base_layer" in module._modules:
-            module = module._modules["base_layer"]
-        else:
+        children = module._modules  # name -> child; a name registered as None holds no module  # noqa: SLF001 - torch: children by name, wrappers included
+        inner = children["original_module"] if "original_module" in children else children.get("base_layer")
+        if inner is None:
             break
+        module = inner
     return module
 
 
 def _walk(root: nn.Module, path: str) -> nn.Module | None:
     module = root
     for part in path.split(".") if path else ():
-        child = _unwrap(module)._modules.get(part)
+        child = _unwrap(module)._modules.get(part)  # noqa: SLF001 - torch: children by name, wrappers included
         if child is None:
             return None
         module = child
@@ -124,7 +126,7 @@ def _weight_shape(module: nn.Module) -> str:
 
 def _check_lora(shape: tuple[int, ...], pk: PeftKey, base: nn.Module) -> str | None:
     """One problem with LoRA tensor ``pk`` on base module ``base``, or None."""
-    from torch import nn
+    from torch import nn  # noqa: PLC0415 - the SDK imports torch only when a PEFT function runs
 
     head = f"adapter tensor {pk.key} has shape {list(shape)} but base module {pk.module}"
     is_embedding = isinstance(base, nn.Embedding)
@@ -132,7 +134,8 @@ def _check_lora(shape: tuple[int, ...], pk: PeftKey, base: nn.Module) -> str | N
         return f"{head} is a {type(base).__name__}, not an Embedding; {_DIFFERENT_BASE}"
     if pk.field in ("lora_A", "lora_B") and not pk.embedding and is_embedding:
         return f"{head} is an Embedding (PEFT saves embedding LoRA as lora_embedding_A/B); {_DIFFERENT_BASE}"
-    if is_embedding:
+    rules: dict[str, tuple[int, str, int]]
+    if isinstance(base, nn.Embedding):
         rules = {"lora_A": (1, "has num_embeddings", base.num_embeddings),
                  "lora_B": (0, "has embedding_dim", base.embedding_dim),
                  "magnitude": (-1, "has embedding_dim", base.embedding_dim)}

@@ -55,7 +55,7 @@ class Versions:
     aliases: dict[str, Targets]
 
 
-def _expectation(expect: TargetsLike | None | str) -> Targets | None | str:
+def _expectation(expect: TargetsLike | str | None) -> Targets | str | None:
     return expect if expect is None or isinstance(expect, str) else coerce(expect)
 
 
@@ -152,14 +152,14 @@ class AdapterStore:
         return Versions(versions, aliases)
 
     def set_alias(self, name: str, alias: str, targets: TargetsLike, *,
-                  expect: TargetsLike | None | str = "any") -> None:
+                  expect: TargetsLike | str | None = "any") -> None:
         """Point ``name@alias`` at ``targets`` (a version, or ``{version: weight}`` summing to 100).
 
         ``expect`` is a compare-and-set guard: ``"any"`` (unconditional), ``None`` (the alias must not exist) or
         the targets it must hold now; a mismatch raises AliasConflict (FAILED_PRECONDITION)."""
         self.client.set_alias(name, alias, coerce(targets), _expectation(expect))
 
-    def delete_alias(self, name: str, alias: str, *, expect: TargetsLike | None | str = "any") -> None:
+    def delete_alias(self, name: str, alias: str, *, expect: TargetsLike | str | None = "any") -> None:
         """Remove ``name@alias`` (same ``expect`` guard as :meth:`set_alias`)."""
         self.client.delete_alias(name, alias, _expectation(expect))
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
 import grpc
 
-from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
 from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.tiers import LOADING
 from adapterfleet.store.workers import WorkerRecord, record_to_pb
+from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
 from adapterfleet.worker.service import WorkerCore
 
 log = logging.getLogger("adapterfleet.worker")
@@ -59,9 +60,7 @@ class Announcer:
         """Announce that we are draining (routers stop sending), then go quiet."""
         if self._task:
             self._task.cancel()
-        try:
+        with contextlib.suppress(grpc.RpcError):  # the store may be gone already; the record then expires
             await self.announce(draining=True)
-        except grpc.RpcError:
-            pass
         if self._channel is not None:
             await self._channel.close()

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from adapterfleet.common.errors import ChecksumMismatch, Incompatible, InvalidAdapter
-from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from adapterfleet.store.adapter_config import parse_adapter_config
 from adapterfleet.store.client import StoreClient
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.refs import AdapterKey
 from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
+from adapterfleet.worker.lora import AdapterWeights, LoraModel
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 

@@ -12,6 +12,7 @@ install into a slot, disk I/O), in worker threads so the event loop never blocks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class CacheStats:
 class Lease:
     """A request's hold on one adapter version in an active slot; release exactly once."""
 
-    def __init__(self, cache: "AdapterCache", entry: Entry):
+    def __init__(self, cache: AdapterCache, entry: Entry):
         self._cache, self.entry, self._open = cache, entry, True
 
     @property
@@ -80,7 +81,7 @@ class Lease:
     def release(self) -> None:
         if self._open:
             self._open = False
-            self._cache._release(self.entry)
+            self._cache._release(self.entry)  # noqa: SLF001 - the lease is the cache's own handle
 
 
 class AdapterCache:
@@ -95,6 +96,7 @@ class AdapterCache:
         self._slot_wait = slot_wait_s
         self._clock = clock
         self._entries: dict[str, Entry] = {}
+        self._tasks: set[asyncio.Task] = set()   # background unloads and wake-ups, held until they end
         self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
         self._removing: set[int] = set()          # slots whose adapter is being taken out
         self._loading: dict[str, asyncio.Future] = {}
@@ -143,7 +145,7 @@ class AdapterCache:
     def _release(self, entry: Entry) -> None:
         entry.refs -= 1
         if entry.refs == 0 and entry.dropping:
-            asyncio.ensure_future(self.unload(entry.key))
+            self._spawn(self.unload(entry.key))
         self._notify_slot()
 
     # --- management ---------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ class AdapterCache:
         if entry.weights is not None:
             self.stats.host_loads += 1
             return entry
-        files = None
+        files: dict[str, bytes] | None = None
         if entry.disk_bytes:
             loaded = await asyncio.to_thread(self._b.load_disk, key)
             if loaded is not None:
@@ -216,7 +218,8 @@ class AdapterCache:
             else:
                 entry.disk_bytes = 0  # vanished or corrupt on disk: fetch again
         if files is None:
-            entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
+            fetched = await asyncio.to_thread(self._b.fetch, key)  # own name: typed as fetch's result, not Optional
+            entry.manifest, files = fetched
             self.stats.cold_loads += 1
             self.stats.fetched_bytes += sum(map(len, files.values()))
             await self._save_disk(entry, files)
@@ -276,6 +279,7 @@ class AdapterCache:
             if idle:
                 victim = min(idle, key=lambda e: e.last_used)
                 slot, victim.slot = victim.slot, None
+                assert slot is not None  # idle holds only entries with a slot
                 self._slots[slot] = key  # handed over directly: nobody else can take it meanwhile
                 await asyncio.to_thread(self._b.remove, slot)
                 self.stats.evictions[ACTIVE] += 1
@@ -287,10 +291,8 @@ class AdapterCache:
                     "or start the worker with more --max-slots")
             self._slot_freed = self._slot_freed or asyncio.Condition()
             async with self._slot_freed:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):  # re-check the slots at least every second
                     await asyncio.wait_for(self._slot_freed.wait(), timeout=min(remaining, 1.0))
-                except asyncio.TimeoutError:
-                    pass
 
     async def _deactivate(self, entry: Entry) -> None:
         slot, entry.slot = entry.slot, None
@@ -313,7 +315,13 @@ class AdapterCache:
             async with cond:
                 cond.notify_all()
 
-        asyncio.ensure_future(notify())
+        self._spawn(notify())
+
+    def _spawn(self, coro) -> None:
+        """Run ``coro`` in the background, holding the task until it ends (the loop keeps only weak references)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- eviction -----------------------------------------------------------------------------------------------
     def _touch(self, entry: Entry) -> None:

@@ -233,7 +233,7 @@ class Engine:
     def _emit(self, jobs: list[GenerateJob], live: list[int], tokens: list[int], produced: list[int]) -> list[int]:
         """Send each row its token; return the batch rows that go on."""
         keep = []
-        for row, (k, tok) in enumerate(zip(live, tokens)):
+        for row, (k, tok) in enumerate(zip(live, tokens, strict=True)):
             job = jobs[k]
             produced[k] += 1
             if job.cancelled.is_set():
@@ -274,7 +274,7 @@ def _filled(layer: object) -> tuple[DynamicLayer, torch.Tensor, torch.Tensor]:
 
 def _join_caches(cache: DynamicCache, new: DynamicCache) -> None:
     """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded."""
-    for mine, theirs in zip(cache.layers, new.layers):
+    for mine, theirs in zip(cache.layers, new.layers, strict=True):
         layer, keys, values = _filled(mine)
         _, other_keys, other_values = _filled(theirs)
         width = max(keys.shape[-2], other_keys.shape[-2])

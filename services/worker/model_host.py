@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -11,14 +12,17 @@ from torch import nn
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument
 from adapterfleet.store.base_model import fingerprint
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class ModelHost:
     path: str
-    model: nn.Module
-    tokenizer: object | None
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
     device: torch.device
     dtype: torch.dtype
     fingerprint: str
@@ -26,8 +30,8 @@ class ModelHost:
     pad_id: int
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32") -> "ModelHost":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32") -> ModelHost:
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - heavy; only when loading
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -38,7 +42,9 @@ class ModelHost:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise FailedPrecondition(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True)
-        model.to(device).eval()
+        # PreTrainedModel.to is functools.wraps(nn.Module.to), which typeshed leaves unbound: call it as the Module
+        module: nn.Module = model
+        module.to(device).eval()
         model.requires_grad_(False)
         tokenizer = None
         if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
+from adapterfleet.store.client import StoreClient
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.announcer import Announcer
 from adapterfleet.worker.backend import WorkerBackend
 from adapterfleet.worker.cache import AdapterCache
@@ -21,7 +22,6 @@ from adapterfleet.worker.metrics import WorkerCollector, load_histogram
 from adapterfleet.worker.model_host import ModelHost
 from adapterfleet.worker.service import WorkerCore
 from adapterfleet.worker.servicer import WorkerServicer
-from adapterfleet.store.client import StoreClient
 
 log = logging.getLogger("adapterfleet.worker")
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, Unavailable
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.tiers import ACTIVE
+from adapterfleet.store.client import StoreClient
+from adapterfleet.store.refs import Ref
 from adapterfleet.worker.cache import AdapterCache, Entry, Lease
 from adapterfleet.worker.config import WorkerConfig
 from adapterfleet.worker.engine import Engine, GenerateJob, ScoreJob
 from adapterfleet.worker.lora import NO_ADAPTER
 from adapterfleet.worker.model_host import ModelHost
 from adapterfleet.worker.sampling import Sampling
-from adapterfleet.store.client import StoreClient
-from adapterfleet.store.refs import Ref
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ class WorkerCore:
             out = self.host.tokenizer(prompt)["input_ids"]
         else:
             raise InvalidArgument("send a prompt (text) or prompt_ids")
-        vocab = self.host.model.get_input_embeddings().num_embeddings
+        # torch types a Module's attributes as Tensor | Module; an input embedding's num_embeddings is an int
+        vocab = cast(int, self.host.model.get_input_embeddings().num_embeddings)
         bad = [t for t in out if not 0 <= t < vocab]
         if bad:
             raise InvalidArgument(f"token ids {bad[:5]} are outside the vocabulary (size {vocab})")
@@ -121,17 +126,23 @@ class WorkerCore:
         key, lease = await self._lease(p.adapter, p.routing_key)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
+
+        def emit(toks: list[int], fin: bool, why: str) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, (toks, fin, why))
+
+        def fail(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, exc)
+
         job = GenerateJob(
             prompt_ids=ids, slot=lease.slot if lease else NO_ADAPTER,
             max_new_tokens=p.max_new_tokens - len(p.resume_ids),
             sampling=p.sampling, stop_ids=frozenset(p.stop_ids or self.host.eos_ids),
-            emit=lambda toks, fin, why: loop.call_soon_threadsafe(inbox.put_nowait, (toks, fin, why)),
-            fail=lambda exc: loop.call_soon_threadsafe(inbox.put_nowait, exc),
+            emit=emit, fail=fail,
         )
         generated: list[int] = list(p.resume_ids)
         text_so_far = ""
         if self.host.tokenizer is not None and generated:  # resumed: the caller already has this text
-            text_so_far = self.host.tokenizer.decode(generated, skip_special_tokens=True)
+            text_so_far = _decode(self.host.tokenizer, generated)
         try:
             self.engine.submit(job)
             while True:
@@ -142,7 +153,7 @@ class WorkerCore:
                 generated += toks
                 text = ""
                 if self.host.tokenizer is not None:
-                    full = self.host.tokenizer.decode(generated, skip_special_tokens=True)
+                    full = _decode(self.host.tokenizer, generated)
                     text, text_so_far = full[len(text_so_far):], full
                 yield GenerateChunk(toks, text, finished, why, key, len(prompt))
                 if finished:
@@ -164,10 +175,13 @@ class WorkerCore:
         key, lease = await self._lease(adapter, routing_key)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
+
+        def settle(result: list[float] | BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, done, result)
+
         self.inflight += 1
         try:
-            self.engine.submit(ScoreJob(ids, lease.slot if lease else NO_ADAPTER,
-                                        lambda r: loop.call_soon_threadsafe(_settle, done, r)))
+            self.engine.submit(ScoreJob(ids, lease.slot if lease else NO_ADAPTER, settle))
             return key, await done
         finally:
             self.inflight -= 1
@@ -186,6 +200,12 @@ class WorkerCore:
 
     async def pin(self, ref: str, pinned: bool) -> Entry:
         return self.cache.pin(await self.resolve(ref), pinned)
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert isinstance(text, str)  # one sequence of ids decodes to one string (only a batch gives a list)
+    return text
 
 
 def _settle(future: asyncio.Future, result) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.common.tiers import ACTIVE, DISK, HOST, LOADING, tier_from_pb, tier_to_pb
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.cache import Entry
 from adapterfleet.worker.sampling import Sampling
 from adapterfleet.worker.service import GenerateParams, WorkerCore

@@ -64,7 +64,8 @@ def test_push_resolve_alias_ls_pull_json_contract(store_proc, tmp_path):
     pushed = json.loads(run_cli("push", str(src), "--name", "acme/sum", "--alias", "prod", "--json", store=addr).stdout)
     assert pushed["name"] == "acme/sum" and pushed["version"] == 1 and pushed["digest"].startswith("sha256:")
     resolved = json.loads(run_cli("resolve", "acme/sum@prod", "--json", store=addr).stdout)
-    assert {k: resolved[k] for k in ("name", "version", "digest")} == {k: pushed[k] for k in ("name", "version", "digest")}
+    fields = ("name", "version", "digest")
+    assert {k: resolved[k] for k in fields} == {k: pushed[k] for k in fields}
     run_cli("push", str(write_adapter(tmp_path / "b", seed=9)), "--name", "acme/sum", store=addr)
     run_cli("alias", "set", "acme/sum", "prod", "1:90,2:10", "--expect", "1", store=addr)
     bad = run_cli("alias", "set", "acme/sum", "prod", "2", "--expect", "1", store=addr, check=False)
@@ -142,7 +143,8 @@ def test_embedded_default_needs_no_external_service_and_persists(tmp_path):
 
 
 def test_cli_commands_do_not_import_torch():
-    code = ("import sys; from adapterfleet.cli import main, commands; import adapterfleet.store.client, adapterfleet.store.server; "
+    code = ("import sys; from adapterfleet.cli import main, commands; "
+            "import adapterfleet.store.client, adapterfleet.store.server; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from adapterfleet.v1 import common_pb2
 from adapterfleet.common.tiers import ACTIVE, CACHE_TIERS, DISK, HOST, LOADING, TIERS, tier_from_pb, tier_to_pb
+from adapterfleet.v1 import common_pb2
 
 KEY = "team/a@sha256:" + "ab" * 32
 
@@ -73,9 +73,9 @@ def test_the_worker_sends_the_enum_and_the_router_reads_the_names():
 
     assert [state_pb(e, core).tier for e in entries] == wire[:3]
     info = Announcer(core, "store:1", "w:1", worker_id="w1").info()
-    assert {a.key: a.tier for a in info.adapters} == dict(zip(keys, wire))
+    assert {a.key: a.tier for a in info.adapters} == dict(zip(keys, wire, strict=True))
     record = record_from_pb(info)
-    assert record.adapters == dict(zip(keys, TIERS))
+    assert record.adapters == dict(zip(keys, TIERS, strict=True))
 
     async def views():
         async def source():
@@ -86,4 +86,4 @@ def test_the_worker_sends_the_enum_and_the_router_reads_the_names():
         return m.views()
 
     [view] = asyncio.run(views())
-    assert view.resident == {**dict(zip(keys, TIERS)), "team/new@sha256:" + "9" * 64: LOADING}
+    assert view.resident == {**dict(zip(keys, TIERS, strict=True)), "team/new@sha256:" + "9" * 64: LOADING}

@@ -45,7 +45,7 @@ def args_problems(docs, cli) -> list[str]:
             cli.parse(s.raw_args)
         except cli.Error as err:
             problems.append(f"{s.name}: {err}")
-    for workload, pod in pods(docs):
+    for _workload, pod in pods(docs):
         for c in all_containers(pod):
             words = c.get("command", [])
             if words[:2] == ["python", "-m"]:

@@ -86,7 +86,7 @@ class WorkerHandle:
             self._up = False
 
             async def die():
-                self.worker.announcer._task.cancel()  # noqa: SLF001
+                self.worker.announcer._task.cancel()
                 await self.worker.server.stop(0)
 
             self._thread.run(die())

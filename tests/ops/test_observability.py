@@ -17,12 +17,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.common.embedded_redis import free_port
 from adapterfleet.common.logs import JsonFormatter
 from adapterfleet.common.metrics import MetricsConfig
 from adapterfleet.router.config import RouterConfig
 from adapterfleet.router.proxy import RETRYABLE
+from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import make_base_model, make_peft_adapter
 from tests.helpers.servers import WorkerHandle, start_router, start_store
@@ -48,7 +48,8 @@ def eventually(port: int, name: str, expected: float, **labels) -> dict:
     after the caller has seen their status)."""
     deadline = time.monotonic() + 10
     while value(samples := scrape(port), name, **labels) != expected:
-        assert time.monotonic() < deadline, (f"{name}{labels} = {value(samples, name, **labels)}, not {expected}", [(k, v) for k, v in samples.items() if k[0] == name])
+        assert time.monotonic() < deadline, (f"{name}{labels} = {value(samples, name, **labels)}, not {expected}",
+                                             [(k, v) for k, v in samples.items() if k[0] == name])
         time.sleep(0.05)
     return samples
 
@@ -67,7 +68,7 @@ def tiny(tmp_path_factory):
 def fleet(store_config, tiny, tmp_path):
     base, adapter = tiny
     store_cfg = dataclasses.replace(store_config, metrics=metrics_cfg())
-    store_addr, store_core, stop_store = start_store(store_cfg)
+    store_addr, _store_core, stop_store = start_store(store_cfg)
     from adapterfleet.store.client import StoreClient
 
     with StoreClient(store_addr) as client:

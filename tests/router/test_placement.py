@@ -114,7 +114,7 @@ def test_adding_a_worker_moves_about_one_in_n_and_only_to_it(p):
     ks = keys(2000)
     ws = fleet(8)
     before = placement_map(p, ks, ws)
-    after = placement_map(p, ks, ws + [worker(8)])
+    after = placement_map(p, ks, [*ws, worker(8)])
     moved = [k for k in ks if before[k] != after[k]]
     assert {after[k] for k in moved} == {"w8"}
     assert 0.07 < len(moved) / len(ks) < 0.16               # ~1/9

@@ -13,13 +13,13 @@ from concurrent import futures
 
 import grpc
 import pytest
-from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from adapterfleet.common.errors import NotFound
 from adapterfleet.router.config import RouterConfig
 from adapterfleet.sdk import AsyncFleetClient, FleetClient
-from adapterfleet.worker.config import WorkerConfig
 from adapterfleet.store.config import Limits, S3Config, StoreConfig
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import make_base_model, make_peft_adapter
 from tests.helpers.servers import WorkerHandle, start_router, start_store
 from tests.helpers.tokenizer import save_char_tokenizer

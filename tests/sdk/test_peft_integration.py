@@ -199,7 +199,7 @@ def test_a_non_default_adapter_name_pushes_from_its_subdirectory(sdk, zoo):
     pulled = _pulled_state(sdk, str(outcome.manifest.key))
     assert pulled.keys() == trained.keys() and all(torch.equal(pulled[k], trained[k]) for k in trained)
     assert push_from_peft(model, "acme/orphan", adapter_name="mine", parent="", store=sdk).manifest.parent == ""
-    with pytest.raises(InvalidArgument, match="'nope'.*mine"):
+    with pytest.raises(InvalidArgument, match=r"'nope'.*mine"):
         push_from_peft(model, "acme/mine", adapter_name="nope", store=sdk)
 
 
@@ -263,7 +263,7 @@ def test_missing_files_are_invalid_adapters_naming_the_file(zoo, tmp_path):
     pickled = tmp_path / "pickled"
     shutil.copytree(zoo["llama"]["a"], pickled)
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
-    with pytest.raises(InvalidAdapter, match="adapter_model.bin, a pickle.*safe_serialization=True"):
+    with pytest.raises(InvalidAdapter, match=r"adapter_model\.bin, a pickle.*safe_serialization=True"):
         preflight(model, pickled)
     nested = tmp_path / "nested"
     shutil.copytree(zoo["llama"]["a"], nested / "mine")
@@ -277,7 +277,7 @@ def test_a_base_model_on_the_meta_device_must_be_materialised_first(sdk, zoo):
     sdk.push(zoo["llama"]["a"], "acme/a")
     with torch.device("meta"):
         meta_model = AutoModelForCausalLM.from_config(base_config("llama"))
-    with pytest.raises(FailedPrecondition, match="'meta' device.*Materialise the base model first"):
+    with pytest.raises(FailedPrecondition, match=r"'meta' device.*Materialise the base model first"):
         from_store(meta_model, "acme/a", store=sdk)
 
 

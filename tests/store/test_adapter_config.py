@@ -1,4 +1,5 @@
-"""adapterfleet.store.adapter_config: strict parse of adapter_config.json, and PEFT's own matching semantics replicated."""
+"""adapterfleet.store.adapter_config: strict parse of adapter_config.json, and PEFT's own matching semantics
+replicated."""
 
 from __future__ import annotations
 
@@ -302,7 +303,7 @@ def test_rank_and_alpha_patterns_match_peft_get_pattern_key():
     rank_pattern = {"q_proj": 4, r"layers\.1\.self_attn\.v_proj": 2, "^model.layers.0.mlp.up_proj": 6, "mlp.*": 3}
     alpha_pattern = {"layers.0.self_attn.q_proj": 1.5, "v_proj": 7}
     spec = parse(cfg(rank_pattern=rank_pattern, alpha_pattern=alpha_pattern))
-    keys = _KEYS + ["model.layers.0.mlp.up_proj", "model.layers.1.self_attn.v_proj", "model.layers.0.mlp"]
+    keys = [*_KEYS, "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.v_proj", "model.layers.0.mlp"]
     for k in keys:
         assert spec.rank_for(k) == rank_pattern.get(get_pattern_key(rank_pattern.keys(), k), 8), k
         assert spec.alpha_for(k) == alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), k), 16), k

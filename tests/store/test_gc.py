@@ -8,8 +8,8 @@ import time
 
 import grpc
 
-from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 from adapterfleet.store.listing import GcReport
+from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 from tests.helpers.synthetic import write_adapter
 
 

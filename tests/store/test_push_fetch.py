@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from adapterfleet.v1 import store_pb2, store_pb2_grpc
 from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.v1 import store_pb2, store_pb2_grpc
 from tests.helpers.synthetic import write_adapter
 
 
@@ -153,7 +153,7 @@ def test_a_blob_lost_after_the_check_is_a_typed_error_and_the_push_resends_every
 
     # the client: the store "had" every blob when asked (then lost them): the push is retried sending every file
     client = store.client()
-    real, asked = client._call, []  # noqa: SLF001 - stand in for a garbage collection between check and push
+    real, asked = client._call, []
 
     def call(method, request):
         if method == "MissingBlobs" and not asked:

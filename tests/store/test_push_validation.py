@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 from adapterfleet.common.errors import AdapterFleetError
+from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 from tests.helpers.synthetic import lora_config, lora_tensors, write_adapter
 
 
@@ -60,7 +60,8 @@ CASES = {
         ["lora_A", "[4, 32]", "8"],
     ),
     "tensor of an untargeted module": (
-        lambda d: write_adapter(d, config=lora_config(targets=("q_proj",)), tensors=lora_tensors(targets=("q_proj", "k_proj"))),
+        lambda d: write_adapter(d, config=lora_config(targets=("q_proj",)),
+                                tensors=lora_tensors(targets=("q_proj", "k_proj"))),
         ["k_proj", "target_modules"],
     ),
     "lora_B missing": (

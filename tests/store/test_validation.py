@@ -1,9 +1,10 @@
-"""adapterfleet.store.validation: file rules, PEFT key forms, and tensors against the config, on real PEFT adapters and on
-hand-made broken ones."""
+"""adapterfleet.store.validation: file rules, PEFT key forms, and tensors against the config, on real PEFT adapters
+and on hand-made broken ones."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,8 @@ def test_parse_peft_key(key, want):
 
 
 def test_key_without_peft_prefix_refused():
-    with pytest.raises(InvalidAdapter, match="does not start with 'base_model.model.'; this is not a PEFT adapter"):
+    refusal = re.escape("does not start with 'base_model.model.'; this is not a PEFT adapter")
+    with pytest.raises(InvalidAdapter, match=refusal):
         parse_peft_key("model.layers.0.self_attn.q_proj.lora_A.weight")
     with pytest.raises(InvalidAdapter, match="has an empty parameter name"):
         parse_peft_key(P + "lm_head.")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from adapterfleet.v1 import common_pb2, registry_pb2
 from adapterfleet.store.workers import WorkerRecord, record_from_json, record_from_pb, record_to_json, record_to_pb
+from adapterfleet.v1 import common_pb2, registry_pb2
 
 RECORD = WorkerRecord(id="w1", address="10.0.0.1:50061", region="eu", capacity=4, load=2.0,
                       adapters={"a@sha256:" + "1" * 64: "active", "b@sha256:" + "2" * 64: "host",

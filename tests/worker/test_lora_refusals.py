@@ -4,14 +4,15 @@ touches the model; a refused install leaves the model serving exactly what it se
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from adapterfleet.common.errors import Incompatible, InvalidAdapter
-from adapterfleet.worker.lora import AdapterWeights, LoraModel, wrappers
 from adapterfleet.store.adapter_config import LoraSpec
+from adapterfleet.worker.lora import AdapterWeights, LoraModel, wrappers
 from tests.helpers.models import base_config, load_base_model
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
@@ -87,7 +88,7 @@ def test_non_finite_weights_are_invalid(plain, bad):
 
 def test_rank_that_disagrees_with_the_config_is_invalid(plain):
     spec, tensors = _spec_and_tensors(plain, r=4)
-    with pytest.raises(InvalidAdapter, match="weights have rank 8 but adapter_config.json gives rank 4"):
+    with pytest.raises(InvalidAdapter, match=re.escape("weights have rank 8 but adapter_config.json gives rank 4")):
         AdapterWeights.from_tensors(spec, tensors)
 
 
@@ -122,7 +123,7 @@ def test_embedding_base_weight_that_differs_from_the_loaded_base_is_incompatible
     LoraModel(model, max_slots=1).install(0, AdapterWeights.from_tensors(spec, tensors))  # unchanged: accepted
     tensors[key] = tensors[key] + 0.01
     lm = LoraModel(load_base_model(llama), max_slots=1)
-    with pytest.raises(Incompatible, match="its own base weight for model.embed_tokens"):
+    with pytest.raises(Incompatible, match=re.escape("its own base weight for model.embed_tokens")):
         lm.install(0, AdapterWeights.from_tensors(spec, tensors))
 
 

@@ -37,7 +37,7 @@ def llama(tmp_path_factory):
 
 @pytest.fixture
 def fleet(store, llama, tmp_path):
-    root, base, adapters = llama
+    _root, base, adapters = llama
     client = store.client()
     keys = {name: str(client.push_dir(path, f"acme/{name}").manifest.key) for name, path in adapters.items()}
     cfg = WorkerConfig(base_model=str(base), store=store.address, max_slots=4, disk_dir=str(tmp_path / "cache"))
@@ -88,7 +88,7 @@ def test_score_matches_peft_in_a_mixed_batch(fleet, llama):
     with ThreadPoolExecutor(len(rows)) as pool:
         replies = list(pool.map(score, rows))
     assert core.engine.stats.batches - batches_before < len(rows)  # some rows shared a batch
-    for (name, ids), reply in zip(rows, replies):
+    for (name, ids), reply in zip(rows, replies, strict=True):
         want = peft_logprobs(base, adapters.get(name), ids)
         got = np.array(reply.logprobs)
         assert got.shape == (len(ids) - 1,)
@@ -133,7 +133,7 @@ def test_sampling_with_a_seed_is_reproducible(fleet):
 
 
 def test_concurrent_cold_requests_fetch_once(fleet):
-    stub, core, keys, _ = fleet
+    stub, _core, keys, _ = fleet
     req = worker_pb2.ScoreRequest(adapter=keys["wide"], token_ids=PROMPTS[2])
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: stub.Score(req), range(8)))
@@ -144,7 +144,7 @@ def test_concurrent_cold_requests_fetch_once(fleet):
 
 def test_load_unload_cycles_free_memory(fleet):
     stub, core, keys, _ = fleet
-    lora = core.cache._b._lora  # noqa: SLF001 - the tensors the slots hold
+    lora = core.cache._b._lora
     assert lora.nbytes() == 0
     for _ in range(3):
         for name in ("plain", "wide", "dora"):
@@ -172,7 +172,7 @@ def test_in_flight_request_finishes_on_the_version_it_started_with(fleet, llama)
 
 
 def test_bad_requests_are_invalid_argument(fleet):
-    stub, _, keys, _ = fleet
+    stub, _, _keys, _ = fleet
     for req in (worker_pb2.GenerateRequest(prompt_ids=[999999]), worker_pb2.GenerateRequest(prompt="hi"),
                 worker_pb2.GenerateRequest(prompt_ids=[1], max_new_tokens=100000)):
         with pytest.raises(grpc.RpcError) as err:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from adapterfleet.store.manifest import BaseModelIdentity
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.config import WorkerConfig
-from adapterfleet.store.manifest import BaseModelIdentity
 from tests.helpers.models import ALL_LINEAR_TARGETS, make_base_model, make_peft_adapter
 from tests.helpers.servers import start_worker
 from tests.worker.test_worker_service import peft_logprobs
@@ -51,7 +51,7 @@ def refused(stub, ref) -> grpc.RpcError:
 
 
 def assert_nothing_installed(core):
-    assert core.cache._b._lora.nbytes() == 0  # noqa: SLF001
+    assert core.cache._b._lora.nbytes() == 0
     assert all(e.slot is None for e in core.cache.entries())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -46,7 +48,7 @@ class SlotWrapper(nn.Module):
     working under ``<path>.base_layer.*``.
     """
 
-    FIELDS: dict[str, Field] = {}
+    FIELDS: ClassVar[dict[str, Field]] = {}
 
     def __init__(self, base_layer: nn.Module, ctx: RowContext):
         super().__init__()

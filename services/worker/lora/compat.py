@@ -26,7 +26,7 @@ def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module] | N
     parent, attr, cur = None, "", model
     for part in path.split("."):
         parent = unwrap(cur)
-        child = parent._modules.get(part)
+        child = parent._modules.get(part)  # noqa: SLF001 - torch has no public child lookup by name
         if child is None:
             return None
         attr, cur = part, child

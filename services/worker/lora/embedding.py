@@ -15,6 +15,8 @@ DoRA norm. Rows without an adapter here hit local row 0 (zeros, scale 1).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -25,7 +27,7 @@ from .weights import ModuleLora
 
 
 class LoraEmbedding(SlotWrapper):
-    FIELDS = {
+    FIELDS: ClassVar[dict[str, Field]] = {
         "A_T": Field(0.0, rank_dim=1),  # entry [num_embeddings, r]
         "B": Field(0.0, rank_dim=1),  # entry [dim, r], scaling (and DoRA scale) folded in
         "scale": Field(1.0),  # entry [dim]; DoRA only

@@ -32,6 +32,8 @@ are applied last, in place.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,11 +68,11 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or isinstance(module, _CONV1D)
+    return isinstance(module, (nn.Linear, *_CONV1D))
 
 
 class LoraLinear(SlotWrapper):
-    FIELDS = {
+    FIELDS: ClassVar[dict[str, Field]] = {
         "A": Field(0.0, rank_dim=1),  # entry [in, r] (lora_A transposed)
         "B": Field(0.0, rank_dim=0),  # entry [r, out] (lora_B transposed), scaling folded in
         "scale": Field(1.0),  # entry [out]; DoRA only

@@ -35,8 +35,10 @@ def unwrap(module: nn.Module) -> nn.Module:
 def plain_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """Parameters and buffers of ``module`` by the names they have without per-row wrappers."""
     module = unwrap(module)
-    out = {prefix + n: t for n, t in (*module._parameters.items(), *module._buffers.items()) if t is not None}
-    for name, child in module._modules.items():
+    # torch's own registries: named_parameters() would look through the wrappers this function must see past
+    out = {prefix + n: t for n, t in (*module._parameters.items(), *module._buffers.items())  # noqa: SLF001
+           if t is not None}
+    for name, child in module._modules.items():  # noqa: SLF001
         if child is not None:
             out.update(plain_tensors(child, f"{prefix}{name}."))
     return out
@@ -60,10 +62,10 @@ def clone_module(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module
         owner = clone.get_submodule(owner_name) if owner_name else clone
         old = getattr(owner, leaf)
         value = tensor.to(device=old.device, dtype=old.dtype)
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+        if leaf in owner._parameters:  # noqa: SLF001 - replace in place, keeping registration order
+            owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)  # noqa: SLF001
         else:
-            owner._buffers[leaf] = value
+            owner._buffers[leaf] = value  # noqa: SLF001
     return clone.eval()
 
 

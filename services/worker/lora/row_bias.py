@@ -8,6 +8,8 @@ bias only on the rows of the adapter that carries them::
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ def adds_bias_last(module: nn.Module) -> bool:
 
 
 class RowBias(SlotWrapper):
-    FIELDS = {"shift": Field(0.0)}  # entry [dim] = adapter bias - base bias
+    FIELDS: ClassVar[dict[str, Field]] = {"shift": Field(0.0)}  # entry [dim] = adapter bias - base bias
 
     @torch.no_grad()
     def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:

@@ -97,7 +97,7 @@ class SlotStack:
         padded[dim] = rank
         return tuple(padded)
 
-    def added(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> "SlotStack":
+    def added(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> SlotStack:
         """A new stack with ``slot`` appended; ``entries`` maps field -> per-slot tensor (None: field not used)."""
         if slot in self.slots:
             raise ValueError(f"slot {slot} already holds an adapter in this module")
@@ -132,7 +132,7 @@ class SlotStack:
         order = (*self.order, slot)
         return self._with(order, ranks, has, tensors)
 
-    def removed(self, slot: int) -> "SlotStack":
+    def removed(self, slot: int) -> SlotStack:
         """A new stack without ``slot``; tensors shrink to the remaining slots and rank (or go away)."""
         if slot not in self.slots:
             return self
@@ -159,7 +159,7 @@ class SlotStack:
         ranks: dict[int, int],
         has: dict[str, frozenset[int]],
         tensors: dict[str, torch.Tensor | None],
-    ) -> "SlotStack":
+    ) -> SlotStack:
         slot_map: torch.Tensor | None = None
         if order:
             slot_map = torch.zeros(self.max_slots + 1, dtype=torch.long)

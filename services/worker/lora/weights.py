@@ -63,16 +63,16 @@ class AdapterWeights:
         return n + sum(t.nbytes for state in self.copies.values() for t in state.values())
 
     @classmethod
-    def from_dir(cls, path: str | Path, *, max_rank: int = 256) -> "AdapterWeights":
+    def from_dir(cls, path: str | Path, *, max_rank: int = 256) -> AdapterWeights:
         """Read ``adapter_config.json`` + ``adapter_model.safetensors`` from a verified adapter directory."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # noqa: PLC0415 - only when reading from disk
 
         path = Path(path)
         spec = LoraSpec.from_dict(json.loads((path / "adapter_config.json").read_text()), max_rank=max_rank)
         return cls.from_tensors(spec, load_file(str(path / "adapter_model.safetensors")))
 
     @classmethod
-    def from_tensors(cls, spec: LoraSpec, tensors: Mapping[str, torch.Tensor]) -> "AdapterWeights":
+    def from_tensors(cls, spec: LoraSpec, tensors: Mapping[str, torch.Tensor]) -> AdapterWeights:
         """Group PEFT-keyed tensors per module; refuse (InvalidAdapter) what PEFT would not have saved."""
         if not tensors:
             raise InvalidAdapter("the adapter has no tensors; save it with PeftModel.save_pretrained()")
@@ -120,10 +120,10 @@ class AdapterWeights:
 
     def _finish(self, m: ModuleLora) -> None:
         a, b = m.lora_A, m.lora_B
-        if (a is None) != (b is None):
-            have, miss = ("lora_A", "lora_B") if b is None else ("lora_B", "lora_A")
-            raise InvalidAdapter(f"{m.path} has {have} but no {miss}; the adapter file is incomplete")
-        if a is None:
+        if a is None or b is None:
+            if a is not None or b is not None:
+                have, miss = ("lora_A", "lora_B") if b is None else ("lora_B", "lora_A")
+                raise InvalidAdapter(f"{m.path} has {have} but no {miss}; the adapter file is incomplete")
             if m.magnitude is not None:
                 raise InvalidAdapter(f"{m.path} has a DoRA magnitude but no lora_A/lora_B")
             if m.base_weight is not None and m.bias is None:
