@@ -90,8 +90,8 @@ def _bool(d: dict, key: str) -> bool:
 def _regex(pattern: str, key: str, template: str = "{}") -> None:
     try:
         re.compile(template.format(pattern))
-    except re.error as e:
-        raise _fail(f"{key} {_show(pattern)} is not a valid regular expression ({e})") from None
+    except (re.error, OverflowError, RecursionError) as e:
+        raise _fail(f"{key} {_show(pattern)} is not a valid regular expression ({type(e).__name__}: {e})") from None
 
 
 @overload
@@ -173,8 +173,8 @@ class LoraSpec:
         init = d.get("init_lora_weights", True)
         if isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS):
             raise _fail(
-                f"init_lora_weights={init!r}: this adapter only works on the base model it modified. Convert it to "
-                "a plain LoRA adapter with save_pretrained(..., path_initial_model_for_weight_conversion=...)"
+                f"init_lora_weights={_show(init)}: this adapter only works on the base model it modified. Convert it "
+                "to a plain LoRA adapter with save_pretrained(..., path_initial_model_for_weight_conversion=...)"
             )
 
         r = _rank(d["r"], "r", max_rank)

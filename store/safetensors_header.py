@@ -70,8 +70,17 @@ class SafetensorsHeader:
         return 8 + self.header_len
 
 
+_U64_MAX = 2**64 - 1  # safetensors keeps sizes, dims and offsets in usize and refuses what overflows it
+
+
 def _fail(msg: str) -> InvalidAdapter:
     return InvalidAdapter(f"{_WHERE}: {msg}")
+
+
+def _show(v: Any, limit: int = 80) -> str:
+    """A short ``repr`` for messages: never echo a whole hostile value."""
+    s = repr(v)
+    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} characters)"
 
 
 def header_bytes_needed(prefix: bytes, *, max_header_bytes: int | None = None) -> int | None:
@@ -88,36 +97,45 @@ def header_bytes_needed(prefix: bytes, *, max_header_bytes: int | None = None) -
     return 8 + n
 
 
+def _u64s(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _U64_MAX for x in v)
+
+
 def _tensor(name: str, entry: Any) -> TensorInfo:
+    what = f"tensor {_show(name)}"
     if not isinstance(entry, dict):
-        raise _fail(f"tensor {name!r}: entry must be an object with dtype, shape, data_offsets; {_FIX}")
+        raise _fail(f"{what}: entry must be an object with dtype, shape, data_offsets; {_FIX}")
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
     if missing:
-        raise _fail(f"tensor {name!r}: missing {', '.join(missing)}; {_FIX}")
+        raise _fail(f"{what}: missing {', '.join(missing)}; {_FIX}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str):
+        raise _fail(f"{what}: dtype must be a string such as \"F32\", got {type(dtype).__name__} {_show(dtype)}; "
+                    f"{_FIX}")
     if dtype not in DTYPE_BITS:
         raise _fail(
-            f"tensor {name!r} has unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_BITS)}. "
+            f"{what} has unknown dtype {_show(dtype)}; known dtypes: {', '.join(DTYPE_BITS)}. "
             "Cast it to F32, F16 or BF16 before saving"
         )
-
-    def ints(v: Any) -> bool:
-        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
-
-    if not ints(shape):
-        raise _fail(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}; {_FIX}")
-    if not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-        raise _fail(f"tensor {name!r}: data_offsets must be [start, end] with 0 <= start <= end, got {offsets!r}")
+    if not _u64s(shape):
+        raise _fail(f"{what}: shape must be a list of non-negative integers, got {_show(shape)}; {_FIX}")
+    if not _u64s(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise _fail(f"{what}: data_offsets must be [start, end] with 0 <= start <= end, got {_show(offsets)}")
     numel = 1
-    for dim in shape:
+    for dim in shape:  # in order, refusing overflow as safetensors does (so the product stays small)
         numel *= dim
+        if numel > _U64_MAX:
+            raise _fail(f"{what}: shape {_show(shape)} has more than 2**64 elements; {_FIX}")
     bits = numel * DTYPE_BITS[dtype]
+    if bits > _U64_MAX:
+        raise _fail(f"{what}: shape {_show(shape)} of {dtype} is more than 2**64 bits; {_FIX}")
     if bits % 8:
-        raise _fail(f"tensor {name!r}: {numel} elements of {dtype} do not fill whole bytes; {_FIX}")
+        raise _fail(f"{what}: {numel} elements of {dtype} do not fill whole bytes; {_FIX}")
     start, end = offsets
     if end - start != bits // 8:
         raise _fail(
-            f"tensor {name!r}: shape {shape} of {dtype} needs {bits // 8} bytes but data_offsets {offsets} span "
+            f"{what}: shape {_show(shape)} of {dtype} needs {bits // 8} bytes but data_offsets {offsets} span "
             f"{end - start}; the header does not describe the data: {_FIX}"
         )
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
@@ -148,9 +166,9 @@ def parse_header(prefix: bytes, file_size: int, *, max_header_bytes: int = 16 <<
         raise _fail(f"header is not valid UTF-8 ({e}); {_FIX}") from None
     try:
         doc = strict_loads(
-            text, on_duplicate=lambda k: _fail(f"tensor or key {k!r} appears twice in the header; {_FIX}"),
+            text, on_duplicate=lambda k: _fail(f"tensor or key {_show(k)} appears twice in the header; {_FIX}"),
             on_constant=lambda name: _fail(f"header contains {name}, which is not valid JSON; {_FIX}"))
-    except json.JSONDecodeError as e:
+    except json.JSONDecodeError as e:  # also nesting deeper than strict_json.MAX_DEPTH and oversized integers
         raise _fail(f"header is not valid JSON: {e.msg} at char {e.pos}; {_FIX}") from None
     if not isinstance(doc, dict):
         raise _fail(f"header must be a JSON object; {_FIX}")
@@ -175,13 +193,14 @@ def parse_header(prefix: bytes, file_size: int, *, max_header_bytes: int = 16 <<
     pos, prev = 0, None
     for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
         if t.start < pos:
-            raise _fail(f"tensor {t.name!r} [{t.start}, {t.end}) overlaps tensor {prev!r}, which ends at {pos}; {_FIX}")
+            raise _fail(f"tensor {_show(t.name)} [{t.start}, {t.end}) overlaps tensor {_show(prev)}, which ends at "
+                        f"{pos}; {_FIX}")
         if t.start > pos:
-            after = f"after tensor {prev!r}" if prev else "at the start of the data section"
-            raise _fail(f"{t.start - pos} unused bytes {after}, before tensor {t.name!r}; {_FIX}")
+            after = f"after tensor {_show(prev)}" if prev else "at the start of the data section"
+            raise _fail(f"{t.start - pos} unused bytes {after}, before tensor {_show(t.name)}; {_FIX}")
         if t.end > data_len:
             raise _fail(
-                f"tensor {t.name!r} ends at byte {t.end} of the data section, which is only {data_len} bytes; "
+                f"tensor {_show(t.name)} ends at byte {t.end} of the data section, which is only {data_len} bytes; "
                 f"the file is truncated: {_FIX}"
             )
         pos, prev = t.end, t.name

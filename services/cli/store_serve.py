@@ -18,6 +18,9 @@ log = logging.getLogger("adapterfleet.store")
 def config_from_args(args) -> StoreConfig:
     s3 = None
     if args.s3_endpoint:
+        from adapterfleet.store.blobs.s3 import validate_bucket_name  # noqa: PLC0415 - boto3 only for S3
+
+        validate_bucket_name(args.bucket)  # a clear refusal now, not a botocore traceback at the first call
         s3 = S3Config(endpoint_url=args.s3_endpoint, bucket=args.bucket, region=args.s3_region,
                       access_key_id=args.s3_access_key_id, secret_access_key=args.s3_secret_access_key,
                       part_size=args.s3_part_mb << 20)

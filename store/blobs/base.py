@@ -2,7 +2,9 @@
 
 Blobs are keyed by the sha256 of their bytes. A writer makes a blob visible only after its bytes hashed to the
 promised digest (commit); anything else (abort, crash) leaves nothing visible under that key.
-All methods are blocking; async callers run them in a thread.
+All methods are blocking; async callers run them in a thread. A backend raises only AdapterFleetError subclasses
+(Unavailable when it cannot be reached, FailedPrecondition when it is misconfigured, PermissionDenied, NotFound,
+ResourceExhausted), never its client library's own exceptions: those would reach callers as INTERNAL.
 """
 
 from __future__ import annotations
@@ -84,5 +86,5 @@ class BlobStore(abc.ABC):
         """Abort half-finished uploads started before the unix time ``older_than``; returns how many."""
         return 0
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to close
+        """Release what the backend holds (threads, connections); the default holds nothing."""

@@ -18,7 +18,7 @@ from adapterfleet.store.blobs.base import BlobInfo, BlobStore
 class _CachingWriter:
     """Wraps a backend writer; keeps the bytes of a small blob to cache them once it is committed."""
 
-    def __init__(self, inner, cache: "CachedBlobStore"):
+    def __init__(self, inner, cache: CachedBlobStore):
         self._inner, self._cache = inner, cache
         self.sha256, self.size = inner.sha256, inner.size
         self._buf = bytearray() if inner.size <= cache.max_item else None

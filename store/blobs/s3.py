@@ -8,17 +8,127 @@ aborted. So nothing that is not exactly the promised bytes is ever visible under
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
-from adapterfleet.common.errors import FailedPrecondition, NotFound, Unavailable
+from adapterfleet.common.errors import (
+    AdapterFleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from adapterfleet.store.blobs.base import BlobInfo, BlobStore, BlobWriter
 from adapterfleet.store.config import S3Config
+
+CONNECT_TIMEOUT_S = 5.0  # a dead endpoint fails in seconds (botocore's default waits 60 s per attempt)
+READ_TIMEOUT_S = 60.0
+
+# --- bucket names ---------------------------------------------------------------------------------------------------
+
+_BUCKET_RULE = ("S3 bucket names are 3-63 characters of lowercase letters, digits, '.' and '-', start and end with a "
+                "letter or digit, have no '..', and are not IP addresses "
+                "(https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html)")
+_BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def validate_bucket_name(name: str) -> str:
+    """Return ``name`` if S3 accepts it as a bucket name, else raise InvalidArgument saying which rule it breaks."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"invalid S3 bucket name: expected a string, got {type(name).__name__}; {_BUCKET_RULE}")
+    shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
+    if not 3 <= len(name) <= 63:
+        why = f"it is {len(name)} character{'s' if len(name) != 1 else ''} long"
+    elif not _BUCKET_RE.match(name):
+        bad = sorted({c for c in name if c not in "abcdefghijklmnopqrstuvwxyz0123456789.-"})
+        why = (f"it has characters S3 does not allow ({''.join(bad)[:20]!r})" if bad
+               else "it does not start and end with a letter or digit")
+    elif ".." in name:
+        why = "it has two adjacent periods"
+    elif _is_ip(name):
+        why = "it is formatted as an IP address"
+    elif name.startswith(_RESERVED_PREFIXES) or name.endswith(_RESERVED_SUFFIXES):
+        why = "it uses a prefix or suffix that S3 reserves"
+    else:
+        return name
+    raise InvalidArgument(f"invalid S3 bucket name {shown}: {why}; {_BUCKET_RULE}")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.IPv4Address(name)
+        return True
+    except ValueError:
+        return False
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+
+_MISSING_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
+_MISSING_BUCKET = frozenset({"NoSuchBucket"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
+                     "SignatureDoesNotMatch", "AccountProblem", "InvalidToken", "ExpiredToken", "InvalidSecurity"})
+_TRANSIENT = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                        "RequestThrottled", "RequestTimeout", "ServiceUnavailable", "InternalError",
+                        "OperationAborted"})
+# what a streamed body can raise below botocore (urllib3 and sockets), besides botocore's own errors
+_STREAM_ERRORS = (BotoCoreError, ClientError, urllib3.exceptions.HTTPError, OSError)
+
+
+def _short(err: Exception, limit: int = 300) -> str:
+    s = str(err)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def translate(err: Exception, cfg: S3Config, what: str) -> AdapterFleetError:
+    """A boto/botocore/transport error as the domain error that says what to do: UNAVAILABLE for an unreachable
+    or overloaded S3 (retry later), FAILED_PRECONDITION for a missing bucket or missing credentials (fix the
+    configuration), PERMISSION_DENIED when S3 refuses the credentials, NOT_FOUND for a missing blob."""
+    if isinstance(err, AdapterFleetError):
+        return err
+    endpoint = cfg.endpoint_url or f"AWS S3 ({cfg.region})"
+    where = f"S3 at {endpoint}, bucket {cfg.bucket!r},"
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return FailedPrecondition(f"no S3 credentials for {where} while {what}: pass --s3-access-key-id/"
+                                  "--s3-secret-access-key or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    if isinstance(err, ParamValidationError):
+        return FailedPrecondition(f"{where} cannot be asked while {what}: {_short(err)}; check --bucket")
+    if not isinstance(err, ClientError):  # connection refused, timeouts, broken streams: the service is not there
+        return Unavailable(f"{where} is unreachable while {what} ({type(err).__name__}: {_short(err)}); check "
+                           "--s3-endpoint and that the server is up, then retry")
+    error = err.response.get("Error", {}) or {}
+    code = str(error.get("Code", ""))
+    status = int((err.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode", 0) or 0)
+    detail = f"{code or status}: {_short(error.get('Message') or err)}"
+    if code in _MISSING_BUCKET:
+        return FailedPrecondition(f"bucket {cfg.bucket!r} does not exist at {endpoint} (while {what}): create it "
+                                  "or fix --bucket")
+    if code in _MISSING_KEY:
+        return NotFound(f"blob missing from bucket {cfg.bucket!r} at {endpoint} while {what}")
+    if code in _DENIED or status == 403:
+        return PermissionDenied(f"{where} denied access while {what} ({detail}); check the credentials and the "
+                                "bucket policy")
+    if code in _TRANSIENT or status >= 500 or status == 429:
+        return Unavailable(f"{where} is unavailable or throttling while {what} ({detail}); retry later")
+    return FailedPrecondition(f"{where} refused a request while {what} ({detail}); check the S3 configuration")
 
 
 def make_s3_client(cfg: S3Config):
@@ -31,6 +141,8 @@ def make_s3_client(cfg: S3Config):
         config=BotoConfig(
             max_pool_connections=max(10, 2 * cfg.max_concurrency),
             retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
             # Every blob is verified end to end against its sha256 (the key it is stored under), so botocore's
             # own per-request SHA-256 payload signing (on by default over plain http) and CRC32 checksums would
             # hash every byte twice more: measured at ~25% of the store's CPU during a push.
@@ -41,22 +153,8 @@ def make_s3_client(cfg: S3Config):
     )
 
 
-def _translate(err: Exception, what: str) -> Exception:
-    if isinstance(err, NoCredentialsError):
-        return FailedPrecondition(f"no S3 credentials while {what}: pass --s3-access-key-id/--s3-secret-access-key "
-                                  "or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-    if isinstance(err, EndpointConnectionError | BotoCoreError) and not isinstance(err, ClientError):
-        return Unavailable(f"S3 is unreachable while {what}: {err}; check --s3-endpoint and that the server is up")
-    code = err.response.get("Error", {}).get("Code", "") if isinstance(err, ClientError) else ""
-    if code in ("NoSuchKey", "404", "NotFound"):
-        return NotFound(f"blob missing from S3 while {what}")
-    if code == "NoSuchBucket":
-        return FailedPrecondition(f"S3 bucket does not exist while {what}; start the store with the right --bucket")
-    return Unavailable(f"S3 error while {what}: {err}")
-
-
 class _MultipartWriter(BlobWriter):
-    def __init__(self, store: "S3BlobStore", sha256: str, size: int):
+    def __init__(self, store: S3BlobStore, sha256: str, size: int):
         super().__init__(sha256, size)
         self._s3 = store
         self._buf = bytearray()
@@ -64,14 +162,23 @@ class _MultipartWriter(BlobWriter):
         self._parts: list[Future] = []
         self._slots = threading.Semaphore(store.cfg.max_concurrency)
 
+    def _what(self) -> str:
+        return f"storing blob {self.sha256}"
+
     def _write(self, data: bytes) -> None:
         self._buf += data
         part = self._s3.cfg.part_size
-        while len(self._buf) >= part and self.received < self.size:
-            self._send_part(bytes(self._buf[:part]))
-            del self._buf[:part]
+        try:
+            while len(self._buf) >= part and self.received < self.size:
+                self._send_part(bytes(self._buf[:part]))
+                del self._buf[:part]
+        except (BotoCoreError, ClientError) as err:
+            raise self._s3.translate(err, self._what()) from err
 
     def _send_part(self, body: bytes) -> None:
+        for f in self._parts:  # a part that already failed fails the upload now, not at the end
+            if f.done() and f.exception() is not None:
+                f.result()
         s3, key = self._s3, self._s3.key(self.sha256)
         if self._upload_id is None:
             self._upload_id = s3.client.create_multipart_upload(Bucket=s3.cfg.bucket, Key=key)["UploadId"]
@@ -103,7 +210,7 @@ class _MultipartWriter(BlobWriter):
             )
         except (BotoCoreError, ClientError) as err:
             self.abort()
-            raise _translate(err, f"storing blob {self.sha256}") from err
+            raise s3.translate(err, self._what()) from err
         finally:
             self._buf = bytearray()
 
@@ -114,15 +221,15 @@ class _MultipartWriter(BlobWriter):
         for f in self._parts:
             f.cancel()
         upload_id, self._upload_id = self._upload_id, None
-        try:
+        with contextlib.suppress(BotoCoreError, ClientError):  # GC aborts stale uploads later
             self._s3.client.abort_multipart_upload(
                 Bucket=self._s3.cfg.bucket, Key=self._s3.key(self.sha256), UploadId=upload_id
             )
-        except (BotoCoreError, ClientError):
-            pass  # GC aborts stale uploads later
 
 
 class S3BlobStore(BlobStore):
+    """Every S3 failure leaves here as a typed error (see :func:`translate`), never as a botocore exception."""
+
     def __init__(self, cfg: S3Config, client=None, pool: ThreadPoolExecutor | None = None):
         self.cfg = cfg
         self.client = client if client is not None else make_s3_client(cfg)
@@ -131,16 +238,23 @@ class S3BlobStore(BlobStore):
     def key(self, sha256: str) -> str:
         return f"{self.cfg.prefix}sha256/{sha256}"
 
+    def translate(self, err: Exception, what: str) -> AdapterFleetError:
+        return translate(err, self.cfg, what)
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing (the store's `serve` does this at start-up)."""
+        validate_bucket_name(self.cfg.bucket)
+        what = f"checking bucket {self.cfg.bucket!r} at start-up"
         try:
-            self.client.head_bucket(Bucket=self.cfg.bucket)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-                raise _translate(err, f"checking bucket {self.cfg.bucket}") from err
-            self.client.create_bucket(Bucket=self.cfg.bucket)
-        except BotoCoreError as err:
-            raise _translate(err, f"checking bucket {self.cfg.bucket}") from err
+            try:
+                self.client.head_bucket(Bucket=self.cfg.bucket)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+                what = f"creating bucket {self.cfg.bucket!r}"
+                self.client.create_bucket(Bucket=self.cfg.bucket)
+        except (BotoCoreError, ClientError) as err:
+            raise self.translate(err, what) from err
 
     def exists(self, sha256: str) -> bool:
         try:
@@ -149,25 +263,28 @@ class S3BlobStore(BlobStore):
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise _translate(err, f"looking up blob {sha256}") from err
+            raise self.translate(err, f"looking up blob {sha256}") from err
         except BotoCoreError as err:
-            raise _translate(err, f"looking up blob {sha256}") from err
+            raise self.translate(err, f"looking up blob {sha256}") from err
 
     def writer(self, sha256: str, size: int) -> BlobWriter:
         return _MultipartWriter(self, sha256, size)
 
     def read(self, sha256: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        what = f"reading blob {sha256}"
         try:
             out = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(sha256), Range=f"bytes={offset}-")
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") == "InvalidRange":
                 return  # offset == size: nothing left to send
-            raise _translate(err, f"reading blob {sha256}") from err
+            raise self.translate(err, what) from err
         except BotoCoreError as err:
-            raise _translate(err, f"reading blob {sha256}") from err
+            raise self.translate(err, what) from err
         body = out["Body"]
         try:
             yield from body.iter_chunks(chunk_size)
+        except _STREAM_ERRORS as err:  # the connection broke mid-stream
+            raise self.translate(err, what) from err
         finally:
             body.close()
 
@@ -175,23 +292,33 @@ class S3BlobStore(BlobStore):
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.cfg.bucket, Prefix=f"{self.cfg.prefix}sha256/"
         )
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield BlobInfo(obj["Key"].rsplit("/", 1)[-1], obj["Size"], obj["LastModified"].timestamp())
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield BlobInfo(obj["Key"].rsplit("/", 1)[-1], obj["Size"], obj["LastModified"].timestamp())
+        except (BotoCoreError, ClientError) as err:
+            raise self.translate(err, "listing blobs") from err
 
     def delete(self, sha256: str) -> None:
-        self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(sha256))
+        try:
+            self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(sha256))
+        except (BotoCoreError, ClientError) as err:
+            raise self.translate(err, f"deleting blob {sha256}") from err
 
     def abort_stale_uploads(self, older_than: float) -> int:
         count = 0
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.cfg.bucket, Prefix=f"{self.cfg.prefix}sha256/"
         )
-        for page in pages:
-            for up in page.get("Uploads", []):
-                if up["Initiated"].timestamp() < older_than:
-                    self.client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=up["Key"], UploadId=up["UploadId"])
-                    count += 1
+        try:
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < older_than:
+                        self.client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=up["Key"],
+                                                           UploadId=up["UploadId"])
+                        count += 1
+        except (BotoCoreError, ClientError) as err:
+            raise self.translate(err, "aborting stale uploads") from err
         return count
 
     def close(self) -> None:

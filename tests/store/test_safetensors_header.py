@@ -1,4 +1,5 @@
-"""adapterfleet.store.safetensors_header: header parsing from a stream prefix, cross-checked against the safetensors library."""
+"""adapterfleet.store.safetensors_header: header parsing from a stream prefix, cross-checked against the
+safetensors library."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def refused(blob: bytes, **kw) -> str:
 def safetensors_refuses(blob: bytes) -> bool:
     try:
         safetensors.deserialize(blob)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the library raises several types; any refusal counts
         return True
     return False
 
