@@ -10,6 +10,8 @@ import grpc
 from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.sdk.fleet import Accumulator, generate_request
+from adapterfleet.sdk.logprobs import Logprob
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 
 
@@ -35,28 +37,38 @@ def run_inference(args) -> int:
 def _generate(stub, args) -> int:
     if not args.prompt and not args.prompt_ids:
         raise InvalidArgument("give --prompt TEXT or --prompt-ids 1,2,3")
-    sampling = worker_pb2.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                         seed=args.seed or 0, has_seed=args.seed is not None)
-    request = worker_pb2.GenerateRequest(adapter=args.adapter, prompt=args.prompt or "",
-                                         prompt_ids=_ids(args.prompt_ids), max_new_tokens=args.max_new_tokens,
-                                         sampling=sampling, stop_ids=_ids(args.stop_ids),
-                                         routing_key=args.routing_key)
-    tokens, text, key, reason = [], [], "", ""
+    stop = [args.stop] if isinstance(args.stop, str) else list(args.stop or ())  # from the environment: one string
+    request = generate_request(
+        args.prompt or _ids(args.prompt_ids), adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop_ids=_ids(args.stop_ids), routing_key=args.routing_key, stop=stop, logprobs=args.logprobs,
+        top_logprobs=args.top_logprobs, repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+    acc = Accumulator("")
     for chunk in stub.Generate(request):
-        tokens += chunk.token_ids
-        text.append(chunk.text)
-        key = key or chunk.adapter_key
-        reason = chunk.finish_reason or reason
+        acc.add(chunk)
         if not args.json and chunk.text:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
+    g = acc.result()
     if args.json:
-        print(json.dumps({"token_ids": tokens, "text": "".join(text), "adapter_key": key, "finish_reason": reason}))
-    elif not "".join(text):
-        print(",".join(map(str, tokens)))
-    else:
-        print()
+        out = {"token_ids": list(g.token_ids), "text": g.text, "adapter_key": g.adapter_key,
+               "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
+               "completion_tokens": g.completion_tokens}
+        if args.logprobs:
+            out["logprobs"] = [{**_logprob(lp.chosen), "top": [_logprob(t) for t in lp.top]} for lp in g.logprobs]
+        print(json.dumps(out))
+        return 0
+    print("" if g.text else ",".join(map(str, g.token_ids)))  # ends the streamed text's line, or shows the ids
+    for lp in g.logprobs:
+        alternatives = ", ".join(f"{t.token_id} {t.text!r} {t.logprob:.4f}" for t in lp.top)
+        print(f"{lp.chosen.token_id}\t{lp.chosen.text!r}\t{lp.chosen.logprob:.4f}"
+              + (f"\ttop: {alternatives}" if alternatives else ""))
     return 0
+
+
+def _logprob(lp: Logprob) -> dict:
+    return {"token_id": lp.token_id, "text": lp.text, "logprob": lp.logprob}
 
 
 def _score(stub, args) -> int:

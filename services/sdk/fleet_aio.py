@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from adapterfleet.common.channel import CHANNEL_OPTIONS
+from adapterfleet.sdk.admin import AdapterState, WorkerStats, load_request, state_of, worker_stats_of
 from adapterfleet.sdk.fleet import (
     DEFAULT_ADDRESS,
     Accumulator,
@@ -85,11 +86,17 @@ class AsyncFleetClient:
     def stream(self, prompt: str | Sequence[int], *, adapter: str = "", max_new_tokens: int = 16,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop_ids: Sequence[int] | None = None, routing_key: str = "", request_id: str | None = None,
-               timeout: float | None = None) -> AsyncGenerationStream:
-        """``async for chunk in client.stream(prompt, adapter=...)``: chunks as tokens are chosen."""
+               timeout: float | None = None, stop: Sequence[str] | None = None, logprobs: bool = False,
+               top_logprobs: int = 0, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+               frequency_penalty: float = 0.0) -> AsyncGenerationStream:
+        """``async for chunk in client.stream(prompt, adapter=...)``: chunks as tokens are chosen (the parameters
+        are FleetClient.stream's)."""
         rid = new_request_id(request_id)
         request = generate_request(prompt, adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids, routing_key=routing_key)
+                                   top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids, routing_key=routing_key,
+                                   stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
+                                   repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                                   frequency_penalty=frequency_penalty)
         worker, _ = self._stubs()
         call = worker.Generate(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
         return AsyncGenerationStream(call, rid)
@@ -97,11 +104,15 @@ class AsyncFleetClient:
     async def generate(self, prompt: str | Sequence[int], *, adapter: str = "", max_new_tokens: int = 16,
                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                        stop_ids: Sequence[int] | None = None, routing_key: str = "", request_id: str | None = None,
-                       timeout: float | None = None) -> Generation:
+                       timeout: float | None = None, stop: Sequence[str] | None = None, logprobs: bool = False,
+                       top_logprobs: int = 0, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+                       frequency_penalty: float = 0.0) -> Generation:
         """The whole :class:`Generation` of ``prompt`` on ``adapter``."""
         stream = self.stream(prompt, adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids, routing_key=routing_key,
-                             request_id=request_id, timeout=timeout)
+                             request_id=request_id, timeout=timeout, stop=stop, logprobs=logprobs,
+                             top_logprobs=top_logprobs, repetition_penalty=repetition_penalty,
+                             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
         acc = Accumulator(stream.request_id)
         while True:
             try:
@@ -123,11 +134,40 @@ class AsyncFleetClient:
 
     async def stats(self, *, request_id: str | None = None, timeout: float | None = None) -> RouterStats:
         """The router's counters."""
-        rid = new_request_id(request_id)
         _, router = self._stubs()
-        try:
-            reply = await router.Stats(router_pb2.RouterStatsRequest(), timeout=self._timeout(timeout),
-                                       metadata=call_metadata(self.metadata, rid))
-        except grpc.RpcError as err:
-            raise typed_error(err, rid) from None
+        reply = await self._unary(router.Stats, router_pb2.RouterStatsRequest(), request_id, timeout, "router")
         return stats_of(reply)
+
+    # --- a worker's adapters (at a worker's address; see FleetClient) --------------------------------------------
+    async def load_adapter(self, ref: str, *, pin: bool = False, tier: str = "active",
+                           request_id: str | None = None, timeout: float | None = None) -> AdapterState:
+        worker, _ = self._stubs()
+        request = load_request(ref, pin=pin, tier=tier)
+        return state_of(await self._unary(worker.LoadAdapter, request, request_id, timeout))
+
+    async def unload_adapter(self, ref: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
+        worker, _ = self._stubs()
+        request = worker_pb2.UnloadAdapterRequest(ref=ref)
+        return (await self._unary(worker.UnloadAdapter, request, request_id, timeout)).unloaded
+
+    async def pin(self, ref: str, pinned: bool = True, *, request_id: str | None = None,
+                  timeout: float | None = None) -> AdapterState:
+        worker, _ = self._stubs()
+        request = worker_pb2.PinRequest(ref=ref, pinned=pinned)
+        return state_of(await self._unary(worker.Pin, request, request_id, timeout))
+
+    async def resident(self, *, request_id: str | None = None, timeout: float | None = None) -> list[AdapterState]:
+        worker, _ = self._stubs()
+        reply = await self._unary(worker.ListResident, worker_pb2.ListResidentRequest(), request_id, timeout)
+        return [state_of(a) for a in reply.adapters]
+
+    async def worker_stats(self, *, request_id: str | None = None, timeout: float | None = None) -> WorkerStats:
+        worker, _ = self._stubs()
+        return worker_stats_of(await self._unary(worker.Stats, worker_pb2.StatsRequest(), request_id, timeout))
+
+    async def _unary(self, method, request, request_id: str | None, timeout: float | None, needs: str = "worker"):
+        rid = new_request_id(request_id)
+        try:
+            return await method(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
+        except grpc.RpcError as err:
+            raise typed_error(err, rid, self.address, needs) from None

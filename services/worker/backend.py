@@ -7,11 +7,14 @@ verification and load). Parsing is safetensors only: no pickle is ever deseriali
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +29,7 @@ from adapterfleet.store.safetensors_header import header_bytes_needed, parse_hea
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
 
 
 def verify_files(manifest: Manifest, files: dict[str, bytes]) -> None:
@@ -87,35 +91,59 @@ class WorkerBackend:
             torch.cuda.empty_cache()
 
     # --- local disk tier --------------------------------------------------------------------------------------------
+    # Several workers may share one disk-cache directory (the default path is relative: two workers started from the
+    # same directory do). Every entry is written into a unique temporary directory and renamed into place under an
+    # flock on the entry's lock stripe, so writers, readers and removers of one entry never interleave, in one
+    # process or across processes; an entry another worker already wrote is the same bytes (its name is the
+    # manifest digest) and is kept.
     def _dir(self, key: str) -> Path:
         return self._disk / AdapterKey.parse(key).digest.removeprefix("sha256:")
 
-    def save_disk(self, key: str, manifest: Manifest, files: dict[str, bytes]) -> int:
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[Path]:
+        """Exclusive hold of ``key``'s disk entry; yields its directory."""
         target = self._dir(key)
-        if target.exists():
-            return sum(len(b) for b in files.values())
-        self._disk.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self._disk, prefix=".tmp-"))
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        (tmp / "manifest.json").write_text(json.dumps({"json": manifest.to_json(), "version": manifest.version}))
-        os.replace(tmp, target)
-        return sum(len(b) for b in files.values())
+        locks = self._disk / LOCKS
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{target.name[:2]}.lock", "a+b") as f:  # 256 stripes: a bounded set of lock files
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield target
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def save_disk(self, key: str, manifest: Manifest, files: dict[str, bytes]) -> int:
+        size = sum(len(b) for b in files.values())
+        with self._locked(key) as target:
+            if target.is_dir():
+                return size  # written by another worker sharing the directory, or by us before
+            tmp = Path(tempfile.mkdtemp(dir=self._disk, prefix=TMP_PREFIX))
+            try:
+                for name, data in files.items():
+                    (tmp / name).write_bytes(data)
+                meta = json.dumps({"json": manifest.to_json(), "version": manifest.version})
+                (tmp / "manifest.json").write_text(meta)
+                os.replace(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return size
 
     def load_disk(self, key: str) -> tuple[Manifest, dict[str, bytes]] | None:
         """The files as saved, re-verified (digest of the manifest and sha256 of every file), or None."""
-        directory = self._dir(key)
-        try:
-            meta = json.loads((directory / "manifest.json").read_text())
-            manifest = Manifest.from_json(meta["json"], version=meta["version"])
-            if str(manifest.key) != key:
-                raise ChecksumMismatch("manifest on disk does not match its key")
-            files = {e.name: (directory / e.name).read_bytes() for e in manifest.files}
-            verify_files(manifest, files)
-            return manifest, files
-        except (OSError, ValueError, KeyError, ChecksumMismatch):
-            shutil.rmtree(directory, ignore_errors=True)
-            return None
+        with self._locked(key) as directory:
+            try:
+                meta = json.loads((directory / "manifest.json").read_text())
+                manifest = Manifest.from_json(meta["json"], version=meta["version"])
+                if str(manifest.key) != key:
+                    raise ChecksumMismatch("manifest on disk does not match its key")
+                files = {e.name: (directory / e.name).read_bytes() for e in manifest.files}
+                verify_files(manifest, files)
+                return manifest, files
+            except (OSError, ValueError, KeyError, ChecksumMismatch):
+                shutil.rmtree(directory, ignore_errors=True)
+                return None
 
     def drop_disk(self, key: str) -> None:
-        shutil.rmtree(self._dir(key), ignore_errors=True)
+        with self._locked(key) as directory:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -210,24 +210,28 @@ class AdapterCache:
             self.stats.host_loads += 1
             return entry
         files: dict[str, bytes] | None = None
-        if entry.disk_bytes:
-            loaded = await asyncio.to_thread(self._b.load_disk, key)
-            if loaded is not None:
-                entry.manifest, files = loaded
-                self.stats.disk_loads += 1
-            else:
-                entry.disk_bytes = 0  # vanished or corrupt on disk: fetch again
-        if files is None:
-            fetched = await asyncio.to_thread(self._b.fetch, key)  # own name: typed as fetch's result, not Optional
-            entry.manifest, files = fetched
-            self.stats.cold_loads += 1
-            self.stats.fetched_bytes += sum(map(len, files.values()))
-            await self._save_disk(entry, files)
+        try:
+            if entry.disk_bytes:
+                loaded = await asyncio.to_thread(self._b.load_disk, key)
+                if loaded is not None:
+                    entry.manifest, files = loaded
+                    self.stats.disk_loads += 1
+                else:
+                    entry.disk_bytes = 0  # vanished or corrupt on disk: fetch again
+            if files is None:
+                fetched = await asyncio.to_thread(self._b.fetch, key)  # own name: typed as fetch's result
+                entry.manifest, files = fetched
+                self.stats.cold_loads += 1
+                self.stats.fetched_bytes += sum(map(len, files.values()))
+                await self._save_disk(entry, files)
+        except BaseException:
+            self._forget_if_empty(entry)
+            raise
         try:
             entry.weights = await asyncio.to_thread(self._b.parse, entry.manifest, files)
         except BaseException:
-            if entry.slot is None and not entry.disk_bytes:
-                self._entries.pop(key, None)
+            await self._drop_disk(entry)  # bytes that never load on this base model are no use on disk either
+            self._forget_if_empty(entry)
             raise
         entry.nbytes = self._b.nbytes(entry.weights)
         self._touch(entry)
@@ -237,11 +241,26 @@ class AdapterCache:
     async def _to_disk(self, key: str) -> None:
         entry = self._entries.setdefault(key, Entry(key))
         if not entry.disk_bytes:
-            entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
-            self.stats.cold_loads += 1
-            self.stats.fetched_bytes += sum(map(len, files.values()))
-            await self._save_disk(entry, files)
+            try:
+                entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
+                self.stats.cold_loads += 1
+                self.stats.fetched_bytes += sum(map(len, files.values()))
+                await self._save_disk(entry, files)
+            except BaseException:
+                self._forget_if_empty(entry)
+                raise
         self._touch(entry)
+
+    def _forget_if_empty(self, entry: Entry) -> None:
+        """A load that failed leaves no entry behind (nothing listed, nothing announced) unless a tier holds it."""
+        empty = entry.slot is None and entry.weights is None and not entry.disk_bytes and entry.refs == 0
+        if empty and self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+
+    async def _drop_disk(self, entry: Entry) -> None:
+        if entry.disk_bytes:
+            entry.disk_bytes = 0
+            await asyncio.to_thread(self._b.drop_disk, entry.key)
 
     async def _save_disk(self, entry: Entry, files: dict[str, bytes]) -> None:
         if self.disk_budget <= 0:
@@ -250,14 +269,21 @@ class AdapterCache:
         await self._evict_disk(keep=entry)
 
     async def _activate(self, key: str) -> None:
+        before = self._entries.get(key)  # resident in some tier before this load
+        had_weights = before is not None and before.weights is not None
         entry = await self._to_host(key)
         weights = entry.weights
-        slot = await self._claim_slot(key)
+        slot = await self._claim_slot(key)  # no free slot (RESOURCE_EXHAUSTED): the host copy stays, rightly listed
         try:
             await asyncio.to_thread(self._b.install, slot, weights)
         except BaseException:
             del self._slots[slot]
             self._notify_slot()
+            if not had_weights:  # a load that failed takes back what it added
+                entry.weights = None
+            if before is None:
+                await self._drop_disk(entry)
+                self._forget_if_empty(entry)
             raise
         entry.slot = slot
         self._touch(entry)

@@ -24,6 +24,8 @@ class WorkerConfig:
     disk_dir: str = ".adapterfleet/worker-cache"
     max_batch: int = 32
     max_new_tokens_limit: int = 2048
+    max_prompt_tokens: int = 32768   # also bounded by the model's positions
+    max_prompt_chars: int = 1 << 20  # text longer than this is refused before it is tokenized
     slot_wait_s: float = 30.0
     max_rank: int = 256
     advertise: str = ""              # address routers should call (default host:port)

@@ -6,6 +6,10 @@ that arrive are prefilled on their own and *joined* into the running batch betwe
 cache left-padded to the same length and concatenated along the batch), and scoring requests run between steps,
 so nobody waits for a long generation to finish. Rows of one batch may use different adapter slots, or none. A
 row that finishes (stop id, length, or a cancelled caller) leaves the batch at once (``batch_select_indices``).
+
+One bad row fails alone (``isolation.py``): a forward that raises is retried on halves of the batch until the rows
+that fail on their own are found; they fail with a typed error and the rest go on. A row whose logits are not
+finite, or whose sampling raises, fails alone too (``step.py``).
 """
 
 from __future__ import annotations
@@ -15,37 +19,23 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from adapterfleet.worker.isolation import batch_error, culprits, non_finite, row_error
+from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
+from adapterfleet.worker.kvcache import join_caches, joinable, pad_left, subset, truncate
 from adapterfleet.worker.lora import LoraModel
-from adapterfleet.worker.sampling import Sampling, choose
+from adapterfleet.worker.step import Choice, choose
 
-Emit = Callable[[list[int], bool, str], None]  # (new token ids, finished, finish reason)
+__all__ = ["Engine", "EngineStats", "GenerateJob", "ScoreJob"]
 
-
-@dataclass
-class GenerateJob:
-    prompt_ids: list[int]
-    slot: int
-    max_new_tokens: int
-    sampling: Sampling
-    stop_ids: frozenset[int]
-    emit: Emit
-    fail: Callable[[BaseException], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class ScoreJob:
-    token_ids: list[int]
-    slot: int
-    done: Callable[[list[float] | BaseException], None]
+# a running batch: (last logits [B, V], KV cache, attention mask [B, T], last position [B, 1], its rows)
+Batch = tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor, list[Row]]
 
 
 @dataclass
@@ -127,26 +117,39 @@ class Engine:
             gens = [j for j in jobs if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
             if gens:
                 self.stats.running = len(gens)
-                self._guard(gens, self._generate)
+                try:
+                    with torch.inference_mode():
+                        self._generate(gens)  # appends the jobs that join the batch to gens
+                except BaseException as exc:  # noqa: BLE001 - no single row caused it: the batch fails, the engine goes on
+                    for job in gens:
+                        job.reject(batch_error(exc, "generation"))
                 self.stats.running = 0
 
-    def _run_scores(self, scores: list[ScoreJob]) -> None:
-        if scores:
-            self._guard(scores, self._score)
-
-    def _guard(self, jobs, run) -> None:
+    # --- scoring ----------------------------------------------------------------------------------------------------
+    def _run_scores(self, jobs: list[ScoreJob]) -> None:
+        if not jobs:
+            return
         try:
             with torch.inference_mode():
-                run(jobs)
-        except BaseException as exc:  # noqa: BLE001 - every caller gets the error, the engine goes on
+                try:
+                    results = self._score(jobs)
+                except Exception as exc:
+                    bad = culprits(jobs, self._score, exc)
+                    if not bad:
+                        raise
+                    for job, err in bad:
+                        job.done(row_error(err, "scoring"))
+                    jobs = [j for j in jobs if all(j is not b for b, _ in bad)]
+                    results = self._score(jobs) if jobs else []
+        except BaseException as exc:  # noqa: BLE001 - no single row caused it: every caller gets it, the engine goes on
             for job in jobs:
-                if isinstance(job, ScoreJob):
-                    job.done(exc)
-                else:
-                    job.fail(exc)
+                job.done(batch_error(exc, "scoring"))
+            return
+        for job, result in zip(jobs, results, strict=True):
+            job.done(result)
 
-    # --- scoring ----------------------------------------------------------------------------------------------------
-    def _score(self, jobs: list[ScoreJob]) -> None:
+    def _score(self, jobs: list[ScoreJob]) -> list[list[float] | BaseException]:
+        """Each job's logprobs, or the error of a row whose logits are not finite."""
         longest = max(len(j.token_ids) for j in jobs)
         ids = torch.full((len(jobs), longest), self._pad, dtype=torch.long)
         mask = torch.zeros((len(jobs), longest), dtype=torch.long)
@@ -157,9 +160,11 @@ class Engine:
         with self._lora.rows([j.slot for j in jobs]):
             logits = self._model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # [B, T, V]
         logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)                             # [B, T-1, V]
-        picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()            # [B, T-1]
-        for i, j in enumerate(jobs):
-            j.done(picked[i, : len(j.token_ids) - 1].tolist())
+        picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)                  # [B, T-1]
+        valid = mask[:, 1:].bool()                                                           # [B, T-1]
+        bad = ((torch.isnan(picked) | torch.isposinf(logits[:, :-1]).any(-1)) & valid).any(-1).tolist()  # [B]
+        picked = picked.cpu()
+        return [non_finite(0) if bad[i] else picked[i, : len(j.token_ids) - 1].tolist() for i, j in enumerate(jobs)]
 
     # --- generation -------------------------------------------------------------------------------------------------
     def _forward(self, slots: list[int], **kw) -> torch.Tensor:
@@ -185,98 +190,136 @@ class Engine:
                                cache=cache)
         return logits, cache, mask, positions[:, -1:]
 
+    def _start(self, jobs: list[GenerateJob]) -> Batch | None:
+        """Prefill ``jobs``, leaving out (and failing) those that fail alone; None if none is left."""
+        while jobs:
+            try:
+                return (*self._prefill(jobs), [Row.start(j) for j in jobs])
+            except Exception as exc:
+                bad = culprits(jobs, self._prefill, exc)
+                if not bad:
+                    raise
+                for job, err in bad:
+                    job.reject(row_error(err, "prefill"))
+                jobs = [j for j in jobs if all(j is not b for b, _ in bad)]
+        return None
+
+    def _decode(self, live: list[Row], ids: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
+                pos: torch.Tensor) -> tuple[torch.Tensor, list[Row], torch.Tensor, torch.Tensor]:
+        """One decode step (``ids`` [B, 1], ``mask`` [B, T+1], ``pos`` [B, 1]) -> (logits [B', V], rows, mask, pos):
+        rows that make the step fail on their own are failed and dropped (from ``cache`` too)."""
+        while live:
+            try:
+                logits = self._forward([r.job.slot for r in live], input_ids=ids, attention_mask=mask,
+                                       position_ids=pos, cache=cache)
+                return logits, live, mask, pos
+            except Exception as exc:
+                if not joinable(cache):
+                    raise
+                truncate(cache, mask.shape[1] - 1)  # undo the layers the failed forward already appended to
+                bad = culprits(list(range(len(live))), self._retry_step(live, ids, cache, mask, pos), exc)
+                if not bad:
+                    raise
+                for r, err in bad:
+                    live[r].job.reject(row_error(err, "a decode step"))
+                failed = {r for r, _ in bad}
+                keep = [r for r in range(len(live)) if r not in failed]
+                index = torch.tensor(keep, dtype=torch.long, device=self._device)
+                cache.batch_select_indices(index)
+                ids, mask, pos, live = ids[index], mask[index], pos[index], [live[r] for r in keep]
+        return torch.empty((0, 0), device=self._device), live, mask, pos
+
+    def _retry_step(self, live: list[Row], ids: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
+                    pos: torch.Tensor) -> Callable[[list[int]], object]:
+        """The decode step again for some of the rows only, on a copy of their part of the cache."""
+
+        def attempt(rows: list[int]) -> object:
+            index = torch.tensor(rows, dtype=torch.long, device=self._device)
+            return self._forward([live[r].job.slot for r in rows], input_ids=ids[index], attention_mask=mask[index],
+                                 position_ids=pos[index], cache=subset(cache, index))
+
+        return attempt
+
     def _generate(self, jobs: list[GenerateJob]) -> None:
-        logits, cache, mask, last_pos = self._prefill(jobs)
-        live = list(range(len(jobs)))                # batch row -> index into jobs
-        produced = [0] * len(jobs)
-        generators = [j.sampling.generator() for j in jobs]
+        started = self._start(jobs)
+        if started is None:
+            return
+        logits, cache, mask, last_pos, live = started
         while True:
-            tokens = choose(logits, [jobs[k].sampling for k in live], [generators[k] for k in live])
-            keep = self._emit(jobs, live, tokens, produced)
+            choices = choose(live, logits)
+            keep = self._emit(live, choices)
             if not keep:
                 return
-            next_ids = torch.tensor(tokens, device=self._device).unsqueeze(-1)                 # [B, 1]
+            next_ids = torch.tensor([_token(choices[r]) for r in keep], device=self._device).unsqueeze(-1)  # [B, 1]
             if len(keep) < len(live):
                 index = torch.tensor(keep, device=self._device)
                 cache.batch_select_indices(index)
-                mask, last_pos, next_ids = mask[index], last_pos[index], next_ids[index]
+                mask, last_pos = mask[index], last_pos[index]
                 live = [live[r] for r in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)                   # [B, T+1]
-            last_pos = last_pos + 1
-            logits = self._forward([jobs[k].slot for k in live], input_ids=next_ids, attention_mask=mask,
-                                   position_ids=last_pos, cache=cache)
+            logits, live, mask, last_pos = self._decode(live, next_ids, cache, mask, last_pos + 1)
             # between two decode steps: scoring requests run, new generations join the batch
             waiting = self._take(self.max_batch - len(live), block=False)
             self._run_scores([j for j in waiting if isinstance(j, ScoreJob)])
             joining = [j for j in waiting if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
-            if joining and not _joinable(cache):
+            if joining and live and not joinable(cache):
                 self._backlog.extend(joining)  # an unusual cache layout: they start with the next batch
                 joining = []
             if joining:
+                jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
                 try:
-                    new_logits, new_cache, new_mask, new_pos = self._prefill(joining)
-                except BaseException as exc:  # noqa: BLE001 - only the newcomers fail
+                    started = self._start(joining)
+                except Exception as exc:  # noqa: BLE001 - no single newcomer caused it: only the newcomers fail
                     for job in joining:
-                        job.fail(exc)
-                    continue
-                _join_caches(cache, new_cache)
-                width = max(mask.shape[1], new_mask.shape[1])
-                mask = torch.cat([_pad_left(mask, width), _pad_left(new_mask, width)], dim=0)
-                last_pos = torch.cat([last_pos, new_pos], dim=0)
-                logits = torch.cat([logits, new_logits], dim=0)
-                live += range(len(jobs), len(jobs) + len(joining))
-                jobs += joining
-                produced += [0] * len(joining)
-                generators += [j.sampling.generator() for j in joining]
+                        job.reject(batch_error(exc, "prefill"))
+                    started = None
+                if started is not None:
+                    logits, cache, mask, last_pos, live = self._join(
+                        (logits, cache, mask, last_pos, live), started)
+            if not live:
+                return
             self.stats.running = len(live)
 
-    def _emit(self, jobs: list[GenerateJob], live: list[int], tokens: list[int], produced: list[int]) -> list[int]:
-        """Send each row its token; return the batch rows that go on."""
+    @staticmethod
+    def _join(running: Batch, newcomers: Batch) -> Batch:
+        """The running batch with the newcomers' prefilled rows appended (KV caches and masks left-padded)."""
+        logits, cache, mask, last_pos, live = running
+        new_logits, new_cache, new_mask, new_pos, new_rows = newcomers
+        if not live:
+            return newcomers
+        join_caches(cache, new_cache)
+        width = max(mask.shape[1], new_mask.shape[1])
+        mask = torch.cat([pad_left(mask, width), pad_left(new_mask, width)], dim=0)
+        return (torch.cat([logits, new_logits], dim=0), cache, mask, torch.cat([last_pos, new_pos], dim=0),
+                live + new_rows)
+
+    def _emit(self, live: list[Row], choices: Sequence[Choice | BaseException]) -> list[int]:
+        """Send each row its token (or its error); return the batch rows that go on."""
         keep = []
-        for row, (k, tok) in enumerate(zip(live, tokens, strict=True)):
-            job = jobs[k]
-            produced[k] += 1
-            if job.cancelled.is_set():
+        for b, (row, choice) in enumerate(zip(live, choices, strict=True)):
+            job = row.job
+            if isinstance(choice, BaseException):
+                job.reject(choice)
                 continue
+            row.produced += 1
+            if job.cancelled.is_set():
+                job.settled = True
+                continue
+            tok = choice.token
             if tok in job.stop_ids:
-                job.emit([tok], True, "stop")
-            elif produced[k] >= job.max_new_tokens:
-                job.emit([tok], True, "length")
+                job.finish([tok], "stop", choice.logprobs)
+            elif row.produced >= job.max_new_tokens:
+                job.finish([tok], "length", choice.logprobs)
             else:
-                job.emit([tok], False, "")
-                keep.append(row)
-        self.stats.tokens += len(tokens)
-        self.stats.recent.append((time.monotonic(), len(tokens)))
+                job.emit([tok], False, "", choice.logprobs)
+                keep.append(b)
+        chosen = sum(isinstance(c, Choice) for c in choices)
+        self.stats.tokens += chosen
+        self.stats.recent.append((time.monotonic(), chosen))
         return keep
 
 
-def _pad_left(t: torch.Tensor, width: int, dim: int = -1) -> torch.Tensor:
-    """Zeros on the left of ``dim`` up to ``width`` (masked positions: their values are never attended to)."""
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+def _token(choice: Choice | BaseException) -> int:
+    assert isinstance(choice, Choice), "only rows that got a token go on"
+    return choice.token
 
-
-def _joinable(cache: DynamicCache) -> bool:
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def _filled(layer: object) -> tuple[DynamicLayer, torch.Tensor, torch.Tensor]:
-    """A prefilled dynamic cache layer with its keys and values [B, heads, T, head_dim]."""
-    assert isinstance(layer, DynamicLayer), "only joinable caches (_joinable) are joined"
-    keys, values = layer.keys, layer.values
-    assert keys is not None and values is not None, "a prefill fills every layer of its cache"
-    return layer, keys, values
-
-
-def _join_caches(cache: DynamicCache, new: DynamicCache) -> None:
-    """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded."""
-    for mine, theirs in zip(cache.layers, new.layers, strict=True):
-        layer, keys, values = _filled(mine)
-        _, other_keys, other_values = _filled(theirs)
-        width = max(keys.shape[-2], other_keys.shape[-2])
-        layer.keys = torch.cat([_pad_left(keys, width, -2), _pad_left(other_keys, width, -2)], dim=0)
-        layer.values = torch.cat([_pad_left(values, width, -2), _pad_left(other_values, width, -2)], dim=0)

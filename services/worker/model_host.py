@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -52,7 +52,26 @@ class ModelHost:
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if eos is not None else model.config.eos_token_id
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        pad = model.config.pad_token_id
-        pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+        vocab = embedding_rows(model)
         return cls(str(path), model, tokenizer, torch.device(device), DTYPES[dtype], fingerprint(model), eos_ids,
-                   int(pad))
+                   choose_pad(model.config.pad_token_id, eos_ids, vocab))
+
+    @property
+    def vocab(self) -> int:
+        """Rows of the input embedding: every token id fed to the model must be below this."""
+        return embedding_rows(self.model)
+
+
+def embedding_rows(model: PreTrainedModel) -> int:
+    # torch types a Module's attributes as Tensor | Module; an input embedding's num_embeddings is an int
+    return cast(int, model.get_input_embeddings().num_embeddings)
+
+
+def choose_pad(pad: int | None, eos_ids: tuple[int, ...], vocab: int) -> int:
+    """The id written into padded positions: the config's pad id, else an eos id, else 0 — the first that lies
+    inside the embedding (a config may name one outside it; transformers only warns). Padded positions are masked,
+    so any valid id gives the same results; an invalid one would fail every padded batch with an IndexError."""
+    for candidate in (pad, *eos_ids):
+        if candidate is not None and 0 <= candidate < vocab:
+            return int(candidate)
+    return 0

@@ -1,4 +1,8 @@
-"""Next-token choice per row: greedy, or temperature / top-k / top-p with a per-request seed."""
+"""Next-token choice per row: greedy, or temperature / top-k / top-p with a per-request seed.
+
+Temperatures below :data:`GREEDY_BELOW` are greedy (vLLM's convention): dividing float32 logits by 1e-40 would
+overflow to inf and turn the softmax into NaN, and such a temperature means "argmax" anyway.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,26 @@ from dataclasses import dataclass
 
 import torch
 
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 0.0  # 0: greedy
+    temperature: float = 0.0  # 0 (or below GREEDY_BELOW): greedy
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    repetition_penalty: float = 1.0  # transformers' semantics (prompt + output); 1: off
+    presence_penalty: float = 0.0    # OpenAI's semantics (output only); 0: off
+    frequency_penalty: float = 0.0
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     def generator(self) -> torch.Generator | None:
         if self.greedy:
@@ -30,7 +43,7 @@ class Sampling:
 
 
 def sample_row(logits: torch.Tensor, params: Sampling, generator: torch.Generator | None) -> int:
-    """``logits``: [vocab] float32 for one row."""
+    """``logits``: [vocab] float32 for one row (finite, penalties already applied)."""
     if params.greedy:
         return int(torch.argmax(logits))
     scores = logits / params.temperature
@@ -44,13 +57,4 @@ def sample_row(logits: torch.Tensor, params: Sampling, generator: torch.Generato
         drop = cum - torch.softmax(sorted_scores, dim=-1) >= params.top_p  # keep the smallest set reaching top_p
         scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def choose(logits: torch.Tensor, params: list[Sampling], generators: list[torch.Generator | None]) -> list[int]:
-    """``logits``: [batch, vocab]. Greedy rows in one argmax; sampled rows one by one (each has its own RNG)."""
-    out = torch.argmax(logits, dim=-1).tolist()
-    for i, p in enumerate(params):
-        if not p.greedy:
-            out[i] = sample_row(logits[i], p, generators[i])
-    return out
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
 
 from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, Unavailable
 from adapterfleet.common.metrics import ServiceMetrics
@@ -15,24 +14,16 @@ from adapterfleet.store.refs import Ref
 from adapterfleet.worker.cache import AdapterCache, Entry, Lease
 from adapterfleet.worker.config import WorkerConfig
 from adapterfleet.worker.engine import Engine, GenerateJob, ScoreJob
+from adapterfleet.worker.logprobs import Logprob, TokenLogprobs
 from adapterfleet.worker.lora import NO_ADAPTER
 from adapterfleet.worker.model_host import ModelHost
-from adapterfleet.worker.sampling import Sampling
+from adapterfleet.worker.params import GenerateParams
+from adapterfleet.worker.text_stream import Output, StopStrings, decode
+from adapterfleet.worker.validation import Bounds, check_generate, check_prompt, check_routing_key, check_text
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+__all__ = ["GenerateChunk", "GenerateParams", "WorkerCore"]
 
-
-@dataclass(frozen=True)
-class GenerateParams:
-    adapter: str = ""
-    prompt: str = ""
-    prompt_ids: tuple[int, ...] = ()
-    max_new_tokens: int = 16
-    sampling: Sampling = Sampling()
-    stop_ids: tuple[int, ...] = ()
-    routing_key: str = ""
-    resume_ids: tuple[int, ...] = ()
+TOKENIZE_OFF_LOOP = 2048  # characters: longer texts are tokenized in a thread, not on the event loop
 
 
 @dataclass(frozen=True)
@@ -43,6 +34,8 @@ class GenerateChunk:
     finish_reason: str
     adapter_key: str
     prompt_tokens: int
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token, when asked for (texts filled in)
+    completion_tokens: int = 0                # generated so far, resume_ids included
 
 
 class WorkerCore:
@@ -56,6 +49,8 @@ class WorkerCore:
         self._store = store
         self.inflight = 0  # requests in flight: the load the worker announces
         self.draining = False  # set on shutdown: new requests are refused (UNAVAILABLE: routers retry elsewhere)
+        self._bounds: Bounds | None = None
+        self._token_texts: dict[int, str] = {}  # token id -> its text alone (logprobs); at most the vocabulary
 
     # --- refs -----------------------------------------------------------------------------------------------------
     async def resolve(self, ref: str, routing_key: str = "") -> str:
@@ -78,25 +73,23 @@ class WorkerCore:
         return key, (await self.cache.acquire(key) if key else None)
 
     # --- serving --------------------------------------------------------------------------------------------------
-    def _prompt_ids(self, prompt: str, ids: tuple[int, ...]) -> list[int]:
-        if ids:
-            out = list(ids)
-        elif prompt:
-            if self.host.tokenizer is None:
-                raise InvalidArgument("this base model has no tokenizer; send prompt_ids instead of text")
-            out = self.host.tokenizer(prompt)["input_ids"]
-        else:
-            raise InvalidArgument("send a prompt (text) or prompt_ids")
-        # torch types a Module's attributes as Tensor | Module; an input embedding's num_embeddings is an int
-        vocab = cast(int, self.host.model.get_input_embeddings().num_embeddings)
-        bad = [t for t in out if not 0 <= t < vocab]
-        if bad:
-            raise InvalidArgument(f"token ids {bad[:5]} are outside the vocabulary (size {vocab})")
-        return out
+    def bounds(self) -> Bounds:
+        """What the loaded model and this worker's config allow a request."""
+        if self._bounds is None:
+            c = self.host.model.config
+            self._bounds = Bounds(
+                vocab=self.host.vocab, max_positions=getattr(c, "max_position_embeddings", None)
+                or getattr(c, "n_positions", None), max_new_tokens=self.cfg.max_new_tokens_limit,
+                max_prompt_tokens=self.cfg.max_prompt_tokens, max_text_chars=self.cfg.max_prompt_chars,
+                tokenizer=self.host.tokenizer is not None)
+        return self._bounds
 
-    def _max_positions(self) -> int | None:
-        c = self.host.model.config
-        return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+    async def _tokenize(self, text: str) -> list[int]:
+        tokenizer = self.host.tokenizer
+        assert tokenizer is not None, "check_text refuses text without a tokenizer"
+        if len(text) <= TOKENIZE_OFF_LOOP:
+            return list(tokenizer(text)["input_ids"])
+        return list((await asyncio.to_thread(tokenizer, text))["input_ids"])
 
     def _admit(self) -> None:
         if self.draining:
@@ -112,66 +105,71 @@ class WorkerCore:
             self.inflight -= 1
 
     async def _generate(self, p: GenerateParams) -> AsyncIterator[GenerateChunk]:
-        prompt = self._prompt_ids(p.prompt, p.prompt_ids)
-        if p.max_new_tokens < 1 or p.max_new_tokens > self.cfg.max_new_tokens_limit:
-            raise InvalidArgument(f"max_new_tokens {p.max_new_tokens} must be 1..{self.cfg.max_new_tokens_limit}")
-        if len(p.resume_ids) >= p.max_new_tokens:
-            raise InvalidArgument(f"{len(p.resume_ids)} resume_ids leave nothing of max_new_tokens "
-                                  f"{p.max_new_tokens} to generate")
-        ids = prompt + list(self._prompt_ids("", p.resume_ids)) if p.resume_ids else prompt
-        limit = self._max_positions()
-        if limit and len(prompt) + p.max_new_tokens > limit:
-            raise InvalidArgument(f"prompt of {len(ids)} tokens + max_new_tokens {p.max_new_tokens} exceeds the "
-                                  f"model's {limit} positions; shorten the prompt or ask for fewer tokens")
+        b = self.bounds()
+        check_generate(p, b)
+        prompt = list(p.prompt_ids) if p.prompt_ids else await self._tokenize(p.prompt)
+        check_prompt(prompt, p.max_new_tokens, b, "prompt_ids" if p.prompt_ids else "prompt")
         key, lease = await self._lease(p.adapter, p.routing_key)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
 
-        def emit(toks: list[int], fin: bool, why: str) -> None:
-            loop.call_soon_threadsafe(inbox.put_nowait, (toks, fin, why))
+        def emit(toks: list[int], fin: bool, why: str, logprobs: TokenLogprobs | None) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, (toks, fin, why, logprobs))
 
         def fail(exc: BaseException) -> None:
             loop.call_soon_threadsafe(inbox.put_nowait, exc)
 
         job = GenerateJob(
-            prompt_ids=ids, slot=lease.slot if lease else NO_ADAPTER,
-            max_new_tokens=p.max_new_tokens - len(p.resume_ids),
-            sampling=p.sampling, stop_ids=frozenset(p.stop_ids or self.host.eos_ids),
-            emit=emit, fail=fail,
+            prompt_ids=prompt + list(p.resume_ids), slot=lease.slot if lease else NO_ADAPTER,
+            max_new_tokens=p.max_new_tokens - len(p.resume_ids), sampling=p.sampling,
+            stop_ids=frozenset(p.stop_ids or self.host.eos_ids), emit=emit, fail=fail,
+            top_logprobs=p.top_logprobs if p.logprobs else -1, resumed=len(p.resume_ids),
         )
-        generated: list[int] = list(p.resume_ids)
-        text_so_far = ""
-        if self.host.tokenizer is not None and generated:  # resumed: the caller already has this text
-            text_so_far = _decode(self.host.tokenizer, generated)
+        output = Output(self.host.tokenizer, StopStrings(p.stop), p.resume_ids)
         try:
             self.engine.submit(job)
             while True:
                 item = await inbox.get()
                 if isinstance(item, BaseException):
                     raise item
-                toks, finished, why = item
-                generated += toks
-                text = ""
-                if self.host.tokenizer is not None:
-                    full = _decode(self.host.tokenizer, generated)
-                    text, text_so_far = full[len(text_so_far):], full
-                yield GenerateChunk(toks, text, finished, why, key, len(prompt))
-                if finished:
+                piece = output.add(*item)
+                if piece is None:
+                    continue
+                yield GenerateChunk(piece.token_ids, piece.text, piece.finished, piece.finish_reason, key,
+                                    len(prompt), tuple(self._with_texts(lp) for lp in piece.logprobs),
+                                    piece.completion_tokens)
+                if piece.finished:
                     return
         finally:
-            job.cancelled.set()  # a caller that went away frees its row at the next decode step
+            job.cancelled.set()  # a caller that went away (or a stop string) frees its row at the next decode step
             if lease:
                 lease.release()
+
+    def _with_texts(self, lp: TokenLogprobs) -> TokenLogprobs:
+        return TokenLogprobs(self._text_of(lp.chosen), tuple(self._text_of(t) for t in lp.top))
+
+    def _text_of(self, lp: Logprob) -> Logprob:
+        """``lp`` with the text of its token alone (special tokens included); memoised per token id."""
+        if self.host.tokenizer is None:
+            return lp
+        text = self._token_texts.get(lp.token_id)
+        if text is None:
+            text = self._token_texts[lp.token_id] = decode(self.host.tokenizer, [lp.token_id], skip_special=False)
+        return Logprob(lp.token_id, lp.logprob, text)
 
     async def score(self, adapter: str, token_ids: tuple[int, ...], text: str, routing_key: str = "") -> tuple[
             str, list[float]]:
         self._admit()
-        ids = self._prompt_ids(text, token_ids)
+        b = self.bounds()
+        check_routing_key(routing_key)
+        if not token_ids:
+            if not text:
+                raise InvalidArgument("send text or token_ids to score")
+            check_text("text", text, b)
+        ids = list(token_ids) if token_ids else await self._tokenize(text)
         if len(ids) < 2:
             raise InvalidArgument("scoring needs at least 2 tokens (log p of token i+1 given tokens 0..i)")
-        limit = self._max_positions()
-        if limit and len(ids) > limit:
-            raise InvalidArgument(f"{len(ids)} tokens exceed the model's {limit} positions")
+        check_prompt(ids, 0, b, "token_ids" if token_ids else "text")
         key, lease = await self._lease(adapter, routing_key)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
@@ -200,12 +198,6 @@ class WorkerCore:
 
     async def pin(self, ref: str, pinned: bool) -> Entry:
         return self.cache.pin(await self.resolve(ref), pinned)
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    assert isinstance(text, str)  # one sequence of ids decodes to one string (only a batch gives a list)
-    return text
 
 
 def _settle(future: asyncio.Future, result) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from adapterfleet.common.tiers import ACTIVE, DISK, HOST, LOADING, tier_from_pb, tier_to_pb
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.cache import Entry
+from adapterfleet.worker.logprobs import Logprob, TokenLogprobs
 from adapterfleet.worker.sampling import Sampling
 from adapterfleet.worker.service import GenerateParams, WorkerCore
 
@@ -16,8 +17,17 @@ def state_pb(e: Entry, core: WorkerCore) -> worker_pb2.AdapterState:
 
 
 def sampling_from_pb(pb: worker_pb2.SamplingParams) -> Sampling:
+    """Proto3's zeros mean "off" where the domain's neutral value is not 0 (top_p, repetition_penalty)."""
     return Sampling(temperature=pb.temperature, top_k=pb.top_k, top_p=pb.top_p or 1.0,
-                    seed=pb.seed if pb.has_seed else None)
+                    seed=pb.seed if pb.has_seed else None, repetition_penalty=pb.repetition_penalty or 1.0,
+                    presence_penalty=pb.presence_penalty, frequency_penalty=pb.frequency_penalty)
+
+
+def logprobs_pb(lp: TokenLogprobs) -> worker_pb2.TokenLogprobs:
+    def one(x: Logprob) -> worker_pb2.Logprob:
+        return worker_pb2.Logprob(token_id=x.token_id, logprob=x.logprob, text=x.text)
+
+    return worker_pb2.TokenLogprobs(chosen=one(lp.chosen), top=[one(t) for t in lp.top])
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -28,11 +38,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         params = GenerateParams(
             adapter=request.adapter, prompt=request.prompt, prompt_ids=tuple(request.prompt_ids),
             max_new_tokens=request.max_new_tokens or 16, sampling=sampling_from_pb(request.sampling),
-            stop_ids=tuple(request.stop_ids), routing_key=request.routing_key, resume_ids=tuple(request.resume_ids))
+            stop_ids=tuple(request.stop_ids), routing_key=request.routing_key, resume_ids=tuple(request.resume_ids),
+            stop=tuple(request.stop), logprobs=request.logprobs, top_logprobs=request.top_logprobs)
         async for c in self.core.generate(params):
             yield worker_pb2.GenerateResponse(token_ids=c.token_ids, text=c.text, finished=c.finished,
                                               finish_reason=c.finish_reason, adapter_key=c.adapter_key,
-                                              prompt_tokens=c.prompt_tokens)
+                                              prompt_tokens=c.prompt_tokens,
+                                              logprobs=[logprobs_pb(lp) for lp in c.logprobs],
+                                              completion_tokens=c.completion_tokens)
 
     async def Score(self, request, context):
         key, logprobs = await self.core.score(request.adapter, tuple(request.token_ids), request.text,

@@ -52,3 +52,39 @@ def zoo(tmp_path_factory) -> Zoo:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     return Zoo(tmp_path_factory.mktemp("lora_zoo"))
+
+
+@pytest.fixture(scope="session")
+def char_model(zoo) -> tuple[Path, Path]:
+    """A tiny Llama with the character tokenizer (one token per character, vocabulary 79), and a PEFT adapter."""
+    from tests.helpers.tokenizer import save_char_tokenizer
+
+    base = zoo.root / "chars" / "base"
+    if not base.exists():
+        make_base_model("llama", base, seed=0, vocab_size=79)
+        save_char_tokenizer(base, 79)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = make_peft_adapter(base, zoo.root / "chars" / "adapter", seed=5, r=4,
+                                    target_modules=["q_proj", "v_proj"])
+    return base, adapter
+
+
+@pytest.fixture
+def char_worker(store, char_model, tmp_path):
+    """A worker on ``char_model`` with its adapter pushed: (stub, core, adapter key, address)."""
+    import grpc
+
+    from adapterfleet.v1 import worker_pb2_grpc
+    from adapterfleet.worker.config import WorkerConfig
+    from tests.helpers.servers import start_worker
+
+    base, adapter = char_model
+    key = str(store.client().push_dir(adapter, "acme/chars").manifest.key)
+    cfg = WorkerConfig(base_model=str(base), store=store.address, max_slots=2, disk_dir=str(tmp_path / "cache"),
+                       max_batch=64, max_prompt_chars=1000)
+    address, core, stop = start_worker(cfg)
+    channel = grpc.insecure_channel(address)
+    yield worker_pb2_grpc.WorkerStub(channel), core, key, address
+    channel.close()
+    stop()

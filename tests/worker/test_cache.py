@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from adapterfleet.common.errors import InvalidAdapter, ResourceExhausted
+from adapterfleet.common.errors import ChecksumMismatch, InvalidAdapter, ResourceExhausted
 from adapterfleet.common.tiers import ACTIVE, DISK, HOST
 from adapterfleet.worker.cache import AdapterCache
 
@@ -185,7 +185,58 @@ def test_a_failed_load_reaches_every_waiter_and_leaves_nothing_behind():
 
     run(main())
     assert backend.fetches == ["nan"] and backend.installed == {}
-    assert all(e.key != "nan" or e.slot is None for e in cache.entries())
+    assert cache.entries() == [] and backend.disk == {}  # nothing listed, announced, or kept on disk
+
+
+class CorruptStore(FakeBackend):
+    """The store's bytes do not hash to their manifest: every fetch is DATA_LOSS."""
+
+    def fetch(self, key):
+        self.fetches.append(key)
+        raise ChecksumMismatch(f"{key}: adapter_model.safetensors does not hash to its manifest digest")
+
+
+class BrokenInstall(FakeBackend):
+    def install(self, slot, weights):
+        raise RuntimeError("device error")
+
+
+@pytest.mark.parametrize("tier", [ACTIVE, HOST, DISK])
+def test_a_data_loss_load_leaves_no_entry_in_any_tier(tier):
+    backend, cache = make(CorruptStore())
+
+    async def main():
+        for _ in range(2):  # and a second try fetches again: nothing stale stands in the way
+            with pytest.raises(ChecksumMismatch):
+                await cache.prefetch("a@sha256:1", tier=tier)
+            assert cache.entries() == [] and cache.loading() == []
+
+    run(main())
+    assert backend.fetches == ["a@sha256:1"] * 2 and backend.disk == {}
+
+
+def test_a_load_whose_install_fails_takes_back_its_host_and_disk_copies():
+    backend, cache = make(BrokenInstall())
+
+    async def main():
+        with pytest.raises(RuntimeError):
+            await cache.acquire("a@sha256:1")
+
+    run(main())
+    assert cache.entries() == [] and backend.disk == {}
+
+
+def test_a_failed_load_keeps_what_was_resident_before():
+    backend, cache = make()
+
+    async def main():
+        await cache.prefetch("a@sha256:1", tier=DISK)
+        backend.__class__ = BrokenInstall
+        with pytest.raises(RuntimeError):
+            await cache.acquire("a@sha256:1")
+        assert [(e.key, e.tier) for e in cache.entries()] == [("a@sha256:1", DISK)]
+
+    run(main())
 
 
 def test_load_to_host_and_disk_tiers_without_a_slot():

@@ -36,7 +36,7 @@ class Collector:
         self.done = threading.Event()
         self.finished_at = 0.0
 
-    def emit(self, toks, finished, why):
+    def emit(self, toks, finished, why, logprobs=None):
         self.tokens += toks
         if finished:
             self.finished_at = time.monotonic()

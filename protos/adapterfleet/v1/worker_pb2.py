@@ -25,41 +25,45 @@ _sym_db = _symbol_database.Default()
 from adapterfleet.v1 import common_pb2 as adapterfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61pterfleet/v1/worker.proto\x12\x0f\x61\x64\x61pterfleet.v1\x1a\x1c\x61\x64\x61pterfleet/v1/common.proto\"c\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\"\xcc\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nprompt_ids\x18\x03 \x03(\r\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x31\n\x08sampling\x18\x05 \x01(\x0b\x32\x1f.adapterfleet.v1.SamplingParams\x12\x10\n\x08stop_ids\x18\x06 \x03(\r\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x12\x12\n\nresume_ids\x18\x08 \x03(\r\"\x88\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\"U\n\x0cScoreRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0brouting_key\x18\x04 \x01(\t\"6\n\rScoreResponse\x12\x10\n\x08logprobs\x18\x01 \x03(\x02\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x02 \x01(\t\"Y\n\x12LoadAdapterRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\x08\x12#\n\x04tier\x18\x04 \x01(\x0e\x32\x15.adapterfleet.v1.TierJ\x04\x08\x03\x10\x04\"\x91\x01\n\x0c\x41\x64\x61pterState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x04tier\x18\x08 \x01(\x0e\x32\x15.adapterfleet.v1.Tier\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\x12\x0e\n\x06in_use\x18\x05 \x01(\r\x12\x0c\n\x04slot\x18\x06 \x01(\x05\x12\x0c\n\x04hits\x18\x07 \x01(\x04J\x04\x08\x02\x10\x03\"#\n\x14UnloadAdapterRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\")\n\x15UnloadAdapterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\")\n\nPinRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"\x15\n\x13ListResidentRequest\"G\n\x14ListResidentResponse\x12/\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1d.adapterfleet.v1.AdapterState\"\x0e\n\x0cStatsRequest\"\xe2\x02\n\x0bWorkerStats\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x0f\n\x07running\x18\x04 \x01(\r\x12\x16\n\x0erequests_total\x18\x05 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x06 \x01(\x04\x12\x19\n\x11tokens_per_second\x18\x07 \x01(\x01\x12/\n\x08\x61\x64\x61pters\x18\x08 \x03(\x0b\x32\x1d.adapterfleet.v1.AdapterState\x12\x11\n\tmax_slots\x18\t \x01(\r\x12\x14\n\x0c\x61\x63tive_bytes\x18\n \x01(\x04\x12\x12\n\nhost_bytes\x18\x0b \x01(\x04\x12\x12\n\ndisk_bytes\x18\x0c \x01(\x04\x12\x0e\n\x06region\x18\r \x01(\t\x12\x12\n\ncold_loads\x18\x0e \x01(\x04\x12\x11\n\tevictions\x18\x0f \x01(\x04\x32\xbc\x04\n\x06Worker\x12Q\n\x08Generate\x12 .adapterfleet.v1.GenerateRequest\x1a!.adapterfleet.v1.GenerateResponse0\x01\x12\x46\n\x05Score\x12\x1d.adapterfleet.v1.ScoreRequest\x1a\x1e.adapterfleet.v1.ScoreResponse\x12Q\n\x0bLoadAdapter\x12#.adapterfleet.v1.LoadAdapterRequest\x1a\x1d.adapterfleet.v1.AdapterState\x12^\n\rUnloadAdapter\x12%.adapterfleet.v1.UnloadAdapterRequest\x1a&.adapterfleet.v1.UnloadAdapterResponse\x12\x41\n\x03Pin\x12\x1b.adapterfleet.v1.PinRequest\x1a\x1d.adapterfleet.v1.AdapterState\x12[\n\x0cListResident\x12$.adapterfleet.v1.ListResidentRequest\x1a%.adapterfleet.v1.ListResidentResponse\x12\x44\n\x05Stats\x12\x1d.adapterfleet.v1.StatsRequest\x1a\x1c.adapterfleet.v1.WorkerStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61pterfleet/v1/worker.proto\x12\x0f\x61\x64\x61pterfleet.v1\x1a\x1c\x61\x64\x61pterfleet/v1/common.proto\"\xb4\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x08 \x01(\x02\"\x82\x02\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nprompt_ids\x18\x03 \x03(\r\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x31\n\x08sampling\x18\x05 \x01(\x0b\x32\x1f.adapterfleet.v1.SamplingParams\x12\x10\n\x08stop_ids\x18\x06 \x03(\r\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x12\x12\n\nresume_ids\x18\x08 \x03(\r\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\r\":\n\x07Logprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"`\n\rTokenLogprobs\x12(\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x18.adapterfleet.v1.Logprob\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.adapterfleet.v1.Logprob\"\xd5\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x30\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1e.adapterfleet.v1.TokenLogprobs\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\r\"U\n\x0cScoreRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0brouting_key\x18\x04 \x01(\t\"6\n\rScoreResponse\x12\x10\n\x08logprobs\x18\x01 \x03(\x02\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x02 \x01(\t\"Y\n\x12LoadAdapterRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\x08\x12#\n\x04tier\x18\x04 \x01(\x0e\x32\x15.adapterfleet.v1.TierJ\x04\x08\x03\x10\x04\"\x91\x01\n\x0c\x41\x64\x61pterState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x04tier\x18\x08 \x01(\x0e\x32\x15.adapterfleet.v1.Tier\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\x12\x0e\n\x06in_use\x18\x05 \x01(\r\x12\x0c\n\x04slot\x18\x06 \x01(\x05\x12\x0c\n\x04hits\x18\x07 \x01(\x04J\x04\x08\x02\x10\x03\"#\n\x14UnloadAdapterRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\")\n\x15UnloadAdapterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\")\n\nPinRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"\x15\n\x13ListResidentRequest\"G\n\x14ListResidentResponse\x12/\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1d.adapterfleet.v1.AdapterState\"\x0e\n\x0cStatsRequest\"\xe2\x02\n\x0bWorkerStats\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x0f\n\x07running\x18\x04 \x01(\r\x12\x16\n\x0erequests_total\x18\x05 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x06 \x01(\x04\x12\x19\n\x11tokens_per_second\x18\x07 \x01(\x01\x12/\n\x08\x61\x64\x61pters\x18\x08 \x03(\x0b\x32\x1d.adapterfleet.v1.AdapterState\x12\x11\n\tmax_slots\x18\t \x01(\r\x12\x14\n\x0c\x61\x63tive_bytes\x18\n \x01(\x04\x12\x12\n\nhost_bytes\x18\x0b \x01(\x04\x12\x12\n\ndisk_bytes\x18\x0c \x01(\x04\x12\x0e\n\x06region\x18\r \x01(\t\x12\x12\n\ncold_loads\x18\x0e \x01(\x04\x12\x11\n\tevictions\x18\x0f \x01(\x04\x32\xbc\x04\n\x06Worker\x12Q\n\x08Generate\x12 .adapterfleet.v1.GenerateRequest\x1a!.adapterfleet.v1.GenerateResponse0\x01\x12\x46\n\x05Score\x12\x1d.adapterfleet.v1.ScoreRequest\x1a\x1e.adapterfleet.v1.ScoreResponse\x12Q\n\x0bLoadAdapter\x12#.adapterfleet.v1.LoadAdapterRequest\x1a\x1d.adapterfleet.v1.AdapterState\x12^\n\rUnloadAdapter\x12%.adapterfleet.v1.UnloadAdapterRequest\x1a&.adapterfleet.v1.UnloadAdapterResponse\x12\x41\n\x03Pin\x12\x1b.adapterfleet.v1.PinRequest\x1a\x1d.adapterfleet.v1.AdapterState\x12[\n\x0cListResident\x12$.adapterfleet.v1.ListResidentRequest\x1a%.adapterfleet.v1.ListResidentResponse\x12\x44\n\x05Stats\x12\x1d.adapterfleet.v1.StatsRequest\x1a\x1c.adapterfleet.v1.WorkerStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'adapterfleet.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLINGPARAMS']._serialized_start=79
-  _globals['_SAMPLINGPARAMS']._serialized_end=178
-  _globals['_GENERATEREQUEST']._serialized_start=181
-  _globals['_GENERATEREQUEST']._serialized_end=385
-  _globals['_GENERATERESPONSE']._serialized_start=388
-  _globals['_GENERATERESPONSE']._serialized_end=524
-  _globals['_SCOREREQUEST']._serialized_start=526
-  _globals['_SCOREREQUEST']._serialized_end=611
-  _globals['_SCORERESPONSE']._serialized_start=613
-  _globals['_SCORERESPONSE']._serialized_end=667
-  _globals['_LOADADAPTERREQUEST']._serialized_start=669
-  _globals['_LOADADAPTERREQUEST']._serialized_end=758
-  _globals['_ADAPTERSTATE']._serialized_start=761
-  _globals['_ADAPTERSTATE']._serialized_end=906
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=908
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=943
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=945
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=986
-  _globals['_PINREQUEST']._serialized_start=988
-  _globals['_PINREQUEST']._serialized_end=1029
-  _globals['_LISTRESIDENTREQUEST']._serialized_start=1031
-  _globals['_LISTRESIDENTREQUEST']._serialized_end=1052
-  _globals['_LISTRESIDENTRESPONSE']._serialized_start=1054
-  _globals['_LISTRESIDENTRESPONSE']._serialized_end=1125
-  _globals['_STATSREQUEST']._serialized_start=1127
-  _globals['_STATSREQUEST']._serialized_end=1141
-  _globals['_WORKERSTATS']._serialized_start=1144
-  _globals['_WORKERSTATS']._serialized_end=1498
-  _globals['_WORKER']._serialized_start=1501
-  _globals['_WORKER']._serialized_end=2073
+  _globals['_SAMPLINGPARAMS']._serialized_start=80
+  _globals['_SAMPLINGPARAMS']._serialized_end=260
+  _globals['_GENERATEREQUEST']._serialized_start=263
+  _globals['_GENERATEREQUEST']._serialized_end=521
+  _globals['_LOGPROB']._serialized_start=523
+  _globals['_LOGPROB']._serialized_end=581
+  _globals['_TOKENLOGPROBS']._serialized_start=583
+  _globals['_TOKENLOGPROBS']._serialized_end=679
+  _globals['_GENERATERESPONSE']._serialized_start=682
+  _globals['_GENERATERESPONSE']._serialized_end=895
+  _globals['_SCOREREQUEST']._serialized_start=897
+  _globals['_SCOREREQUEST']._serialized_end=982
+  _globals['_SCORERESPONSE']._serialized_start=984
+  _globals['_SCORERESPONSE']._serialized_end=1038
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1040
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1129
+  _globals['_ADAPTERSTATE']._serialized_start=1132
+  _globals['_ADAPTERSTATE']._serialized_end=1277
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1279
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1314
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1316
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1357
+  _globals['_PINREQUEST']._serialized_start=1359
+  _globals['_PINREQUEST']._serialized_end=1400
+  _globals['_LISTRESIDENTREQUEST']._serialized_start=1402
+  _globals['_LISTRESIDENTREQUEST']._serialized_end=1423
+  _globals['_LISTRESIDENTRESPONSE']._serialized_start=1425
+  _globals['_LISTRESIDENTRESPONSE']._serialized_end=1496
+  _globals['_STATSREQUEST']._serialized_start=1498
+  _globals['_STATSREQUEST']._serialized_end=1512
+  _globals['_WORKERSTATS']._serialized_start=1515
+  _globals['_WORKERSTATS']._serialized_end=1869
+  _globals['_WORKER']._serialized_start=1872
+  _globals['_WORKER']._serialized_end=2444
 # @@protoc_insertion_point(module_scope)
