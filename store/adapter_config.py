@@ -3,19 +3,20 @@
 Pure: bytes in, value out, :class:`InvalidAdapter` on any problem. No torch, no peft import. The matching helpers
 (``targets``, ``rank_for``, ...) replicate peft 0.21's own semantics (``check_target_module_exists``,
 ``get_pattern_key``, ``_set_trainable``, ``LoraLayer.update_layer``) so that the store and the workers agree with
-``PeftModel`` on which module gets which rank and scaling.
+``PeftModel`` on which module gets which rank and scaling. The config's regular expressions are compiled once per
+spec and matched in bounded time (:mod:`.patterns`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
 from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.patterns import Pattern, spend
 from adapterfleet.store.strict_json import strict_loads
 
 _WHERE = "adapter_config.json"
@@ -49,6 +50,13 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 # init_lora_weights values whose saved adapter only works on a *modified* base model unless it was converted.
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "lora_ga")
+# How peft splices each user pattern into the expression it matches (check_target_module_exists, get_pattern_key).
+_AS_IS = "{}"
+_SAVED_WHOLE = r"(^|.*\.){}($|\..*)"
+_LAYERS = r"(?:^|.*?\.){}\.(?P<idx>\d+)\."
+_PATTERN_KEY = r"(.*\.)?({})$"
+_DEFAULT_LAYER_INDEX = r".*?\.[^.]*\.(?P<idx>\d+)\."  # peft's layer index when layers_pattern is unset
+Compiled = dict[tuple[str, str], Pattern]  # (template, source) -> compiled pattern
 
 
 def _fail(msg: str) -> InvalidAdapter:
@@ -87,23 +95,22 @@ def _bool(d: dict, key: str) -> bool:
     return v
 
 
-def _regex(pattern: str, key: str, template: str = "{}") -> None:
-    try:
-        re.compile(template.format(pattern))
-    except (re.error, OverflowError, RecursionError) as e:
-        raise _fail(f"{key} {_show(pattern)} is not a valid regular expression ({type(e).__name__}: {e})") from None
+def _regex(pattern: str, key: str, compiled: Compiled, template: str = _AS_IS) -> None:
+    """Compile ``pattern`` as peft splices it (InvalidAdapter if it is not valid, too long, or over budget)."""
+    spend(f"compiling {key} patterns")
+    compiled.setdefault((template, pattern), Pattern(pattern, key, template))
 
 
 @overload
-def _names(v: Any, key: str, *, allow_regex: Literal[False]) -> tuple[str, ...]: ...
+def _names(v: Any, key: str, compiled: Compiled, *, allow_regex: Literal[False]) -> tuple[str, ...]: ...
 @overload
-def _names(v: Any, key: str, *, allow_regex: Literal[True]) -> tuple[str, ...] | str: ...
-def _names(v: Any, key: str, *, allow_regex: bool) -> tuple[str, ...] | str:
+def _names(v: Any, key: str, compiled: Compiled, *, allow_regex: Literal[True]) -> tuple[str, ...] | str: ...
+def _names(v: Any, key: str, compiled: Compiled, *, allow_regex: bool) -> tuple[str, ...] | str:
     """A list of module names -> sorted tuple; a string -> regex (when allowed)."""
     if isinstance(v, str) and allow_regex:
         if not v:
             raise _fail(f"{key} must not be an empty string")
-        _regex(v, key)
+        _regex(v, key, compiled)
         return v
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
         kind = "a list of module names or a regex string" if allow_regex else "a list of module names"
@@ -111,24 +118,16 @@ def _names(v: Any, key: str, *, allow_regex: bool) -> tuple[str, ...] | str:
     return tuple(sorted(set(v)))
 
 
-def _pattern_dict(v: Any, key: str, check: Callable[[Any, str], Any]) -> dict:
+def _pattern_dict(v: Any, key: str, check: Callable[[Any, str], Any], compiled: Compiled) -> dict:
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise _fail(f"{key} must be an object mapping module patterns to values, got {_show(v)}")
     out = {}
     for k, val in v.items():  # insertion order matters: peft takes the first matching key
-        _regex(k, f"{key} key", r"(.*\.)?({})$")
-        out[k] = check(val, f"{key}[{k!r}]")
+        _regex(k, f"{key} key", compiled, _PATTERN_KEY)
+        out[k] = check(val, f"{key}[{_show(k)}]")
     return out
-
-
-def pattern_key(pattern_keys: Any, module_path: str) -> str | None:
-    """The first key of rank_pattern/alpha_pattern that matches ``module_path`` (peft's ``get_pattern_key``)."""
-    for key in pattern_keys:
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return key
-    return None
 
 
 @dataclass(frozen=True)
@@ -148,6 +147,8 @@ class LoraSpec:
     layers_pattern: tuple[str, ...] | None
     base_model_name_or_path: str | None
     task_type: str | None
+    # compiled patterns, filled by from_dict and on first use; not part of the value
+    _patterns: Compiled = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict, *, max_rank: int = 256) -> LoraSpec:
@@ -182,7 +183,8 @@ class LoraSpec:
         if not _is_number(alpha):
             raise _fail(f"lora_alpha must be a finite number, got {_show(alpha)}")
 
-        target = _names(d["target_modules"], "target_modules", allow_regex=True)
+        compiled: Compiled = {}
+        target = _names(d["target_modules"], "target_modules", compiled, allow_regex=True)
         if target == ():
             raise _fail("target_modules is empty; an adapter must target at least one module")
         if target == "all-linear":
@@ -191,11 +193,11 @@ class LoraSpec:
                 "with PeftModel.save_pretrained(), which writes the expanded module names"
             )
         exclude = d.get("exclude_modules")
-        exclude = None if exclude is None else _names(exclude, "exclude_modules", allow_regex=True)
+        exclude = None if exclude is None else _names(exclude, "exclude_modules", compiled, allow_regex=True)
         mts = d.get("modules_to_save")
-        mts = () if mts is None else _names(mts, "modules_to_save", allow_regex=False)
+        mts = () if mts is None else _names(mts, "modules_to_save", compiled, allow_regex=False)
         for m in mts:  # peft splices these into a regex unescaped
-            _regex(m, "modules_to_save entry", r"(^|.*\.){}($|\..*)")
+            _regex(m, "modules_to_save entry", compiled, _SAVED_WHOLE)
 
         bias = d.get("bias", "none")
         if bias is None:
@@ -217,15 +219,16 @@ class LoraSpec:
             if not isinstance(pattern, list) or not all(isinstance(p, str) and p for p in pattern):
                 raise _fail(f"layers_pattern must be a module-list name or a list of them, got {_show(pattern)}")
             for p in pattern:
-                _regex(p, "layers_pattern", r"(?:^|.*?\.){}\.(?P<idx>\d+)\.")
+                _regex(p, "layers_pattern", compiled, _LAYERS)
             pattern = tuple(pattern) or None
         if isinstance(target, str) and (layers is not None or pattern is not None):
             raise _fail("layers_to_transform/layers_pattern cannot be used when target_modules is a regex string")
         if pattern is not None and layers is None:
             raise _fail("layers_pattern is set but layers_to_transform is not; set both or neither")
 
-        rank_pattern = _pattern_dict(d.get("rank_pattern"), "rank_pattern", lambda v, w: _rank(v, w, max_rank))
-        alpha_pattern = _pattern_dict(d.get("alpha_pattern"), "alpha_pattern", _alpha_value)
+        rank_pattern = _pattern_dict(d.get("rank_pattern"), "rank_pattern", lambda v, w: _rank(v, w, max_rank),
+                                     compiled)
+        alpha_pattern = _pattern_dict(d.get("alpha_pattern"), "alpha_pattern", _alpha_value, compiled)
 
         return cls(
             r=r,
@@ -243,23 +246,37 @@ class LoraSpec:
             layers_pattern=pattern,
             base_model_name_or_path=_opt_str(d, "base_model_name_or_path"),
             task_type=_opt_str(d, "task_type"),
+            _patterns=compiled,
         )
+
+    def _pattern(self, source: str, what: str, template: str = _AS_IS) -> Pattern:
+        key = (template, source)
+        found = self._patterns.get(key)
+        return found if found is not None else self._patterns.setdefault(key, Pattern(source, what, template))
+
+    def _first_key(self, patterns: Mapping[str, Any], what: str, module_path: str) -> str | None:
+        for key in patterns:
+            if self._pattern(key, what, _PATTERN_KEY).match(module_path):
+                return key
+        return None
 
     def targets(self, module_path: str) -> bool:
         """Does PEFT put a LoRA layer on ``module_path`` (e.g. "model.layers.0.self_attn.q_proj")?"""
+        spend(f"module {module_path[:60]!r}")
         ex = self.exclude_modules
         if ex:
             if isinstance(ex, str):
-                if re.fullmatch(ex, module_path):
+                if self._pattern(ex, "exclude_modules").fullmatch(module_path):
                     return False
             elif module_path in ex or any(module_path.endswith(f".{e}") for e in ex):
                 return False
         # peft never puts an adapter inside (or on) a module that is saved whole
-        if any(re.match(rf"(^|.*\.){m}($|\..*)", module_path) for m in self.modules_to_save):
+        if any(self._pattern(m, "modules_to_save entry", _SAVED_WHOLE).match(module_path)
+               for m in self.modules_to_save):
             return False
         tm = self.target_modules
         if isinstance(tm, str):
-            return re.fullmatch(tm, module_path) is not None
+            return self._pattern(tm, "target_modules").fullmatch(module_path) is not None
         if module_path in tm:  # an exact name is taken as is, even with layers_to_transform
             return True
         if not any(module_path.endswith(f".{t}") for t in tm):
@@ -268,10 +285,10 @@ class LoraSpec:
             return True
         match = None
         if self.layers_pattern is None:
-            match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module_path)
+            match = self._pattern(_DEFAULT_LAYER_INDEX, "peft's layer index pattern").match(module_path)
         else:
             for p in self.layers_pattern:
-                match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module_path)
+                match = self._pattern(p, "layers_pattern", _LAYERS).match(module_path)
                 if match is not None:
                     break
         return match is not None and int(match.group("idx")) in self.layers_to_transform
@@ -280,12 +297,19 @@ class LoraSpec:
         """Is ``module_path`` saved whole (peft's ``_set_trainable``: a plain ``endswith``)?"""
         return any(module_path.endswith(m) for m in self.modules_to_save)
 
+    def rank_key(self, module_path: str) -> str | None:
+        """The first rank_pattern key that matches ``module_path`` (peft's ``get_pattern_key``), or None."""
+        return self._first_key(self.rank_pattern, "rank_pattern key", module_path)
+
+    def alpha_key(self, module_path: str) -> str | None:
+        return self._first_key(self.alpha_pattern, "alpha_pattern key", module_path)
+
     def rank_for(self, module_path: str) -> int:
-        key = pattern_key(self.rank_pattern, module_path)
+        key = self.rank_key(module_path)
         return self.r if key is None else self.rank_pattern[key]
 
     def alpha_for(self, module_path: str) -> float:
-        key = pattern_key(self.alpha_pattern, module_path)
+        key = self.alpha_key(module_path)
         return self.lora_alpha if key is None else self.alpha_pattern[key]
 
     def scaling_for(self, module_path: str) -> float:

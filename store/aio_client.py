@@ -1,5 +1,5 @@
-"""An asyncio client of the store for services that run on an event loop (the router): resolve, watch, and the
-worker registry. Errors come back as the domain's typed errors."""
+"""An asyncio client of the store for services that run on an event loop (the router): resolve, watch, list, and
+the worker registry. Errors come back as the domain's typed errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from adapterfleet.common.channel import CHANNEL_OPTIONS
 from adapterfleet.common.grpc_errors import error_from_rpc
 from adapterfleet.store import proto_convert as pc
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.listing import AdapterSummary
 from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.workers import WorkerRecord, record_from_pb
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
@@ -41,6 +42,13 @@ class AsyncStoreClient:
                 yield pc.event_from_pb(pb)
         except grpc.aio.AioRpcError as err:
             raise error_from_rpc(err) from None
+
+    async def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:
+        try:
+            r = await self._store.ListAdapters(store_pb2.ListAdaptersRequest(prefix=prefix), timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(err) from None
+        return [pc.summary_from_pb(a) for a in r.adapters]
 
     async def workers(self, region: str = "") -> list[WorkerRecord]:
         try:

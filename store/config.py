@@ -16,9 +16,12 @@ class Limits:
     max_total_bytes: int = 8 << 30
     max_files: int = 16
     max_config_bytes: int = 1 << 20
-    max_header_bytes: int = 16 << 20
+    max_header_bytes: int = 2 << 20  # ~15,000 tensors; parse time (GIL held) grows with it
     max_extra_file_bytes: int = 4 << 20  # README.md and other small text files
     max_rank: int = 256
+    max_digests: int = 256              # sha256 digests in one MissingBlobs request (a push asks one per file)
+    max_pattern_seconds: float = 2.0    # CPU seconds to compile a config's patterns, and again to match tensor names
+    max_announced_adapters: int = 1 << 16  # resident adapters in one worker announcement
 
 
 @dataclass(frozen=True)
@@ -48,5 +51,11 @@ class StoreConfig:
     blob_cache_bytes: int = 512 << 20   # in-memory LRU of small blobs (0: off)
     blob_cache_max_item: int = 16 << 20
     limits: Limits = field(default_factory=Limits)
+    blob_lookups: int = 4               # threads checking blob existence (MissingBlobs), apart from other I/O
+    validators: int = 2                 # threads validating pushed configs and headers, apart from other I/O
+    watch_outage_s: float = 10.0        # a Watch waits this long for Redis to come back, then ends UNAVAILABLE
+    # how long a thread may hold the GIL while another waits (Python's default: 5 ms): validator and lookup threads
+    # then delay the event loop by at most about this much each time it wakes. Set by serve(), for the process.
+    gil_switch_s: float = 0.001
     drain_s: float = 10.0               # on SIGTERM: in-flight pushes and fetches get this long
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -1,16 +1,21 @@
-"""The Redis index of versions, aliases and events. Every write is one atomic Lua script (see scripts.py)."""
+"""The Redis index of versions, aliases and events. Every write is one atomic Lua script (see scripts.py); reads
+that need several keys are one pipelined round trip. Every public method is @typed_redis: an outage is UNAVAILABLE
+naming Redis (redis_errors.py), never INTERNAL."""
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from collections.abc import Sequence
 
-from adapterfleet.common.errors import AliasConflict, FailedPrecondition, NotFound, Unavailable
+import redis.asyncio as aioredis
+
+from adapterfleet.common.errors import AliasConflict, FailedPrecondition, NotFound
 from adapterfleet.store import scripts
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.manifest import Manifest
+from adapterfleet.store.redis_errors import redis_address, typed_redis
 from adapterfleet.store.targets import Targets, decode, encode
+
+BATCH = 512  # names per pipelined round trip when listing: one round trip each, replies parsed between them
 
 
 def _text(x: bytes | str) -> str:
@@ -22,6 +27,7 @@ class RedisIndex:
     def __init__(self, client: aioredis.Redis, prefix: str = "af:"):
         self._r = client
         self._p = prefix
+        self.redis_address = redis_address(client)
         self._lease = client.register_script(scripts.LEASE)
         self._release = client.register_script(scripts.RELEASE)
         self._commit = client.register_script(scripts.COMMIT)
@@ -33,27 +39,25 @@ class RedisIndex:
         return f"{self._p}n:{name}:{kind}"
 
     async def _run(self, script, args: list) -> list:
-        try:
-            out = await script(args=[self._p, *args])
-        except (RedisConnectionError, RedisTimeoutError) as err:
-            raise Unavailable(f"Redis is unreachable: {err}; check --redis-url and that the server is up") from err
+        out = await script(args=[self._p, *args])
         return [x.decode() if isinstance(x, bytes) else x for x in out]
 
+    @typed_redis
     async def ping(self) -> None:
-        try:
-            await self._r.ping()
-        except (RedisConnectionError, RedisTimeoutError) as err:
-            raise Unavailable(f"Redis is unreachable: {err}; check --redis-url and that the server is up") from err
+        await self._r.ping()
 
     # --- pushes -------------------------------------------------------------------------------------------------
+    @typed_redis
     async def lease(self, push_id: str, expiry: float, blobs: list[str]) -> str | None:
         """Protect blobs from GC until ``expiry``. Returns a blob GC is deleting right now, or None."""
         out = await self._run(self._lease, [push_id, repr(expiry), *blobs])
         return out[1] if out[0] == "doomed" else None
 
+    @typed_redis
     async def release(self, push_id: str, blobs: list[str]) -> None:
         await self._run(self._release, [push_id, *blobs])
 
+    @typed_redis
     async def commit(self, manifest: Manifest, push_id: str, alias: str = "") -> tuple[int, bool]:
         """Make the version visible (all or nothing). Returns (version, created)."""
         blobs = sorted({f.sha256 for f in manifest.files})
@@ -71,43 +75,95 @@ class RedisIndex:
         return int(out[1]), bool(int(out[2]))
 
     # --- reads --------------------------------------------------------------------------------------------------
+    @typed_redis
     async def digest_of(self, name: str, version: int) -> str | None:
         d = await self._r.hget(self._k(name, "v"), str(version))
         return _text(d) if d else None
 
+    @typed_redis
     async def version_of(self, name: str, digest: str) -> int | None:
         v = await self._r.hget(self._k(name, "d"), digest)
         return int(v) if v else None
 
+    @typed_redis
     async def manifest(self, name: str, digest: str) -> Manifest:
-        async with self._r.pipeline(transaction=False) as pipe:
-            pipe.hget(self._k(name, "m"), digest)
-            pipe.hget(self._k(name, "d"), digest)
-            raw, version = await pipe.execute()
-        if raw is None:
-            raise NotFound(f"{name}@{digest} does not exist in this store")
-        yanked = await self._r.sismember(self._k(name, "y"), version)
-        return Manifest.from_json(raw.decode(), version=int(version), yanked=bool(yanked))
+        return (await self.manifests(name, [digest]))[0]
 
+    @typed_redis
+    async def manifests(self, name: str, digests: Sequence[str]) -> list[Manifest]:
+        """The manifests of ``name`` with these digests, in order, in one round trip. NotFound names the first
+        digest the store does not have."""
+        if not digests:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._k(name, "m"), list(digests))
+            pipe.hmget(self._k(name, "d"), list(digests))
+            pipe.smembers(self._k(name, "y"))
+            raws, versions, yanked = await pipe.execute()
+        gone = {int(v) for v in yanked}
+        out = []
+        for digest, raw, version in zip(digests, raws, versions, strict=True):
+            if raw is None or version is None:
+                raise NotFound(f"{name}@{digest} does not exist in this store")
+            out.append(Manifest.from_json(_text(raw), version=int(version), yanked=int(version) in gone))
+        return out
+
+    @typed_redis
     async def versions(self, name: str) -> dict[int, str]:
         raw = await self._r.hgetall(self._k(name, "v"))
         return {int(v): _text(d) for v, d in raw.items()}
 
+    @typed_redis
     async def yanked(self, name: str) -> set[int]:
         return {int(v) for v in await self._r.smembers(self._k(name, "y"))}
 
+    @typed_redis
     async def aliases(self, name: str) -> dict[str, Targets]:
         raw = await self._r.hgetall(self._k(name, "a"))
         return {_text(a): decode(_text(t)) for a, t in raw.items()}
 
+    @typed_redis
     async def alias(self, name: str, alias: str) -> Targets | None:
         raw = await self._r.hget(self._k(name, "a"), alias)
         return decode(_text(raw)) if raw else None
 
+    @typed_redis
+    async def state(self, name: str, alias: str = "") -> tuple[dict[int, str], set[int], Targets | None]:
+        """What resolving a ref of ``name`` needs, in one round trip: version -> digest, the yanked versions, and
+        the targets of ``alias`` (None when there is no such alias, or none was asked for)."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k(name, "v"))
+            pipe.smembers(self._k(name, "y"))
+            if alias:
+                pipe.hget(self._k(name, "a"), alias)
+            replies = await pipe.execute()
+        versions = {int(v): _text(d) for v, d in replies[0].items()}
+        targets = decode(_text(replies[2])) if alias and replies[2] else None
+        return versions, {int(v) for v in replies[1]}, targets
+
+    @typed_redis
     async def names(self) -> list[str]:
         return sorted(_text(n) for n in await self._r.smembers(f"{self._p}names"))
 
+    @typed_redis
+    async def summaries(self, names: Sequence[str]) -> list[tuple[dict[int, str], set[int], dict[str, Targets]]]:
+        """(versions, yanked, aliases) of each name, in order: one pipelined round trip per BATCH names."""
+        out = []
+        for i in range(0, len(names), BATCH):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for name in names[i:i + BATCH]:
+                    pipe.hgetall(self._k(name, "v"))
+                    pipe.smembers(self._k(name, "y"))
+                    pipe.hgetall(self._k(name, "a"))
+                replies = await pipe.execute()
+            for j in range(0, len(replies), 3):
+                versions, yanked, aliases = replies[j:j + 3]
+                out.append(({int(v): _text(d) for v, d in versions.items()}, {int(v) for v in yanked},
+                            {_text(a): decode(_text(t)) for a, t in aliases.items()}))
+        return out
+
     # --- aliases and yanks ----------------------------------------------------------------------------------------
+    @typed_redis
     async def set_alias(self, name: str, alias: str, targets: Targets, expect: Targets | str | None) -> Targets:
         """CAS: ``expect`` is "any" (unconditional), None (must not exist) or the exact current targets.
         Empty ``targets`` deletes. Returns the previous targets."""
@@ -134,6 +190,7 @@ class RedisIndex:
             raise NotFound(f"alias {name}@{alias} does not exist")
         return decode(detail)
 
+    @typed_redis
     async def yank(self, name: str, version: int, force: bool) -> None:
         out = await self._run(self._yank, [name, str(version), "1" if force else "0"])
         if out[0] == "notfound":
@@ -145,26 +202,28 @@ class RedisIndex:
             )
 
     # --- garbage collection ----------------------------------------------------------------------------------------
+    @typed_redis
     async def referenced(self, blobs: list[str]) -> list[bool]:
         return [bool(x) for x in await self._r.smismember(f"{self._p}refs", blobs)] if blobs else []
 
+    @typed_redis
     async def gc_mark(self, candidates: list[str]) -> list[str]:
         return await self._run(self._gc_mark, candidates) if candidates else []
 
+    @typed_redis
     async def gc_unmark(self, blobs: list[str]) -> None:
         if blobs:
             await self._r.zrem(f"{self._p}doomed", *blobs)
 
     # --- events ---------------------------------------------------------------------------------------------------
+    @typed_redis
     async def last_event_id(self) -> str:
         info = await self._r.xinfo_stream(f"{self._p}events") if await self._r.exists(f"{self._p}events") else None
         return info["last-generated-id"].decode() if info else "0-0"
 
+    @typed_redis
     async def read_events(self, cursor: str, block_ms: int, count: int = 100) -> list[StoreEvent]:
-        try:
-            out = await self._r.xread({f"{self._p}events": cursor}, count=count, block=block_ms)
-        except (RedisConnectionError, RedisTimeoutError) as err:
-            raise Unavailable(f"Redis is unreachable: {err}") from err
+        out = await self._r.xread({f"{self._p}events": cursor}, count=count, block=block_ms)
         streams = out or []
         # RESP2 / legacy replies (redis-py's defaults, which make_redis keeps): [[stream, [(id, fields), ...]], ...]
         assert isinstance(streams, list), f"XREAD replied {type(streams).__name__}; the client must use RESP2 replies"

@@ -8,6 +8,9 @@ Order of events, and why nothing half-written is ever visible:
              each blob committed only if its bytes hash to the promised sha256;
              then one Lua script assigns the version number and publishes the event.
 A failure at any step aborts the uploads and releases the leases: no version, no visible blob.
+
+Validation never holds the event loop for long: the store's Validator (validator.py) parses the config and the
+header and checks the tensors against the config in threads, each step under a CPU budget, with sizes bounded.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import uuid
 from dataclasses import dataclass, field
 
 from adapterfleet.common.errors import BlobMissing, InvalidAdapter, InvalidArgument, Unavailable
-from adapterfleet.store.adapter_config import LoraSpec, parse_adapter_config
+from adapterfleet.store.adapter_config import LoraSpec
 from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
 from adapterfleet.store.refs import validate_alias, validate_name
-from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed, parse_header
-from adapterfleet.store.validation import check_adapter, check_file_name, check_file_set
+from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed
+from adapterfleet.store.validation import check_file_name, check_file_set
+from adapterfleet.store.validator import Validator
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -71,8 +75,10 @@ def check_header(header: PushHeader, cfg: StoreConfig) -> None:
 
 
 class PushSession:
-    def __init__(self, header: PushHeader, blobs: BlobStore, index: RedisIndex, cfg: StoreConfig):
+    def __init__(self, header: PushHeader, blobs: BlobStore, index: RedisIndex, cfg: StoreConfig,
+                 validator: Validator):
         self.header = header
+        self._validator = validator
         self._blobs = blobs
         self._index = index
         self._cfg = cfg
@@ -82,7 +88,9 @@ class PushSession:
         self._current: str | None = None
         self._prefix: dict[str, bytearray] = {}  # config bytes / safetensors header bytes as they arrive
         self._spec: LoraSpec | None = None
-        self._tensors: SafetensorsHeader | None = None
+        self._config_bytes = b""
+        self._header_bytes: bytes | None = None  # the safetensors header, length prefix included, once complete
+        self._tensors: SafetensorsHeader | None = None  # parsed (None for a heavy header: see validator.py)
         self._received = 0
         self._blob_ids = sorted({f.sha256 for f in header.files})
         self._pending: asyncio.Future | None = None
@@ -113,7 +121,9 @@ class PushSession:
             raise InvalidArgument(f"chunk of {file!r} at offset {offset}, expected {expected}")
         if expected + len(data) > entry.size:
             raise InvalidAdapter(f"{file} is longer than the {entry.size} bytes the push header promised")
-        self._validate_prefix(file, data)
+        header = self._collect_prefix(file, data)
+        if header is not None:
+            await self._parse_header(header, entry.size)
         await self._drain()  # at most one write in flight: hashing/uploading overlaps receiving the next chunk
         self._pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
         self._offsets[file] = expected + len(data)
@@ -124,21 +134,25 @@ class PushSession:
             pending, self._pending = self._pending, None
             await pending
 
-    def _validate_prefix(self, file: str, data: bytes) -> None:
-        """Parse the config and the safetensors header as soon as their bytes are complete."""
+    def _collect_prefix(self, file: str, data: bytes) -> bytes | None:
+        """Keep the config's bytes, and the safetensors header's; return the header once it is complete."""
         if file == CONFIG_FILE:
             self._prefix[file] += data
-            return
-        if file != WEIGHTS_FILE or self._tensors is not None:
-            return
+            return None
+        if file != WEIGHTS_FILE or self._header_bytes is not None:
+            return None
         buf = self._prefix[file]
         buf += data
         # refuses an oversized header as soon as its 8 length bytes are in, so we never buffer one
         need = header_bytes_needed(bytes(buf[:8]), max_header_bytes=self._cfg.limits.max_header_bytes)
-        if need is not None and len(buf) >= need:
-            self._tensors = parse_header(bytes(buf[:need]), self._files[file].size,
-                                         max_header_bytes=self._cfg.limits.max_header_bytes)
-            self._prefix[file] = bytearray()
+        if need is None or len(buf) < need:
+            return None
+        self._prefix[file] = bytearray()
+        return bytes(buf[:need])
+
+    async def _parse_header(self, data: bytes, size: int) -> None:
+        self._tensors = await self._validator.header(data, size)
+        self._header_bytes = data
 
     async def _finish_file(self) -> None:
         await self._drain()
@@ -148,12 +162,12 @@ class PushSession:
         if writer.received != writer.size:
             raise InvalidAdapter(f"{name} ended after {writer.received} of the {writer.size} bytes promised")
         if name == CONFIG_FILE:
-            self._spec = self._parse_config(bytes(self._prefix.pop(name)))
+            self._spec = await self._parse_config(bytes(self._prefix.pop(name)))
         self._current = None
 
-    def _parse_config(self, data: bytes) -> LoraSpec:
-        return parse_adapter_config(data, max_rank=self._cfg.limits.max_rank,
-                                    max_bytes=self._cfg.limits.max_config_bytes)
+    async def _parse_config(self, data: bytes) -> LoraSpec:
+        self._config_bytes = data
+        return await self._validator.config(data)
 
     async def _load_skipped(self) -> int:
         """Files the client did not send must already be stored; validate them from the blob store."""
@@ -168,11 +182,10 @@ class PushSession:
                 )
             skipped += entry.size
             if name == CONFIG_FILE:
-                self._spec = self._parse_config(await self._read(entry, entry.size))
+                self._spec = await self._parse_config(await self._read(entry, entry.size))
             elif name == WEIGHTS_FILE:
                 need = header_bytes_needed(await self._read(entry, 8))
-                self._tensors = parse_header(await self._read(entry, min(need or 8, entry.size)), entry.size,
-                                             max_header_bytes=self._cfg.limits.max_header_bytes)
+                await self._parse_header(await self._read(entry, min(need or 8, entry.size)), entry.size)
         return skipped
 
     async def _read(self, entry: FileEntry, length: int) -> bytes:
@@ -189,10 +202,10 @@ class PushSession:
     async def finish(self) -> PushResult:
         await self._finish_file()
         skipped = await self._load_skipped()
-        if self._tensors is None:
+        if self._header_bytes is None:
             raise InvalidAdapter(f"{WEIGHTS_FILE} ended before its safetensors header was complete")
-        assert self._spec is not None
-        check_adapter(self._spec, self._tensors)
+        assert self._spec is not None and self._tensors is not None
+        await self._validator.adapter(self._spec, self._tensors)
         for writer in self._writers.values():
             writer.verify()  # ChecksumMismatch if the bytes are not the promised ones: then publish none
         for writer in self._writers.values():

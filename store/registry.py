@@ -2,7 +2,8 @@
 
     P workers          HASH  worker id -> record JSON
     P workers:expiry   ZSET  worker id -> unix time the record stops counting
-A worker that stops announcing is gone after its TTL; stale records are swept on read.
+A worker that stops announcing is gone after its TTL; stale records are swept on read. A Redis outage is
+UNAVAILABLE naming Redis (redis_errors.py).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from adapterfleet.common.errors import InvalidArgument
+from adapterfleet.store.redis_errors import redis_address, typed_redis
 from adapterfleet.store.workers import WorkerRecord, record_from_json, record_to_json
 
 
 class RedisRegistry:
     def __init__(self, client: aioredis.Redis, prefix: str = "af:", default_ttl: float = 3.0):
         self._r = client
+        self.redis_address = redis_address(client)
         self._hash = f"{prefix}workers"
         self._expiry = f"{prefix}workers:expiry"
         self.default_ttl = default_ttl
 
+    @typed_redis
     async def announce(self, record: WorkerRecord, ttl: float = 0.0) -> None:
         if not record.id or not record.address:
             raise InvalidArgument("a worker announcement needs an id and an address")
@@ -32,6 +36,7 @@ class RedisRegistry:
             pipe.zadd(self._expiry, {record.id: expiry})
             await pipe.execute()
 
+    @typed_redis
     async def workers(self, region: str = "") -> list[WorkerRecord]:
         now = time.time()
         dead = await self._r.zrangebyscore(self._expiry, "-inf", now - 60)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.store.registry import RedisRegistry
 from adapterfleet.store.workers import record_from_pb, record_to_pb
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, registry: RedisRegistry, announce_every: float = 1.0):
+    def __init__(self, registry: RedisRegistry, announce_every: float = 1.0, max_adapters: int = 1 << 16):
         self.registry = registry
         self._every = announce_every
+        self._max_adapters = max_adapters
 
     async def Announce(self, request, context):
+        if len(request.adapters) > self._max_adapters:
+            raise InvalidArgument(f"WorkerInfo.adapters has {len(request.adapters)} entries, more than the limit of "
+                                  f"{self._max_adapters}")
         await self.registry.announce(record_from_pb(request), request.ttl_seconds)
         return registry_pb2.AnnounceResponse(next_in_seconds=self._every)
 

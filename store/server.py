@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
+from adapterfleet.store import patterns
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.blobs.cache import CachedBlobStore
 from adapterfleet.store.blobs.local import LocalBlobStore
@@ -68,6 +70,7 @@ class StoreServer:
         """Drain: readiness down first, then in-flight pushes and fetches get ``grace`` seconds."""
         await mark_draining(self._health, [SERVICE_NAME, REGISTRY_NAME])
         await self.server.stop(grace)
+        self.core.close()
         self.metrics.close()
 
 
@@ -76,7 +79,8 @@ def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: B
     metrics = ServiceMetrics("store", cfg.metrics)
     metrics.registry.register(StoreCollector(core))
     servicer = StoreServicer(core)
-    registry = RegistryServicer(RedisRegistry(redis_client, cfg.redis_prefix))
+    registry = RegistryServicer(RedisRegistry(redis_client, cfg.redis_prefix),
+                                max_adapters=cfg.limits.max_announced_adapters)
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}",
         [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s),
@@ -88,7 +92,11 @@ def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: B
 
 async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls for a few seconds."""
+    sys.setswitchinterval(cfg.gil_switch_s)  # the process is the store's alone now
     blobs = await asyncio.to_thread(make_blob_store, cfg)
+    if not patterns.bounded():
+        log.warning("the `regex` package is missing: adapter configs' patterns are matched with re, whose cost is "
+                    "unbounded; pip install 'adapterfleet[store]'")
     store = create_store_server(cfg, redis_client, blobs)
     await store.start()
     log.info("store serving on %s:%d (region %s)%s", cfg.host, store.port, cfg.region,

@@ -6,19 +6,27 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from adapterfleet.common.aio import Prefetch
-from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.config import StoreConfig
-from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.events import StoreEvent, check_cursor
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.push import PushHeader, PushResult, PushSession
-from adapterfleet.store.refs import Ref, validate_alias, validate_hex_digest, validate_name
+from adapterfleet.store.refs import MAX_NAME_CHARS, Ref, show, validate_alias, validate_hex_digest, validate_name
 from adapterfleet.store.targets import LiveTarget, Targets, check, choose
+from adapterfleet.store.validator import Validator
+
+
+def check_count(field: str, n: int, limit: int) -> None:
+    """Refuse a list in a request that is longer than its limit, before any work is done on it."""
+    if n > limit:
+        raise InvalidArgument(f"{field} has {n} entries, more than the limit of {limit}")
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,19 @@ class AdapterStoreCore:
         self.index = index
         self._rng = rng or random.Random()
         self.stats = StoreStats()
+        # Work that may be slow gets threads (and a process) of its own, so that it queues behind itself and never
+        # in front of other requests' I/O in the loop's default executor (all start on first use).
+        self._lookups = ThreadPoolExecutor(cfg.blob_lookups, thread_name_prefix="store-blob-lookup")
+        self.validator = Validator(cfg.limits, cfg.validators)
+
+    def close(self) -> None:
+        """Stop the core's threads and processes (after the server stopped taking calls)."""
+        self._lookups.shutdown(wait=False, cancel_futures=True)
+        self.validator.close()
 
     # --- push -----------------------------------------------------------------------------------------------------
     async def push(self, header: PushHeader, chunks: AsyncIterator[FileChunk]) -> PushResult:
-        session = PushSession(header, self.blobs, self.index, self.cfg)
+        session = PushSession(header, self.blobs, self.index, self.cfg, self.validator)
         await session.start()
         try:
             async for chunk in chunks:
@@ -72,34 +89,38 @@ class AdapterStoreCore:
         return result
 
     async def missing_blobs(self, digests: list[str]) -> list[str]:
+        """The digests whose blobs the backend (S3, never a cache) does not have, in the order asked."""
+        check_count("MissingBlobsRequest.sha256", len(digests), self.cfg.limits.max_digests)
         for d in digests:
             validate_hex_digest(d)
-        present = await asyncio.gather(*(asyncio.to_thread(self.blobs.exists, d) for d in digests))
-        return [d for d, ok in zip(digests, present, strict=True) if not ok]
+        unique = list(dict.fromkeys(digests))
+        loop = asyncio.get_running_loop()
+        present = await asyncio.gather(*(loop.run_in_executor(self._lookups, self.blobs.exists, d) for d in unique))
+        have = {d for d, ok in zip(unique, present, strict=True) if ok}
+        return [d for d in unique if d not in have]
 
     # --- resolve --------------------------------------------------------------------------------------------------
     async def resolve(self, text: str, routing_key: str = "") -> Resolution:
+        """At most two Redis round trips: what the ref points at, then that version's manifest."""
         ref = Ref.parse(text)
         if ref.digest is not None:
             return self._one(await self.index.manifest(ref.name, ref.digest))
-        yanked = await self.index.yanked(ref.name)
         if ref.version is not None:
-            if ref.version in yanked:
+            manifest = await self._by_version(ref.name, ref.version)
+            if manifest.yanked:
                 raise NotFound(f"{ref} is yanked; fetch it by digest if you really need it")
-            return self._one(await self._by_version(ref.name, ref.version))
+            return self._one(manifest)
+        versions, yanked, targets = await self.index.state(ref.name, ref.alias or "")
         if ref.alias is not None:
-            targets = await self.index.alias(ref.name, ref.alias)
             if targets is None:
                 raise NotFound(f"alias {ref} does not exist; `adapterfleet ls {ref.name}` lists its aliases")
-            digests = await self.index.versions(ref.name)
-            live = tuple(LiveTarget(v, w, f"{ref.name}@{digests[v]}")
-                         for v, w in targets if v not in yanked and v in digests)
+            live = tuple(LiveTarget(v, w, f"{ref.name}@{versions[v]}")
+                         for v, w in targets if v not in yanked and v in versions)
             if not live:
                 raise FailedPrecondition(f"every version alias {ref} points at is yanked; move the alias")
             chosen = choose(live, routing_key, self._rng)
-            manifest = await self.index.manifest(ref.name, digests[chosen.version])
+            manifest = await self.index.manifest(ref.name, versions[chosen.version])
             return Resolution(manifest, live, ref.alias, targets)
-        versions = await self.index.versions(ref.name)
         live_versions = [v for v in versions if v not in yanked]
         if not live_versions:
             if versions:
@@ -146,13 +167,13 @@ class AdapterStoreCore:
 
     # --- listing ----------------------------------------------------------------------------------------------------
     async def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:
+        if len(prefix) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"invalid prefix {show(prefix)}: longer than a name ({MAX_NAME_CHARS} characters)")
+        names = [n for n in await self.index.names() if n.startswith(prefix)]
         out = []
-        for name in await self.index.names():
-            if not name.startswith(prefix):
-                continue
-            versions, yanked = await self.index.versions(name), await self.index.yanked(name)
+        for name, (versions, yanked, aliases) in zip(names, await self.index.summaries(names), strict=True):
             live = [v for v in versions if v not in yanked]
-            out.append(AdapterSummary(name, max(live, default=0), len(versions), await self.index.aliases(name)))
+            out.append(AdapterSummary(name, max(live, default=0), len(versions), aliases))
         return out
 
     async def list_versions(self, name: str) -> tuple[list[Manifest], dict[str, Targets]]:
@@ -160,7 +181,7 @@ class AdapterStoreCore:
         versions = await self.index.versions(name)
         if not versions:
             raise NotFound(f"adapter {name} does not exist; `adapterfleet ls` lists adapters")
-        manifests = [await self.index.manifest(name, versions[v]) for v in sorted(versions)]
+        manifests = await self.index.manifests(name, [versions[v] for v in sorted(versions)])
         return manifests, await self.index.aliases(name)
 
     # --- aliases and yanks ------------------------------------------------------------------------------------------
@@ -208,10 +229,26 @@ class AdapterStoreCore:
 
     # --- events ---------------------------------------------------------------------------------------------------
     async def watch(self, cursor: str = "", name: str = "", block_ms: int = 5000) -> AsyncIterator[StoreEvent]:
+        """Events after ``cursor``, forever. Through a Redis outage (a restart) the stream waits and then resumes
+        from its cursor, missing nothing Redis kept; an outage longer than ``watch_outage_s`` ends it UNAVAILABLE."""
+        check_cursor(cursor)
+        if name:
+            validate_name(name, "watch name")
         if cursor in ("", "$"):
             cursor = await self.index.last_event_id()
+        down_since: float | None = None
         while True:
-            for event in await self.index.read_events(cursor, block_ms):
+            try:
+                events = await self.index.read_events(cursor, block_ms)
+            except Unavailable:
+                now = time.monotonic()
+                down_since = down_since if down_since is not None else now
+                if now - down_since >= self.cfg.watch_outage_s:
+                    raise
+                await asyncio.sleep(min(0.5, self.cfg.watch_outage_s / 10))
+                continue
+            down_since = None
+            for event in events:
                 cursor = event.cursor
                 if not name or event.name == name:
                     yield event

@@ -1,12 +1,20 @@
-"""The store's gRPC servicer: proto in, one domain call, proto out."""
+"""The store's gRPC servicer: proto in, one domain call, proto out. Every list in a request is counted against its
+limit before it is converted, so an oversized one costs nothing but the refusal."""
 
 from __future__ import annotations
 
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.store import proto_convert as pc
 from adapterfleet.store.push import PushHeader
-from adapterfleet.store.service import AdapterStoreCore, FileChunk
+from adapterfleet.store.service import AdapterStoreCore, FileChunk, check_count
+from adapterfleet.store.targets import MAX_TARGETS
 from adapterfleet.v1 import store_pb2, store_pb2_grpc
+
+
+def _expectation(request, field: str = "expect"):
+    if request.HasField(field):
+        check_count(f"{field}.targets", len(getattr(request, field).targets), MAX_TARGETS)
+    return pc.expectation_from_pb(request, field)
 
 
 class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
@@ -18,6 +26,7 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
         if first is None or not first.HasField("header"):
             raise InvalidArgument("a push must start with a header message (name and files)")
         h = first.header
+        check_count("PushHeader.files", len(h.files), self.core.cfg.limits.max_files)
         header = PushHeader(name=h.name, alias=h.alias, base_model=pc.base_from_pb(h.base_model),
                             files=tuple(pc.files_from_pb(h.files)), parent=h.parent)
 
@@ -33,6 +42,7 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
                                       bytes_deduplicated=result.bytes_deduplicated)
 
     async def MissingBlobs(self, request, context):
+        check_count("MissingBlobsRequest.sha256", len(request.sha256), self.core.cfg.limits.max_digests)
         return store_pb2.MissingBlobsResponse(sha256=await self.core.missing_blobs(list(request.sha256)))
 
     async def Fetch(self, request, context):
@@ -61,12 +71,13 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
             aliases=[pc.alias_to_pb(request.name, k, t) for k, t in sorted(aliases.items())])
 
     async def SetAlias(self, request, context):
+        check_count("SetAliasRequest.targets", len(request.targets), MAX_TARGETS)
         targets = pc.targets_from_pb(request.targets)
-        await self.core.set_alias(request.name, request.alias, targets, pc.expectation_from_pb(request))
+        await self.core.set_alias(request.name, request.alias, targets, _expectation(request))
         return pc.alias_to_pb(request.name, request.alias, targets)
 
     async def DeleteAlias(self, request, context):
-        await self.core.delete_alias(request.name, request.alias, pc.expectation_from_pb(request))
+        await self.core.delete_alias(request.name, request.alias, _expectation(request))
         return store_pb2.DeleteAliasResponse()
 
     async def YankVersion(self, request, context):

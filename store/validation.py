@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from adapterfleet.common.errors import InvalidAdapter
-from adapterfleet.store.adapter_config import LoraSpec, pattern_key
+from adapterfleet.store.adapter_config import LoraSpec
 from adapterfleet.store.peft_keys import LORA_BIAS_FIELDS, PeftKey, parse_peft_keys
 from adapterfleet.store.safetensors_header import SafetensorsHeader, TensorInfo
 
@@ -79,7 +79,7 @@ def _saved_whole(spec: LoraSpec, module: str) -> bool:
 
 
 def _rank_origin(spec: LoraSpec, module: str) -> str:
-    key = pattern_key(spec.rank_pattern, module)
+    key = spec.rank_key(module)
     return f"rank {spec.r} (r)" if key is None else f"rank {spec.rank_pattern[key]} (rank_pattern {key!r})"
 
 

@@ -3,7 +3,8 @@
 Blobs are immutable and content-addressed, so a cached copy can never be stale: the cache needs no invalidation
 beyond GC's deletes. Pushes fill it (write-through) and reads fill it, so the configs and weights of hot adapters
 are served to many workers without a round trip to S3. Large blobs (over ``max_item``) always stream from the
-backend.
+backend. A cached copy says nothing about the backend, though: ``exists`` (what dedupe and a push's skipped files
+rely on) always asks the backend, so a blob S3 lost is sent again rather than referred to by a new version.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class CachedBlobStore(BlobStore):
                 self._bytes -= len(old)
 
     def exists(self, sha256: str) -> bool:
-        return self.get(sha256) is not None or self.inner.exists(sha256)
+        return self.inner.exists(sha256)  # never from memory: a version may only refer to blobs the backend holds
 
     def writer(self, sha256: str, size: int):
         return _CachingWriter(self.inner.writer(sha256, size), self)

@@ -53,3 +53,34 @@ def test_gc_delete_evicts_from_the_cache(cached_store, s3_client):
     s3_client.put_object(Bucket=cfg.s3.bucket, Key=f"sha256/{sha}", Body=data)
     assert sha in client.collect_garbage(min_age=0).deleted
     assert core.blobs.get(sha) is None
+
+
+def test_dedupe_asks_s3_not_the_cache(cached_store, tmp_path, s3_client):
+    """S3 lost its data while the store's cache still holds every blob: a re-push (same name or another) sends the
+    files again and puts them back in S3, instead of making a version whose blobs S3 does not have."""
+    client, core, cfg = cached_store
+    src = write_adapter(tmp_path / "a")
+    manifest = client.push_dir(src, "demo").manifest
+    total = sum(f.size for f in manifest.files)
+    for f in manifest.files:
+        s3_client.delete_object(Bucket=cfg.s3.bucket, Key=f"sha256/{f.sha256}")
+    assert all(core.blobs.get(f.sha256) is not None for f in manifest.files)  # the cache still has them
+
+    again = client.push_dir(src, "demo")
+    other = client.push_dir(src, "demo-copy")
+    assert (again.bytes_sent, again.bytes_deduplicated) == (total, 0)
+    assert other.created and other.bytes_deduplicated == total  # now S3 has them again: deduplicated for real
+    for f in manifest.files:
+        s3_client.head_object(Bucket=cfg.s3.bucket, Key=f"sha256/{f.sha256}")
+
+    address, _, stop = start_store(cfg)  # a cold store (empty cache) serves both versions from S3
+    from adapterfleet.store.client import StoreClient
+
+    cold = StoreClient(address)
+    try:
+        for ref in ("demo@1", "demo-copy@1"):
+            _, files = cold.fetch(ref)
+            assert all(files[p.name] == p.read_bytes() for p in src.iterdir())
+    finally:
+        cold.close()
+        stop()
