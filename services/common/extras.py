@@ -15,7 +15,7 @@ from collections.abc import Iterable
 _SERVER = ("grpc_health", "grpc_reflection", "prometheus_client")  # health, reflection, /metrics
 _STORE = (*_SERVER, "boto3", "redis")
 _WORKER = (*_SERVER, "torch", "transformers", "safetensors", "numpy")
-_ROUTER = (*_SERVER, "redis")
+_ROUTER = (*_SERVER, "redis", "starlette", "uvicorn", "pydantic", "transformers", "jinja2")  # + the HTTP gateway
 _PEFT = ("peft", "torch", "transformers", "safetensors")
 
 

@@ -1,6 +1,17 @@
 """The router's view of the workers: the registry's records, refreshed every ``poll_s``, plus what only this
-router knows right now (its own in-flight requests per worker, workers whose calls just failed, adapters it has
-just sent somewhere to be loaded)."""
+router knows right now (its own in-flight requests per worker, each worker's circuit breaker, adapters it has
+just sent somewhere to be loaded).
+
+Breakers (``breaker.py``) see only transport failures; at most ``max_ejected`` of the workers (rounded down) are
+ejected at once, so no run of failures, let alone one bad caller, can empty the healthy set. A worker that says it
+is draining is ejected at once (the registry drops it on the next poll anyway).
+
+The registry is one witness, this router's own calls another. A worker whose record lapsed without a word (not
+draining) but that answered this router within the last ``keep_s`` stays in the view: after an outage of the store
+or its Redis longer than the records' TTL, every record has lapsed until the workers announce again, and the
+workers serving right now must not vanish meanwhile. One that stopped answering falls out ``keep_s`` after its last
+answer (sooner in effect: its breaker ejects it).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +22,8 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from adapterfleet.common.tiers import LOADING
+from adapterfleet.router.breaker import Breaker, BreakerConfig, State
+from adapterfleet.router.faults import Fault
 from adapterfleet.router.placement import WorkerView
 from adapterfleet.store.workers import WorkerRecord
 
@@ -19,15 +32,16 @@ Source = Callable[[], Awaitable[list[WorkerRecord]]]
 
 
 class Membership:
-    def __init__(self, source: Source, *, poll_s: float = 0.5, unhealthy_s: float = 3.0,
-                 pending_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, source: Source, *, poll_s: float = 0.5, breaker: BreakerConfig | None = None,
+                 pending_s: float = 5.0, keep_s: float = 3.0, clock: Callable[[], float] = time.monotonic):
         self._source = source
         self._poll = poll_s
-        self._unhealthy_s = unhealthy_s
+        self._keep_s = keep_s
+        self._breaker_cfg = breaker or BreakerConfig()
         self._pending_s = pending_s
         self._clock = clock
         self._records: dict[str, WorkerRecord] = {}
-        self._failed_until: dict[str, float] = {}
+        self._breakers: dict[str, Breaker] = {}
         self._pending: dict[str, dict[str, float]] = defaultdict(dict)  # worker -> key -> until
         self.inflight: dict[str, int] = defaultdict(int)
         self._task: asyncio.Task | None = None
@@ -36,18 +50,27 @@ class Membership:
     # --- refresh ------------------------------------------------------------------------------------------------
     async def refresh(self) -> None:
         records = await self._source()
-        self._records = {r.id: r for r in records if not r.draining}
+        now, listed = self._clock(), {r.id for r in records}
+        kept = {w: r for w, r in self._records.items() if w not in listed and self._answered_lately(w, now)}
+        self._records = kept | {r.id: r for r in records if not r.draining}
+        self._breakers = {w: b for w, b in self._breakers.items() if w in self._records}
         self._views = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
 
     async def _loop(self) -> None:
+        failing = False
         while True:
             try:
                 await self.refresh()
+                if failing:
+                    log.warning("the worker registry answers again")
+                failing = False
             except Exception as err:  # noqa: BLE001 - keep serving on the last view we had
-                log.warning("cannot refresh the worker registry: %s", err)
+                if not failing:  # once per outage, not every poll
+                    log.warning("cannot refresh the worker registry (%s); routing on the last view", err)
+                failing = True
             await asyncio.sleep(self._poll)
 
     async def stop(self) -> None:
@@ -55,9 +78,42 @@ class Membership:
             self._task.cancel()
 
     # --- what this router observes ----------------------------------------------------------------------------------
-    def mark_failed(self, worker_id: str) -> None:
-        self._failed_until[worker_id] = self._clock() + self._unhealthy_s
+    def _breaker(self, worker_id: str) -> Breaker:
+        b = self._breakers.get(worker_id)
+        if b is None:
+            b = self._breakers[worker_id] = Breaker(self._breaker_cfg)
+        return b
+
+    def outcome(self, worker_id: str, fault: Fault | None) -> None:
+        """The outcome of a call to the worker (None: it succeeded). Only a transport failure counts against it;
+        any other answer, an error included, shows it is alive."""
+        b = self._breaker(worker_id)
+        now = self._clock()
+        if fault is Fault.DRAINING:
+            b.trip(now)
+        elif fault is Fault.TRANSPORT:
+            if b.failed(now) and (b.state is State.HALF_OPEN or self._may_eject()):
+                b.trip(now)
+                log.warning("worker %s ejected after %d transport failures in a row (ejection %d)",
+                            self._address(worker_id), b.consecutive, b.trips)
+        else:
+            reopened = b.ejected
+            b.answered(now)
+            if reopened:
+                log.info("worker %s answered its probe: readmitted", self._address(worker_id))
         self._views = None
+
+    def _answered_lately(self, worker_id: str, now: float) -> bool:
+        b = self._breakers.get(worker_id)
+        return b is not None and not b.ejected and now - b.last_answer <= self._keep_s
+
+    def _may_eject(self) -> bool:
+        ejected = sum(1 for w, b in self._breakers.items() if b.ejected and w in self._records)
+        return ejected < int(len(self._records) * self._breaker_cfg.max_ejected)
+
+    def _address(self, worker_id: str) -> str:
+        r = self._records.get(worker_id)
+        return r.address if r else worker_id
 
     def expect(self, worker_id: str, key: str) -> None:
         """``key`` was just sent to ``worker_id`` (a request or a load): treat it as loading there for a while."""
@@ -67,18 +123,27 @@ class Membership:
 
     def begin(self, worker_id: str) -> None:
         self.inflight[worker_id] += 1
+        self._breaker(worker_id).begin()
         self._views = None
 
     def end(self, worker_id: str) -> None:
         self.inflight[worker_id] -= 1
+        b = self._breakers.get(worker_id)
+        if b is not None:
+            b.abandon()  # a probe whose outcome was recorded has cleared this already
         self._views = None
 
     def record(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)
 
+    def breakers(self) -> list[tuple[WorkerRecord, Breaker]]:
+        """Each registered worker with its breaker (a fresh, closed one for workers never called)."""
+        return [(r, self._breakers.get(w) or Breaker(self._breaker_cfg)) for w, r in sorted(self._records.items())]
+
     # --- the snapshot placement sees --------------------------------------------------------------------------------
     def views(self) -> list[WorkerView]:
-        if self._views is not None and not self._pending and not self._failed_until:
+        unsettled = any(b.ejected for b in self._breakers.values())  # OPEN turns HALF_OPEN with time
+        if self._views is not None and not self._pending and not unsettled:
             return self._views
         now = self._clock()
         views = []
@@ -92,9 +157,9 @@ class Membership:
             # This router's own in-flight count is exact and current; the announced load is up to a second old
             # and mostly our own traffic, so it would double-count. (Several routers each balance their share.)
             load = float(self.inflight[r.id])
-            healthy = self._failed_until.get(r.id, 0.0) <= now
+            b = self._breakers.get(r.id)
+            healthy = b is None or b.available(now)
             views.append(WorkerView(r.id, r.address, r.region, load, r.capacity, resident, healthy))
         self._pending = defaultdict(dict, {w: ks for w, ks in self._pending.items() if ks})
-        self._failed_until = {w: t for w, t in self._failed_until.items() if t > now}
         self._views = views
         return views

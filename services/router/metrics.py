@@ -1,8 +1,10 @@
-"""The router's figures for Prometheus, read from its counters and membership at scrape time."""
+"""The router's figures for Prometheus, read from its counters, membership and resolver at scrape time."""
 
 from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from adapterfleet.router.breaker import State
 
 
 class RouterCollector:
@@ -23,17 +25,58 @@ class RouterCollector:
         yield GaugeMetricFamily("adapterfleet_router_affinity_hit_rate", "hits / (hits + misses) since start",
                                 value=core.affinity_hit_rate())
         yield CounterMetricFamily("adapterfleet_router_routed", "requests routed", value=core.requests)
-        yield CounterMetricFamily("adapterfleet_router_retries", "attempts retried on another worker",
-                                  value=core.retries)
-        yield CounterMetricFamily("adapterfleet_router_failures", "requests that failed after retries",
-                                  value=core.failures)
+        c = CounterMetricFamily("adapterfleet_router_retries", "attempts retried on another worker, by why the "
+                                "worker failed (unavailable, cancelled, stalled, ended_early, draining, refused_*)",
+                                labels=["reason"])
+        for reason, n in sorted(core.retry_reasons.items()):
+            c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily("adapterfleet_router_failures", "requests that failed, by fault (request: the "
+                                "request's own; internal; transport; refused; draining; no_worker) and reason",
+                                labels=["fault", "reason"])
+        for (fault, reason), n in sorted(core.failure_reasons.items()):
+            c.add_metric([fault, reason], n)
+        yield c
+        c = CounterMetricFamily("adapterfleet_router_worker_internal", "INTERNAL answers returned to callers, per "
+                                "worker (not retried; the worker stays healthy)", labels=["worker"])
+        for address, n in sorted(core.internal.items()):
+            c.add_metric([address], n)
+        yield c
         yield CounterMetricFamily("adapterfleet_router_replications", "extra copies asked for hot adapters",
                                   value=sum(x.replications for x in counters))
-        views = core.membership.views()
-        yield GaugeMetricFamily("adapterfleet_router_workers", "workers this router can route to",
-                                value=len(views))
-        g = GaugeMetricFamily("adapterfleet_router_worker_inflight", "this router's requests in flight per worker",
-                              labels=["worker"])
-        for view in views:
-            g.add_metric([view.address], core.membership.inflight.get(view.id, 0))
-        yield g
+        yield from _workers(core.membership)
+        yield from _resolver(core.resolver)
+
+
+def _workers(membership):
+    views = membership.views()
+    yield GaugeMetricFamily("adapterfleet_router_workers", "workers this router can route to", value=len(views))
+    g = GaugeMetricFamily("adapterfleet_router_worker_inflight", "this router's requests in flight per worker",
+                          labels=["worker"])
+    for view in views:
+        g.add_metric([view.address], membership.inflight.get(view.id, 0))
+    yield g
+    breakers = membership.breakers()
+    g = GaugeMetricFamily("adapterfleet_router_worker_breaker", "each worker's circuit breaker: 1 for its state "
+                          "(closed: in use; open: ejected; half_open: probing)", labels=["worker", "state"])
+    e = CounterMetricFamily("adapterfleet_router_worker_ejections", "times a worker was ejected by its breaker",
+                            labels=["worker"])
+    for record, breaker in breakers:
+        for state in State:
+            g.add_metric([record.address, state.value], float(breaker.state is state))
+        e.add_metric([record.address], breaker.trips)
+    yield g
+    yield e
+
+
+def _resolver(resolver):
+    yield CounterMetricFamily("adapterfleet_router_resolve_lookups", "refs resolved by asking the store",
+                              value=resolver.lookups)
+    yield CounterMetricFamily("adapterfleet_router_stale_serves", "resolutions served from the cache while the "
+                              "store's watch was down (stale-while-error)", value=resolver.stale_serves)
+    yield GaugeMetricFamily("adapterfleet_router_store_watch_up", "1 while the store's change stream is live",
+                            value=float(resolver.watch_up))
+    yield GaugeMetricFamily("adapterfleet_router_store_watch_down_seconds", "how long the store's change stream "
+                            "has been down (0 while live)", value=resolver.stale_for())
+    yield CounterMetricFamily("adapterfleet_router_store_watch_breaks", "outages of the store's change stream",
+                              value=resolver.watch_breaks)

@@ -1,9 +1,11 @@
 """The router's domain: resolve, place, forward, retry, replicate hot adapters, count.
 
-A request is never lost to a dead worker: a call that fails with a retryable status goes to the next candidate.
-Generation streams continue where they broke: the tokens already sent to the caller go to the next worker as
-``resume_ids`` (exact for greedy decoding; a sampled stream continues as a fresh sample from there).
-Errors that retrying cannot fix (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...) go straight back.
+A request is never lost to a dead worker: a call that fails because the worker or the path to it failed goes to
+the next candidate (``faults.py`` decides whose fault a status is). Generation streams continue where they broke:
+the tokens already sent to the caller go to the next worker as ``resume_ids`` (exact for greedy decoding; a sampled
+stream continues as a fresh sample from there). A worker that sends nothing for ``stall_s`` counts as failed.
+Errors that are the request's own (INVALID_ARGUMENT, NOT_FOUND, ...), and INTERNAL, go straight back to the caller
+and blame no worker: one bad request fails alone.
 """
 
 from __future__ import annotations
@@ -13,24 +15,28 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 
 from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
-from adapterfleet.common.errors import Unavailable
-from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.errors import AdapterFleetError, Unavailable
+from adapterfleet.common.grpc_errors import ERROR_TYPE_KEY, error_from_rpc
+from adapterfleet.router import faults
 from adapterfleet.router.config import RouterConfig
+from adapterfleet.router.faults import Fault, Verdict
 from adapterfleet.router.membership import Membership
 from adapterfleet.router.placement import Placement, WorkerView
 from adapterfleet.router.resolver import Resolver
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("adapterfleet.router")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+# A worker back from an outage must be reachable when its breaker probes it: cap gRPC's reconnect backoff (120 s by
+# default) near the breaker's own cadence, so a failed probe is the worker's answer, not the channel's backoff.
+WORKER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 500),
+                          ("grpc.max_reconnect_backoff_ms", 5000)]
 
 
 @dataclass
@@ -53,29 +59,39 @@ class RouterCore:
         self._tasks: set[asyncio.Task] = set()  # replication loads in flight (held so they are not collected)
         self.adapters: dict[str, AdapterCounters] = defaultdict(AdapterCounters)
         self.requests = self.retries = self.failures = 0
+        self.retry_reasons: Counter[str] = Counter()               # attempts retried elsewhere, by reason
+        self.failure_reasons: Counter[tuple[str, str]] = Counter()  # failed requests by (fault, reason)
+        self.internal: Counter[str] = Counter()                     # INTERNAL answers per worker address
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=WORKER_CHANNEL_OPTIONS)
         return worker_pb2_grpc.WorkerStub(channel)
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
 
-    async def _pick(self, key: str, tried: set[str]) -> WorkerView:
-        """The next worker for ``key``; the first pick of a request also counts it (heat, hits) once."""
+    async def _pick(self, key: str, tried: set[str],
+                    last: tuple[Verdict, AdapterFleetError] | None = None) -> WorkerView:
+        """The next worker for ``key``; the first pick of a request also counts it (heat, hits) once. When nobody
+        is left to try, the previous attempt's failure (``last``) is the answer."""
         views = self.membership.views()
         candidates = self.placement.choose(key, views, region=self.cfg.region, exclude=tried)
         if not candidates:  # maybe workers joined since the last poll: look once more before giving up
-            await self.membership.refresh()
+            with contextlib.suppress(Exception):  # the registry is down: the view we have is all there is
+                await self.membership.refresh()
             views = self.membership.views()
             candidates = self.placement.choose(key, views, region=self.cfg.region, exclude=tried)
+        if not candidates and last is not None:
+            self._count_failure(last[0].fault.value, last[0].reason)
+            raise last[1]
         if not candidates:
-            raise Unavailable(f"no healthy worker can take this request (tried {len(tried)}); the fleet has "
-                              f"{len(views)} registered workers: check that workers run and announce to the store")
+            self._count_failure("no_worker", "unavailable")
+            raise Unavailable(f"no healthy worker can take this request; the fleet has {len(views)} registered "
+                              "workers: check that workers run and announce to the store")
         worker = candidates[0]
         if key and not tried:
             counters = self.adapters[key]
@@ -104,7 +120,9 @@ class RouterCore:
     async def _load(self, worker: WorkerView, key: str) -> None:
         try:
             await self._stub(worker.address).LoadAdapter(worker_pb2.LoadAdapterRequest(ref=key), timeout=120)
+            self.membership.outcome(worker.id, None)
         except grpc.aio.AioRpcError as err:
+            self.membership.outcome(worker.id, verdict_of(err, own_deadline=True).fault)
             log.warning("replicating %s to %s failed: %s", key, worker.address, err.details())
         finally:
             self._loading.discard((key, worker.id))
@@ -119,13 +137,30 @@ class RouterCore:
     def _timeout(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
-    def _give_up(self, err: grpc.aio.AioRpcError, attempt: int, worker: WorkerView) -> bool:
-        if err.code() not in RETRYABLE or attempt + 1 >= self.cfg.max_attempts:
-            return True
+    def _attempt_timeout(self, deadline: float | None) -> tuple[float | None, bool]:
+        """The limit of one unary attempt, and whether it is the router's own (``stall_s``), not the caller's."""
+        remaining, stall = self._timeout(deadline), self.cfg.stall_s
+        if stall is not None and (remaining is None or stall < remaining):
+            return stall, True
+        return remaining, False
+
+    def _failed(self, worker: WorkerView, verdict: Verdict, error: AdapterFleetError, attempt: int) -> None:
+        """Record a failed attempt; return to try the next worker, or raise ``error`` to the caller (always at the
+        last attempt; and ``_pick`` raises it when no other worker is left)."""
+        self.membership.outcome(worker.id, verdict.fault)
+        if verdict.fault is Fault.INTERNAL:
+            self.internal[worker.address] += 1
+            error.message = f"{error.message} (worker {worker.address})"
+        if not verdict.fault.retry or attempt + 1 >= self.cfg.max_attempts:
+            self._count_failure(verdict.fault.value, verdict.reason)
+            raise error
         self.retries += 1
-        self.membership.mark_failed(worker.id)
-        log.info("worker %s failed (%s); retrying elsewhere", worker.address, err.code().name)
-        return False
+        self.retry_reasons[verdict.reason] += 1
+        log.info("worker %s failed (%s); retrying elsewhere", worker.address, verdict.reason)
+
+    def _count_failure(self, fault: str, reason: str) -> None:
+        self.failures += 1
+        self.failure_reasons[fault, reason] += 1
 
     # --- the API ----------------------------------------------------------------------------------------------------
     async def generate(self, request: worker_pb2.GenerateRequest, *, deadline: float | None,
@@ -135,8 +170,9 @@ class RouterCore:
         key = await self.resolver.key(request.adapter, request.routing_key)
         sent: list[int] = []
         tried: set[str] = set()
+        last: tuple[Verdict, AdapterFleetError] | None = None
         for attempt in range(self.cfg.max_attempts):
-            worker = await self._pick(key, tried)
+            worker = await self._pick(key, tried, last)
             tried.add(worker.id)
             forward = worker_pb2.GenerateRequest()
             forward.CopyFrom(request)
@@ -144,26 +180,33 @@ class RouterCore:
             forward.resume_ids.extend(sent)
             self.membership.begin(worker.id)
             call = self._stub(worker.address).Generate(forward, timeout=self._timeout(deadline), metadata=metadata)
+            messages = call.__aiter__()
+            verdict: Verdict
+            error: AdapterFleetError
             try:
-                async for msg in call:
+                while True:
+                    async with asyncio.timeout(self.cfg.stall_s):  # time waiting on the worker, not on our caller
+                        msg = await anext(messages, None)
+                    if msg is None:
+                        verdict, error = faults.ended_early(), Unavailable(
+                            f"worker {worker.address} ended the stream before it finished")
+                        break
                     sent += msg.token_ids
                     yield msg
                     if msg.finished:
+                        self.membership.outcome(worker.id, None)
                         await self._settle(call)
                         return
-                raise Unavailable(f"worker {worker.address} ended the stream before it finished")
             except grpc.aio.AioRpcError as err:
-                if self._give_up(err, attempt, worker):
-                    self.failures += 1
-                    raise error_from_rpc(err) from None
-            except Unavailable:
-                if attempt + 1 >= self.cfg.max_attempts:
-                    raise
-                self.membership.mark_failed(worker.id)
+                verdict, error = verdict_of(err, own_deadline=False), error_from_rpc(err)
+            except TimeoutError:
+                verdict, error = faults.stalled(), Unavailable(
+                    f"worker {worker.address} sent nothing for {self.cfg.stall_s:g}s")
             finally:
                 call.cancel()
                 self.membership.end(worker.id)
-        self.failures += 1
+            self._failed(worker, verdict, error, attempt)
+            last = verdict, error
         raise Unavailable(f"no worker finished the request after {self.cfg.max_attempts} attempts")
 
     async def score(self, request: worker_pb2.ScoreRequest, *, deadline: float | None,
@@ -175,23 +218,38 @@ class RouterCore:
         forward.CopyFrom(request)
         forward.adapter = key
         tried: set[str] = set()
+        last: tuple[Verdict, AdapterFleetError] | None = None
         for attempt in range(self.cfg.max_attempts):
-            worker = await self._pick(key, tried)
+            worker = await self._pick(key, tried, last)
             tried.add(worker.id)
+            timeout, own = self._attempt_timeout(deadline)
             self.membership.begin(worker.id)
+            verdict: Verdict
+            error: AdapterFleetError
             try:
-                return await self._stub(worker.address).Score(forward, timeout=self._timeout(deadline),
-                                                               metadata=metadata)
+                result = await self._stub(worker.address).Score(forward, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as err:
-                if self._give_up(err, attempt, worker):
-                    self.failures += 1
-                    raise error_from_rpc(err) from None
+                verdict, error = verdict_of(err, own_deadline=own), error_from_rpc(err)
+                if verdict.reason == faults.STALLED:
+                    error = Unavailable(f"worker {worker.address} did not answer within {timeout:g}s")
+            else:
+                self.membership.outcome(worker.id, None)
+                return result
             finally:
                 self.membership.end(worker.id)
-        self.failures += 1
+            self._failed(worker, verdict, error, attempt)
+            last = verdict, error
         raise Unavailable(f"no worker answered after {self.cfg.max_attempts} attempts")
 
     def affinity_hit_rate(self) -> float:
         hits = sum(c.hits for c in self.adapters.values())
         total = hits + sum(c.misses for c in self.adapters.values())
         return hits / total if total else 0.0
+
+
+def verdict_of(err: grpc.RpcError, *, own_deadline: bool = False) -> Verdict:
+    """A failed call's status (and the worker's error type, from trailing metadata) -> whose fault it is."""
+    trailing = dict(err.trailing_metadata() or ())
+    code = err.code().name if err.code() is not None else "UNKNOWN"
+    return faults.classify(code, str(trailing.get(ERROR_TYPE_KEY, "")), err.details() or "",
+                           own_deadline=own_deadline)

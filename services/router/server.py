@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -18,6 +20,9 @@ from adapterfleet.router.resolver import Resolver
 from adapterfleet.router.servicer import RouterServicer, RouterWorkerServicer
 from adapterfleet.store.aio_client import AsyncStoreClient
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+if TYPE_CHECKING:
+    from adapterfleet.router.http.server import HttpGateway
 
 log = logging.getLogger("adapterfleet.router")
 NAMES = [worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
@@ -44,6 +49,11 @@ class RouterServer:
     metrics: ServiceMetrics
     _health: object
     metrics_port: int = 0  # the /metrics endpoint once started (0: none)
+    http: HttpGateway | None = None  # the OpenAI-compatible gateway, when cfg.http_port is set
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     async def start(self) -> None:
         try:
@@ -53,13 +63,15 @@ class RouterServer:
         self.core.membership.start()
         self.core.resolver.start()
         await self.server.start()
+        if self.http:
+            await self.http.start()
         await mark_serving(self._health, NAMES)
         self.metrics_port = self.metrics.serve()
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Drain: readiness down first, then in-flight streams get ``grace`` seconds."""
         await mark_draining(self._health, NAMES)
-        await self.server.stop(grace)
+        await asyncio.gather(self.server.stop(grace), *([self.http.stop(grace)] if self.http else []))
         self.metrics.close()
         await self.core.membership.stop()
         await self.core.resolver.stop()
@@ -69,8 +81,8 @@ class RouterServer:
 
 def create_router_server(cfg: RouterConfig) -> RouterServer:
     store = AsyncStoreClient(cfg.store)
-    membership = Membership(registry_source(cfg, store), poll_s=cfg.poll_s, unhealthy_s=cfg.unhealthy_s)
-    core = RouterCore(cfg, membership, Resolver(store), Placement(cfg.placement))
+    membership = Membership(registry_source(cfg, store), poll_s=cfg.poll_s, breaker=cfg.breaker)
+    core = RouterCore(cfg, membership, Resolver(store, stale_max_s=cfg.stale_max_s), Placement(cfg.placement))
     metrics = ServiceMetrics("router", cfg.metrics)
     metrics.registry.register(RouterCollector(core))
     worker_api, router_api = RouterWorkerServicer(core), RouterServicer(core)
@@ -79,7 +91,12 @@ def create_router_server(cfg: RouterConfig) -> RouterServer:
         [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(worker_api, s),
          lambda s: router_pb2_grpc.add_RouterServicer_to_server(router_api, s)],
         NAMES, metrics)
-    return RouterServer(server, port, core, store, metrics, health)
+    http = None
+    if cfg.http_port is not None:
+        from adapterfleet.router.http.server import HttpGateway  # noqa: PLC0415 - uvicorn only with --http-port
+
+        http = HttpGateway(core, store, host=cfg.http_host, port=cfg.http_port, tokenizer=cfg.tokenizer)
+    return RouterServer(server, port, core, store, metrics, health, http=http)
 
 
 async def serve(cfg: RouterConfig, on_ready=None) -> None:
@@ -88,5 +105,5 @@ async def serve(cfg: RouterConfig, on_ready=None) -> None:
     log.info("router serving on %s:%d (region %s)%s", cfg.host, router.port, cfg.region,
              metrics_note(router.metrics_port))
     if on_ready:
-        on_ready(router.port)
+        on_ready(router.port, router.http_port)
     await drain_when_signalled(router.stop, cfg.drain_s)

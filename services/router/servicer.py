@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import grpc
+
 from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.logs import request_id
 from adapterfleet.router.proxy import RouterCore
@@ -20,11 +22,33 @@ def _request_id(context) -> str:
     return request_id.get() or dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER, "")
 
 
+async def _per_worker(context, method: str) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                        f"{method} acts on one worker, and a router fronts many: call the worker directly (the "
+                        "router's adapterfleet.v1.Router/Stats, or FleetClient.stats(), lists each worker's address)")
+
+
 class RouterWorkerServicer(worker_pb2_grpc.WorkerServicer):
-    """Generate and Score, routed. The management calls (LoadAdapter, ...) are per worker: UNIMPLEMENTED here."""
+    """Generate and Score, routed. The management calls (LoadAdapter, ...) act on one worker: UNIMPLEMENTED here,
+    with a message that says where to send them (a fleet-wide meaning for each would be a different API)."""
 
     def __init__(self, core: RouterCore):
         self.core = core
+
+    async def LoadAdapter(self, request, context):
+        await _per_worker(context, "LoadAdapter")
+
+    async def UnloadAdapter(self, request, context):
+        await _per_worker(context, "UnloadAdapter")
+
+    async def Pin(self, request, context):
+        await _per_worker(context, "Pin")
+
+    async def ListResident(self, request, context):
+        await _per_worker(context, "ListResident")
+
+    async def Stats(self, request, context):
+        await _per_worker(context, "Stats")
 
     async def Generate(self, request, context):
         async for msg in self.core.generate(request, deadline=_deadline(context), request_id=_request_id(context)):

@@ -91,7 +91,7 @@ def check_generate(p: GenerateParams, b: Bounds) -> None:
     check_ids("resume_ids", p.resume_ids, b.vocab)
     if len(p.stop_ids) > MAX_STOP_IDS:
         raise InvalidArgument(f"{len(p.stop_ids)} stop_ids are more than {MAX_STOP_IDS}")
-    check_ids("stop_ids", p.stop_ids, b.vocab)
+    # stop ids outside the vocabulary are allowed: they never match, which callers use to mean "no stop id"
     if len(p.stop) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"{len(p.stop)} stop strings are more than {MAX_STOP_STRINGS}")
     for s in p.stop:

@@ -21,7 +21,7 @@ from adapterfleet.common.embedded_redis import free_port
 from adapterfleet.common.logs import JsonFormatter
 from adapterfleet.common.metrics import MetricsConfig
 from adapterfleet.router.config import RouterConfig
-from adapterfleet.router.proxy import RETRYABLE
+from adapterfleet.router.proxy import verdict_of
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.models import make_base_model, make_peft_adapter
@@ -212,7 +212,7 @@ def test_drain_finishes_in_flight_streams_and_refuses_new_work(store, tmp_path):
         generate(api, "", n=2)
     # the worker's own refusal (UNAVAILABLE), or gRPC's once the server is stopping (CANCELLED): routers retry both
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-    assert err.value.code() in RETRYABLE
+    assert verdict_of(err.value).fault.retry
     reader.join(90)
     drain.join(90)
     worker._up = False

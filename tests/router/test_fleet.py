@@ -37,7 +37,7 @@ class Fleet:
     def __init__(self, store, base, tmp_path, workers=3, placement=None):
         self.store, self.base, self.tmp = store, base, tmp_path
         self.workers = [self.add_worker(i) for i in range(workers)]
-        cfg = RouterConfig(store=store.address, poll_s=0.1, unhealthy_s=2.0, placement=placement or PlacementConfig())
+        cfg = RouterConfig(store=store.address, poll_s=0.1, placement=placement or PlacementConfig())
         self.address, self.router, self._stop_router = start_router(cfg)
         self.channel = grpc.insecure_channel(self.address)
         self.api = worker_pb2_grpc.WorkerStub(self.channel)
@@ -197,7 +197,7 @@ def test_a_weighted_alias_with_a_yanked_target_routes_to_the_live_one(store, tin
         client.yank("t/x", 2, force=True)
         # the yank event reaches the running router's resolver asynchronously
         fleet.wait_for(lambda: score(fleet.api, "t/x@prod").adapter_key == str(v1.key), timeout=10)
-        cfg = RouterConfig(store=store.address, poll_s=0.1, unhealthy_s=2.0)
+        cfg = RouterConfig(store=store.address, poll_s=0.1)
         fresh_address, fresh, stop_fresh = start_router(cfg)
         try:
             fresh_api = worker_pb2_grpc.WorkerStub(grpc.insecure_channel(fresh_address))

@@ -48,7 +48,6 @@ REFUSED = [
     ("max_new_tokens", req(max_new_tokens=100_000)),
     ("prompt_ids", req(prompt_ids=[999])),
     ("positions", req(prompt_ids=[5] * 120, max_new_tokens=16)),
-    ("stop_ids", req(stop_ids=[999])),
     ("stop_ids", req(stop_ids=list(range(65)))),
     ("stop strings", req(stop=["x"] * 17)),
     ("stop string", req(stop=[""])),
