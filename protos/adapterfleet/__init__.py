@@ -22,6 +22,8 @@ _EXPORTS = {
     "GenerationChunk": "adapterfleet.sdk.fleet",
     "Scores": "adapterfleet.sdk.fleet",
     "RouterStats": "adapterfleet.sdk.fleet",
+    "AdapterState": "adapterfleet.sdk.admin",
+    "WorkerStats": "adapterfleet.sdk.admin",
     "from_store": "adapterfleet.sdk.peft",
     "load_adapter_from_store": "adapterfleet.sdk.peft",
     "push_from_peft": "adapterfleet.sdk.peft",

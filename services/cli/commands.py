@@ -47,6 +47,10 @@ def dispatch(args, store_addr: str) -> int:
         from adapterfleet.cli.store_serve import run_store  # noqa: PLC0415
 
         return run_store(args)
+    if args.command in ("worker", "router") and getattr(args, f"{args.command}_cmd") != "serve":
+        from adapterfleet.cli.admin import run  # noqa: PLC0415
+
+        return run(args)
     if args.command == "worker":
         from adapterfleet.cli.worker_serve import run_worker  # noqa: PLC0415 - imports torch
 
@@ -140,16 +144,26 @@ def cmd_alias(args, client) -> int:
     if args.alias_cmd == "set":
         targets = parse(args.targets)
         client.set_alias(args.name, args.alias, targets, expect)
-        print(f"{args.name}@{args.alias} -> {encode(targets)}")
+        if args.json:
+            _out({"name": args.name, "alias": args.alias,
+                  "targets": [{"version": v, "weight": w} for v, w in targets]})
+        else:
+            print(f"{args.name}@{args.alias} -> {encode(targets)}")
     else:
         client.delete_alias(args.name, args.alias, expect)
-        print(f"deleted {args.name}@{args.alias}")
+        if args.json:
+            _out({"name": args.name, "alias": args.alias, "deleted": True})
+        else:
+            print(f"deleted {args.name}@{args.alias}")
     return 0
 
 
 def cmd_yank(args, client) -> int:
     m = client.yank(args.name, args.version, args.force)
-    print(f"yanked {m.name}@{m.version} {m.digest} (still fetchable as {m.key})")
+    if args.json:
+        _out(manifest_json(m))
+    else:
+        print(f"yanked {m.name}@{m.version} {m.digest} (still fetchable as {m.key})")
     return 0
 
 

@@ -3,7 +3,10 @@
 The fleet's processes start first and boot (each imports torch) while this process trains the adapters; then
 each is pushed as ``<task>@prod``, ``--requests`` greedy requests (the three adapters and the base model, on the
 same prompts, some at once) go through the router, and the answers and the router's affinity statistics are
-printed. Without ``--exit`` the fleet keeps serving until Ctrl-C. torch and peft are imported only in here.
+printed. Without ``--exit`` the fleet keeps serving until Ctrl-C. torch and peft are imported only in here, and
+only when something must be trained: adapters are cached by their training recipe in the data directory
+(:mod:`adapterfleet.demo.recipe`), so a second run trains nothing. ``--json``: the progress goes to stderr and one
+JSON object (the fleet, the adapters, the answers, the router's stats) to stdout.
 """
 
 from __future__ import annotations
@@ -13,16 +16,16 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from adapterfleet.cli.admin import stats_text
 from adapterfleet.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from adapterfleet.demo.recipe import AdapterCache, Recipe, TrainConfig, TrainResult, base_digest
 from adapterfleet.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for
-from adapterfleet.sdk.fleet import FleetClient, RouterStats
-
-if TYPE_CHECKING:
-    from adapterfleet.demo.train import TrainResult
+from adapterfleet.sdk.fleet import FleetClient
 
 ALIAS = "prod"
 BASE = "base model"  # the column of requests without an adapter
@@ -37,40 +40,59 @@ def run_demo(args) -> int:
         raise InvalidArgument(f"--requests {args.requests} must be at least 1")
     if args.steps < 0:
         raise InvalidArgument(f"--steps {args.steps} must be 0 (the default: enough to learn) or more")
+    say = partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)
     data = Path(args.data_dir)
     base = data / "demo-base"
     fleet = LocalFleet(FleetConfig(data, str(base), port=args.port, workers=args.workers))
-    _import_training()
-    from adapterfleet.demo.base_model import build_demo_base  # noqa: PLC0415 - imports torch
-
     data.mkdir(parents=True, exist_ok=True)
+    if not (base / "config.json").is_file():
+        _import_training()  # fail early, with the fix, when PEFT is missing
+    from adapterfleet.demo.base_model import build_demo_base  # noqa: PLC0415 - imports torch when it builds
+
     build_demo_base(base)
+    cache = AdapterCache(data / "demo-adapters")
+    digest = base_digest(base)
+    recipes = [Recipe.of(task, digest, TrainConfig(steps=args.steps) if args.steps else TrainConfig())
+               for task in TASKS]
+    if not all(cache.get(r) for r in recipes) or cache.fingerprint(digest) is None:
+        _import_training()
     interrupt_on_sigterm()
     served = False
     try:
         with fleet:
             cfg = fleet.cfg
-            print(f"fleet starting: store {cfg.store_address}, {cfg.workers} workers, router {cfg.router_address} "
-                  f"(logs in {data}/*.log)", flush=True)
-            trained = _train_all(base, data / "demo-adapters", args.steps, fleet.check)
+            say(f"fleet starting: store {cfg.store_address}, {cfg.workers} workers, router {cfg.router_address} "
+                f"(logs in {data}/*.log)")
+            trained = _train_all(base, cache, recipes, fleet.check, say)
+            fingerprint = cache.fingerprint(digest) or _fingerprint(base)
+            cache.put_fingerprint(digest, fingerprint)
             fleet.wait_ready()
-            refs = _push_all(cfg.store_address, trained, _fingerprint(base))
+            pushed = _push_all(cfg.store_address, trained, fingerprint, say)
+            refs = [p["ref"] for p in pushed]
             with FleetClient(cfg.router_address) as router:
                 _wait_for_workers(router, cfg.workers)
                 plan = request_plan(args.requests, refs)
                 t0 = time.perf_counter()
                 answers = _ask_all(router, plan)
-                print(f"\n{len(plan)} greedy requests through the router ({CONCURRENCY} at a time) in "
-                      f"{time.perf_counter() - t0:.1f}s:\n")
-                print(answer_table(plan, answers, [BASE, *refs]))
-                print()
-                print(stats_text(router.stats(timeout=10)))
-            print(f"\ndemo ran in {time.perf_counter() - started:.1f}s", flush=True)
+                say(f"\n{len(plan)} greedy requests through the router ({CONCURRENCY} at a time) in "
+                    f"{time.perf_counter() - t0:.1f}s:\n")
+                say(answer_table(plan, answers, [BASE, *refs]))
+                stats = router.stats(timeout=10)
+                say(f"\n{stats_text(stats)}")
+            seconds = time.perf_counter() - started
+            say(f"\ndemo ran in {seconds:.1f}s")
+            if args.json:
+                print(json.dumps({"fleet": fleet.summary(), "adapters": pushed, "router_stats": asdict(stats),
+                                  "answers": [{"adapter": "" if c == BASE else c, "prompt": prompt_for(w), "answer": a}
+                                              for (c, w), a in zip(plan, answers, strict=True)],
+                                  "seconds": round(seconds, 3)}, sort_keys=True), flush=True)
             served = True
             if args.exit:
                 return 0
-            print(f"\n{fleet.describe()}\ntry:    adapterfleet generate --router {cfg.router_address} "
-                  f"--adapter {refs[0]} --prompt '{prompt_for(WORDS[0])}'\nCtrl-C stops the fleet.", flush=True)
+            body = json.dumps({"model": refs[0], "prompt": prompt_for(WORDS[0]), "max_tokens": 12, "temperature": 0})
+            say(f"\n{fleet.describe()}\ntry:    adapterfleet generate --router {cfg.router_address} "
+                f"--adapter {refs[0]} --prompt '{prompt_for(WORDS[0])}'\n        curl -s {cfg.http_url}/completions "
+                f"-H 'content-type: application/json' -d '{body}'\nCtrl-C stops the fleet.")
             dead = fleet.wait()
             print(f"a fleet process exited: {dead}; stopping the rest", file=sys.stderr)
             return 1
@@ -93,17 +115,25 @@ def _import_training() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _train_all(base: Path, out: Path, steps: int, check_fleet: Callable[[], None]) -> list[TrainResult]:
-    from adapterfleet.demo.train import TrainConfig, train_adapter  # noqa: PLC0415 - imports torch and peft
-
-    cfg = TrainConfig(steps=steps) if steps else TrainConfig()
-    out.mkdir(parents=True, exist_ok=True)
+def _train_all(base: Path, cache: AdapterCache, recipes: list[Recipe], check_fleet: Callable[[], None],
+               say: Callable[..., None]) -> list[TrainResult]:
+    """Each task's adapter: from the cache when an earlier run trained it with the same recipe, else trained now
+    (and cached)."""
     results = []
-    for task in TASKS:
+    for task, recipe in zip(TASKS, recipes, strict=True):
         check_fleet()  # a part that failed to start stops the demo now, not after all the training
-        r = train_adapter(base, task, out / task.name, cfg)
-        print(f"trained {task.name:8s} ({task.description}): {cfg.steps} steps in {r.seconds:.1f}s, "
-              f"loss {r.loss:.4f} -> {r.path}", flush=True)
+        r = cache.get(recipe)
+        if r is None:
+            from adapterfleet.demo.train import train_adapter  # noqa: PLC0415 - imports torch and peft
+
+            cache.root.mkdir(parents=True, exist_ok=True)
+            r = train_adapter(base, task, cache.path(recipe), recipe.train)
+            cache.put(recipe, r)
+            say(f"trained {task.name:8s} ({task.description}): {recipe.train.steps} steps in {r.seconds:.1f}s, "
+                f"loss {r.loss:.4f} -> {r.path}")
+        else:
+            say(f"reused  {task.name:8s} ({task.description}): trained earlier with the same recipe "
+                f"({recipe.train.steps} steps, loss {r.loss:.4f}) -> {r.path}")
         results.append(r)
     return results
 
@@ -117,19 +147,22 @@ def _fingerprint(base: Path) -> str:
     return fingerprint(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True))
 
 
-def _push_all(store: str, trained: list[TrainResult], fp: str) -> list[str]:
+def _push_all(store: str, trained: list[TrainResult], fp: str, say: Callable[..., None]) -> list[dict]:
+    """Push each adapter as ``<task>@prod``; what was pushed, as JSON-ready dicts (``ref`` first)."""
     from adapterfleet.store.base_model import BaseModelIdentity  # noqa: PLC0415
     from adapterfleet.store.client import StoreClient  # noqa: PLC0415
 
-    refs = []
+    pushed = []
     with StoreClient(store) as client:
         for r in trained:
             out = client.push_dir(r.path, r.task, alias=ALIAS, base_model=BaseModelIdentity(fingerprint=fp))
             m = out.manifest
-            print(f"{'pushed' if out.created else 'already stored:'} {r.task}@{m.version} {m.digest[:19]}... "
-                  f"({r.task}@{ALIAS} -> {m.version})", flush=True)
-            refs.append(f"{r.task}@{ALIAS}")
-    return refs
+            say(f"{'pushed' if out.created else 'already stored:'} {r.task}@{m.version} {m.digest[:19]}... "
+                f"({r.task}@{ALIAS} -> {m.version})")
+            pushed.append({"ref": f"{r.task}@{ALIAS}", "key": str(m.key), "version": m.version,
+                           "created": out.created, "cached": r.cached, "train_seconds": round(r.seconds, 3),
+                           "loss": r.loss, "path": str(r.path)})
+    return pushed
 
 
 def _wait_for_workers(router: FleetClient, n: int) -> None:
@@ -169,20 +202,3 @@ def answer_table(plan: list[tuple[str, str]], answers: list[str], columns: list[
     rows = [["prompt", *columns]] + [[json.dumps(p), *(row.get(c, "-") for c in columns)] for p, row in cells.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns) + 1)]
     return "\n".join(" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def _short(key: str) -> str:
-    name, _, digest = key.partition("@")
-    return f"{name}@{digest[:19]}..." if digest else name
-
-
-def stats_text(s: RouterStats) -> str:
-    lines = [(f"router stats: {s.requests} requests, {s.retries} retries, {s.failures} failures; "
-              f"affinity hit rate {100 * s.affinity_hit_rate:.1f}% (adapter requests placed on a worker that "
-              "already held the adapter)"),
-             f"  {'adapter':34s} {'hits':>5s} {'misses':>6s} {'copies added':>12s}"]
-    lines += [f"  {_short(a.key):34s} {a.hits:5d} {a.misses:6d} {a.replications:12d}" for a in s.adapters]
-    lines.append(f"  {'worker':22s} {'healthy':>7s} {'in flight':>9s} {'load':>6s} {'resident adapters':>17s}")
-    lines += [f"  {w.address:22s} {'yes' if w.healthy else 'no':>7s} {w.inflight:9d} {w.load:6.2f} {w.resident:17d}"
-              for w in sorted(s.workers, key=lambda w: w.address)]
-    return "\n".join(lines)

@@ -8,6 +8,11 @@ then the command's section of a ``--config`` file (YAML or JSON), then the built
     router:
       eps: 0.25
 
+Every option takes part, the addresses of client commands too (``ADAPTERFLEET_ROUTER``, ``ADAPTERFLEET_WORKER``,
+``ADAPTERFLEET_STORE``). Of options that exclude each other (``generate --worker | --router``), a flag on the
+command line wins and the others' settings are ignored; two of them set only in the environment or the file are
+refused as ambiguous.
+
 Only ``services/cli/main.py`` calls this, with the process environment; nothing below it reads the environment.
 """
 
@@ -28,18 +33,20 @@ def parse_layered(parser: argparse.ArgumentParser, argv: Sequence[str], environ:
                   check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None):
     """``check(parser, args)``, when given, runs once the command is known and before its settings are read."""
     required = [a for a in _all_options(parser) if a.required]
-    for action in required:  # the environment or the file may supply these
-        action.required = False
+    groups = [g for g in _all_groups(parser) if g.required]
+    _require(required, groups, False)  # the environment or the file may supply these
     first = parser.parse_args(argv)  # flags alone: finds the command, rejects unknown flags
-    for action in required:
-        action.required = True
+    _require(required, groups, True)
     if check is not None:
         check(parser, first)
     path = first.config or environ.get(f"{ENV_PREFIX}CONFIG")
     section, leaf = _command(parser, first)
     from_file = _load_section(parser, path, section, leaf) if path else {}
-    defaults = {}
+    defaults, origins = {}, {}
+    flagged = _given_in_groups(leaf, first)
     for action in _options(leaf):
+        if action.dest in flagged:  # another option of its exclusive group is on the command line
+            continue
         value, origin = from_file.get(action.dest), f"{section}.{action.dest} in {path}"
         env = environ.get(ENV_PREFIX + action.dest.upper())
         if env is not None:
@@ -47,9 +54,45 @@ def parse_layered(parser: argparse.ArgumentParser, argv: Sequence[str], environ:
         if value is None:
             continue
         defaults[action.dest] = _convert(parser, action, value, origin)
+        origins[action.dest] = origin
         action.required = False  # satisfied by the environment or the file; a flag still wins
+    for group in leaf._mutually_exclusive_groups:  # noqa: SLF001 - argparse has no public API to walk parsers
+        supplied = [a for a in group._group_actions if a.dest in defaults]  # noqa: SLF001 - as above
+        if len(supplied) > 1:
+            leaf.error(f"{' and '.join(origins[a.dest] for a in supplied)} are both set, but "
+                         f"{' and '.join(a.option_strings[0] for a in supplied)} exclude each other: give one of "
+                         "them on the command line, or unset the other")
+        if supplied:
+            group.required = False  # argparse counts only flags against a required group
     leaf.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def _require(actions: list[argparse.Action], groups: list[argparse._MutuallyExclusiveGroup], value: bool) -> None:
+    for action in actions:
+        action.required = value
+    for group in groups:
+        group.required = value
+
+
+def _given_in_groups(leaf: argparse.ArgumentParser, args) -> set[str]:
+    """Dests of exclusive-group members whose group has a member set on the command line (not that member)."""
+    out: set[str] = set()
+    for group in leaf._mutually_exclusive_groups:  # noqa: SLF001 - argparse has no public API to walk parsers
+        members = group._group_actions  # noqa: SLF001 - as above
+        given = {a.dest for a in members if getattr(args, a.dest, a.default) != a.default}
+        if given:
+            out |= {a.dest for a in members} - given
+    return out
+
+
+def _all_groups(parser: argparse.ArgumentParser) -> list[argparse._MutuallyExclusiveGroup]:
+    out = list(parser._mutually_exclusive_groups)  # noqa: SLF001 - argparse has no public API to walk parsers
+    for action in parser._actions:  # noqa: SLF001 - as above
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001 - as above
+            for sub in action.choices.values():
+                out += _all_groups(sub)
+    return out
 
 
 def metrics_config(args) -> MetricsConfig:

@@ -5,10 +5,15 @@ Each part is started with the same command an operator would use (``adapterfleet
 ``adapterfleet demo``::
 
     fleet = LocalFleet(FleetConfig(data_dir, base_model, workers=2))
-    with fleet:              # launch: the store is up; workers and the router are booting (importing torch)
+    with fleet:              # launch: every part started, the store is up; the rest are booting (importing torch)
         ...                  # do something useful meanwhile
         fleet.wait_ready()   # every part printed its "listening" line
     # leaving the block stops the router, then the workers (they drain), then the store
+
+Every listener is checked before anything starts, and held until its part binds it (see
+:mod:`adapterfleet.common.ports`): the gRPC and HTTP ports are PORT, PORT+10.., PORT+20, PORT+21 (``port=0``: all
+chosen free), the Prometheus /metrics ports are always chosen free. A port in use stops the launch with a line that
+names it; a part that fails to start is reported with the root cause from its log (:mod:`.fleet_log`).
 """
 
 from __future__ import annotations
@@ -18,54 +23,98 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from adapterfleet.common.errors import InvalidArgument, Unavailable
+from adapterfleet.cli import fleet_log
+from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from adapterfleet.common.ports import PortInUse, reserve
 from adapterfleet.store.config import PORT as STORE_PORT
 from adapterfleet.worker.config import WorkerConfig
 
 DATA_DIR = ".adapterfleet"  # `adapterfleet up` and `demo`: the store, worker caches, logs and the demo's files
 MAX_WORKERS = 10  # workers take PORT+10 .. PORT+19; the router PORT+20
-SPAN = 50  # the fleet's ports: gRPC PORT..PORT+20; Prometheus /metrics: store PORT+30, router +31, workers +40..+49
+# the fleet's fixed ports: gRPC PORT..PORT+20; the router's OpenAI-compatible HTTP PORT+21 (/metrics: chosen free)
+SPAN = 22
+
+
+@dataclass(frozen=True)
+class FleetPorts:
+    """The ports a launched fleet listens on (127.0.0.1)."""
+
+    store: int
+    workers: tuple[int, ...]
+    router: int
+    http: int
+    metrics: tuple[tuple[str, int], ...]  # (part, /metrics port): "store", "router", "worker-N"
 
 
 @dataclass(frozen=True)
 class FleetConfig:
     data_dir: Path
     base_model: str  # a directory written by save_pretrained
-    port: int = STORE_PORT  # the store's; workers take PORT+10.., the router PORT+20, /metrics PORT+30..
+    port: int = STORE_PORT  # the store's; workers take PORT+10.., the router PORT+20 (+21); 0: every port chosen
     workers: int = 2
     max_slots: int = WorkerConfig.max_slots
     ready_timeout_s: float = 180.0  # for every part together; a worker spends seconds importing torch
     stop_timeout_s: float = 15.0  # per part, after SIGTERM; then it is killed
+    ports: FleetPorts | None = None  # set by LocalFleet.launch, which checks (or chooses) and holds them
 
     def __post_init__(self):
         if not 1 <= self.workers <= MAX_WORKERS:
             raise InvalidArgument(f"--workers {self.workers} must be 1..{MAX_WORKERS}: workers take ports "
                                   f"PORT+10..PORT+{9 + MAX_WORKERS}")
-        if not 1 <= self.port <= 65535 - SPAN:
-            raise InvalidArgument(f"--port {self.port} must be 1..{65535 - SPAN}: the fleet takes "
-                                  f"PORT..PORT+{SPAN - 1}")
+        if not 0 <= self.port <= 65535 - SPAN:
+            raise InvalidArgument(f"--port {self.port} must be 1..{65535 - SPAN} (the fleet takes PORT..PORT+"
+                                  f"{SPAN - 1}), or 0 for free ports")
+
+    def _ports(self) -> FleetPorts:
+        if self.ports is None:
+            raise RuntimeError("the fleet's ports are known once LocalFleet.launch has checked them")
+        return self.ports
 
     @property
     def store_address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self._ports().store}"
 
     @property
     def worker_addresses(self) -> list[str]:
-        return [f"127.0.0.1:{self.port + 10 + i}" for i in range(self.workers)]
+        return [f"127.0.0.1:{p}" for p in self._ports().workers]
 
     @property
     def router_address(self) -> str:
-        return f"127.0.0.1:{self.port + 20}"
+        return f"127.0.0.1:{self._ports().router}"
+
+    @property
+    def http_url(self) -> str:
+        """The router's OpenAI-compatible API (``base_url`` for the openai client)."""
+        return f"http://127.0.0.1:{self._ports().http}/v1"
 
     def metrics_port(self, part: str) -> int:
         """Where ``part`` ("store", "router", "worker-N") serves Prometheus /metrics."""
-        if part.startswith("worker-"):
-            return self.port + 40 + int(part.removeprefix("worker-"))
-        return self.port + {"store": 30, "router": 31}[part]
+        return dict(self._ports().metrics)[part]
+
+
+def reserve_ports(port: int, workers: int) -> FleetPorts:
+    """Check and hold the fleet's ports: PORT, PORT+10.., PORT+20, PORT+21 (``port`` 0: chosen free, as the
+    /metrics ports always are). FailedPrecondition, naming the port and its part, when one is in use."""
+
+    def take(offset: int, what: str) -> int:
+        wanted = port + offset if port else 0
+        try:
+            return reserve(wanted)
+        except PortInUse:
+            raise FailedPrecondition(
+                f"port {wanted} ({what}) is in use on 127.0.0.1: another process listens there (a fleet that is "
+                f"still running?). Stop it, or move the fleet: --port P takes P, P+10..P+{9 + workers}, P+20 and "
+                "P+21; --port 0 chooses free ports") from None
+
+    names = [f"worker-{i}" for i in range(workers)]
+    return FleetPorts(store=take(0, "the store's gRPC port"),
+                      workers=tuple(take(10 + i, f"{name}'s gRPC port") for i, name in enumerate(names)),
+                      router=take(20, "the router's gRPC port"), http=take(21, "the router's HTTP port"),
+                      metrics=tuple((name, reserve()) for name in ("store", "router", *names)))
 
 
 @dataclass
@@ -74,7 +123,16 @@ class _Part:
     proc: subprocess.Popen[str]
     log: Path
     ready_line: str
+    log_start: int = 0  # this run's first byte in the (appended-to) log
     ready: bool = False
+
+    def output(self) -> str:
+        """What this run of the part wrote to its log."""
+        return fleet_log.read_since(self.log, self.log_start)
+
+    def why(self) -> str:
+        """Why it stopped: the root cause from its log (not the interpreter's follow-on noise)."""
+        return fleet_log.explain(self.output())
 
     @property
     def stdout(self) -> IO[str]:
@@ -89,21 +147,25 @@ class LocalFleet:
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
     def launch(self) -> None:
-        """Start the store and wait for it; then start the workers and the router without waiting for them."""
+        """Start every part at once (their ports are known now; workers and the router retry the store until it
+        answers) and wait for the store only: the workers and the router keep booting (importing torch)."""
         if self._parts:
             raise RuntimeError("this fleet was already launched")
-        cfg, data = self.cfg, Path(self.cfg.data_dir)
+        self.cfg = replace(self.cfg, ports=reserve_ports(self.cfg.port, self.cfg.workers))
+        cfg, data, ports = self.cfg, Path(self.cfg.data_dir), self.cfg.ports
+        assert ports is not None
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn("store", ["store", "serve", "--port", str(cfg.port), "--data-dir", str(data / "store")],
+        self._spawn("store", ["store", "serve", "--port", str(ports.store), "--data-dir", str(data / "store")],
                     "store listening")
-        self._wait(self._parts[:1], time.monotonic() + cfg.ready_timeout_s)
         store = ["--store", cfg.store_address]
         for i, address in enumerate(cfg.worker_addresses):  # all at once: each spends seconds importing torch
             self._spawn(f"worker-{i}", ["worker", "serve", "--port", address.rsplit(":", 1)[1], *store,
                                         "--base-model", str(cfg.base_model), "--disk-cache-dir",
                                         str(data / f"worker-{i}"), "--max-slots", str(cfg.max_slots)],
                         "worker listening")
-        self._spawn("router", ["router", "serve", "--port", str(cfg.port + 20), *store], "router listening")
+        self._spawn("router", ["router", "serve", "--port", str(ports.router), *store, "--http-port",
+                               str(ports.http), "--tokenizer", str(cfg.base_model)], "router listening")
+        self._wait(self._parts[:1], time.monotonic() + cfg.ready_timeout_s)
 
     def wait_ready(self) -> None:
         """Block until every part printed its "listening" line; Unavailable (naming the log) if one did not."""
@@ -125,7 +187,7 @@ class LocalFleet:
                 continue
             if not part.ready:
                 self._wait([part], time.monotonic())  # reads what it printed, raises with the reason
-            raise Unavailable(f"the fleet's {part.name} exited (status {code}); see {part.log}:\n{_tail(part.log)}")
+            raise Unavailable(f"the fleet's {part.name} exited (status {code}); see {part.log}:\n{part.why()}")
 
     def wait(self, poll_s: float = 0.5) -> list[str]:
         """Block until some part exits; return the parts that did."""
@@ -174,18 +236,28 @@ class LocalFleet:
     def describe(self) -> str:
         cfg = self.cfg
         return (f"store   {cfg.store_address}\nworkers {' '.join(cfg.worker_addresses)}\n"
-                f"router  {cfg.router_address}\nbase    {cfg.base_model}\nlogs    {cfg.data_dir}/*.log\n"
+                f"router  {cfg.router_address}\nopenai  {cfg.http_url} (model: an adapter ref, or "
+                f"{Path(cfg.base_model).name})\nbase    {cfg.base_model}\nlogs    {cfg.data_dir}/*.log\n"
                 f"metrics http://127.0.0.1:PORT/metrics: store {cfg.metrics_port('store')}, router "
-                f"{cfg.metrics_port('router')}, workers {cfg.port + 40}-{cfg.port + 39 + cfg.workers}")
+                f"{cfg.metrics_port('router')}, workers "
+                f"{' '.join(str(cfg.metrics_port(f'worker-{i}')) for i in range(cfg.workers))}")
+
+    def summary(self) -> dict:
+        """What :meth:`describe` says, as JSON-ready values (``up --json``, ``demo --json``)."""
+        cfg = self.cfg
+        return {"store": cfg.store_address, "workers": cfg.worker_addresses, "router": cfg.router_address,
+                "http": cfg.http_url, "metrics": dict(cfg._ports().metrics),  # noqa: SLF001 - our own config
+                "base_model": str(cfg.base_model), "logs": str(cfg.data_dir)}
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], ready_line: str) -> None:
         log = Path(self.cfg.data_dir) / f"{name}.log"
         args = [*args, "--metrics-port", str(self.cfg.metrics_port(name)), "--metrics-host", "127.0.0.1"]
         with open(log, "ab") as err:  # the child keeps its own handle
+            start = err.tell()  # logs are appended to: this run's lines begin here
             proc = subprocess.Popen([sys.executable, "-u", "-m", "adapterfleet.cli.main", *args],
                                     stdout=subprocess.PIPE, stderr=err, text=True)
-        self._parts.append(_Part(name, proc, log, ready_line))
+        self._parts.append(_Part(name, proc, log, ready_line, start))
 
     def _wait(self, parts: list[_Part], deadline: float) -> None:
         """Read each part's first line, all at once: a part that fails is reported as soon as it exits."""
@@ -197,23 +269,15 @@ class LocalFleet:
                 names = ", ".join(p.name for p in pending.values())
                 part = next(iter(pending.values()))
                 raise Unavailable(f"the fleet's {names} did not start in {self.cfg.ready_timeout_s:.0f}s; see "
-                                  f"{part.log}:\n{_tail(part.log)}")
+                                  f"{part.log}:\n{fleet_log.tail(part.output())}")
             for pipe in readable:
                 part = pending.pop(pipe)
                 line = pipe.readline()
                 if part.ready_line not in line:
                     why = (f"printed {line.strip()!r} instead of {part.ready_line!r}" if line
                            else f"exited (status {part.proc.wait()}) before it was ready")
-                    raise Unavailable(f"the fleet's {part.name} {why}; see {part.log}:\n{_tail(part.log)}")
+                    raise Unavailable(f"the fleet's {part.name} {why}; see {part.log}:\n{part.why()}")
                 part.ready = True
-
-
-def _tail(log: Path, lines: int = 8) -> str:
-    try:
-        text = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join("  " + line for line in text[-lines:]) or "  (empty)"
 
 
 def interrupt_on_sigterm() -> None:

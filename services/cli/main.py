@@ -12,11 +12,14 @@ import argparse
 import os
 import sys
 
+from adapterfleet.cli import admin, report
 from adapterfleet.cli.flags import parse_layered
+from adapterfleet.cli.generate_flags import add_generation_flags
 from adapterfleet.cli.local_fleet import DATA_DIR, FleetConfig
 from adapterfleet.common import extras
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.common.metrics_config import MetricsConfig
+from adapterfleet.common.reachability import unreachable
 from adapterfleet.router.config import PORT as ROUTER_PORT
 from adapterfleet.router.config import RouterConfig
 from adapterfleet.router.placement import PlacementConfig
@@ -122,26 +125,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hot-rps-per-copy", type=float, default=PlacementConfig.hot_requests_per_copy,
                    help="add a copy above this rate per copy")
     s.add_argument("--max-copies", type=int, default=PlacementConfig.max_copies)
+    s.add_argument("--http-port", type=int, default=RouterConfig.http_port,
+                   help="also serve an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+                        "/v1/models) on this port (0: any free port; default: off)")
+    s.add_argument("--http-host", default=RouterConfig.http_host)
+    s.add_argument("--tokenizer", default=RouterConfig.tokenizer,
+                   help="the base model's directory: its tokenizer's chat template serves /v1/chat/completions")
     _serve_flags(s, RouterConfig.drain_s)
+    admin.add_parsers(worker, router)
 
     s = sub.add_parser("up", help="run a whole fleet on localhost: store, workers, router (Ctrl-C stops it)")
     s.add_argument("--workers", type=int, default=FleetConfig.workers)
     s.add_argument("--port", type=int, default=FleetConfig.port,
-                   help="store port; workers take PORT+10.., the router PORT+20")
+                   help="store port; workers take PORT+10.., the router PORT+20 (its HTTP API PORT+21)")
     s.add_argument("--base-model", default="", help="default: a small demo Llama built with a fixed seed")
     s.add_argument("--data-dir", default=DATA_DIR)
     s.add_argument("--max-slots", type=int, default=FleetConfig.max_slots)
     s.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)
+    s.add_argument("--json", action="store_true", help="once the fleet is ready, print its addresses as one JSON "
+                                                       "object")
 
     s = sub.add_parser("demo", help="start a local fleet, train three toy adapters with PEFT, push them, route "
                                     "requests and print the answers and the affinity statistics")
     s.add_argument("--workers", type=int, default=FleetConfig.workers)
     s.add_argument("--port", type=int, default=FleetConfig.port,
-                   help="store port; workers take PORT+10.., the router PORT+20")
+                   help="store port; workers take PORT+10.., the router PORT+20 (its HTTP API PORT+21)")
     s.add_argument("--data-dir", default=DATA_DIR)
     s.add_argument("--steps", type=int, default=0, help="training steps per adapter (default: enough to learn)")
     s.add_argument("--requests", type=int, default=24, help="requests sent through the router")
     s.add_argument("--exit", action="store_true", help="stop the fleet when done (default: keep serving)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (answers, stats, addresses) on stdout "
+                                                       "and the progress on stderr")
 
     for verb in ("generate", "score"):
         s = sub.add_parser(verb, help=f"{verb} through a worker or a router")
@@ -160,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--top-p", type=float, default=1.0)
             s.add_argument("--seed", type=int)
             s.add_argument("--stop-ids", help="comma-separated; default: the model's eos")
+            add_generation_flags(s)
         else:
             s.add_argument("--text", help="text to score instead of --prompt-ids")
 
@@ -197,17 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("alias")
     s.add_argument("targets")
     s.add_argument("--expect", help="compare-and-set: the current targets ('3' or '3:90,4:10'), or 'none'")
+    s.add_argument("--json", action="store_true")
     store_flag(s)
     s = alias.add_parser("delete")
     s.add_argument("name")
     s.add_argument("alias")
     s.add_argument("--expect")
+    s.add_argument("--json", action="store_true")
     store_flag(s)
 
     s = sub.add_parser("yank", help="make a version unresolvable by number or alias (still fetchable by digest)")
     s.add_argument("name")
     s.add_argument("version", type=int)
     s.add_argument("--force", action="store_true", help="even when an alias points at it")
+    s.add_argument("--json", action="store_true")
     store_flag(s)
 
     s = sub.add_parser("gc", help="delete blobs no version refers to")
@@ -219,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("watch", help="print store events as JSON lines")
     s.add_argument("--cursor", default="", help="'0' for all history, an event id to resume after")
     s.add_argument("--name", default="")
+    s.add_argument("--json", action="store_true", help="the output is JSON lines with or without it")
     store_flag(s)
     return p
 
@@ -233,19 +252,47 @@ def require_extra(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_layered(build_parser(), sys.argv[1:] if argv is None else argv, os.environ, check=require_extra)
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv or os.environ.get("ADAPTERFLEET_JSON", "").strip().lower() in ("1", "true", "yes", "on")
+    with report.usage_errors(as_json):
+        args = parse_layered(build_parser(), argv, os.environ, check=require_extra)
+    as_json = bool(getattr(args, "json", False))
     from adapterfleet.cli import commands  # noqa: PLC0415 - keep `--help` instant
 
     try:
-        return commands.dispatch(args, _store_addr(args))
+        code = commands.dispatch(args, _store_addr(args))
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `adapterfleet watch | head -1`: the reader is gone
+        return report.closed_pipe()
     except AdapterFleetError as err:
-        print(f"error: {err.message}", file=sys.stderr)
+        report.error(err.code, _reachable(args, err) or err.message, as_json)
+        return 1
+    except OSError as err:  # a local file: missing, not writable, ...
+        if getattr(args, f"{args.command}_cmd", None) == "serve":
+            raise  # a service's log keeps the whole traceback
+        report.error(*report.os_error(err), as_json)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `adapterfleet watch | head`: the reader is gone; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
-        return 1
+
+
+def _reachable(args, err: AdapterFleetError) -> str | None:
+    """For UNAVAILABLE because nothing answers at the address: one line naming it, instead of gRPC's text."""
+    from adapterfleet.cli import commands  # noqa: PLC0415 - imported by now
+
+    if err.code != "UNAVAILABLE":
+        return None
+    if args.command in ("generate", "score"):
+        role = "worker" if args.worker else "router"
+    elif args.command in ("worker", "router") and getattr(args, f"{args.command}_cmd") != "serve":
+        role = args.command
+    elif args.command in commands.COMMANDS:  # the store's client commands
+        role = "store"
+    else:
+        return None
+    address = _store_addr(args) if role == "store" else getattr(args, role)
+    return unreachable(err.message, address, role, f"--{role} or ADAPTERFLEET_{role.upper()}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ SIGTERM) stops everything, workers draining first.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,13 @@ def run_up(args) -> int:
     try:
         with fleet:
             fleet.wait_ready()
-            router = fleet.cfg.router_address
-            print(f"{fleet.describe()}\ntry:    adapterfleet generate --router {router} --prompt 'hello' --json\n"
-                  "Ctrl-C stops the fleet.", flush=True)
+            if args.json:
+                print(json.dumps(fleet.summary(), sort_keys=True), flush=True)
+            else:
+                prompt = "--prompt 'hello'" if _has_tokenizer(Path(base)) else "--prompt-ids 1,2,3"
+                print(f"{fleet.describe()}\ntry:    adapterfleet generate --router {fleet.cfg.router_address} "
+                      f"{prompt} --json\n        curl -s {fleet.cfg.http_url}/models\nCtrl-C stops the fleet.",
+                      flush=True)
             if args.exit_after is not None:
                 time.sleep(args.exit_after)
                 return 0
@@ -37,3 +42,8 @@ def run_up(args) -> int:
             return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _has_tokenizer(base: Path) -> bool:
+    """Whether text prompts work on this base model (else the hint uses token ids)."""
+    return any((base / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 from adapterfleet.common.errors import Unavailable
+from adapterfleet.common.ports import reserve
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, held for about a minute against other processes' connections (see
+    :mod:`adapterfleet.common.ports`), so that the server started on it next can bind it."""
+    return reserve()
 
 
 class RedisProcess:

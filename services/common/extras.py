@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 _SERVER = ("grpc_health", "grpc_reflection", "prometheus_client")  # health, reflection, /metrics
-_STORE = (*_SERVER, "boto3", "redis")
-_WORKER = (*_SERVER, "torch", "transformers", "safetensors", "numpy")
+_STORE = (*_SERVER, "boto3", "redis", "regex")  # regex: config patterns matched in bounded time (store.patterns)
+_WORKER = (*_SERVER, "torch", "transformers", "safetensors", "numpy", "regex")
 _ROUTER = (*_SERVER, "redis", "starlette", "uvicorn", "pydantic", "transformers", "jinja2")  # + the HTTP gateway
 _PEFT = ("peft", "torch", "transformers", "safetensors")
 

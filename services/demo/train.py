@@ -10,38 +10,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from adapterfleet.demo.recipe import PROJECTIONS, TrainConfig, TrainResult
 from adapterfleet.demo.tasks import Task
 from adapterfleet.sdk.peft import stabilize_config
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 150  # 8 words are memorised with margins > 5 logits by ~100; 150 leaves room
-    lr: float = 5e-3
-    rank: int = 16
-    alpha: int = 32
-    warmup: int = 10  # steps of linear warm-up, then linear decay to 0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    threads: int = 1  # tiny matrices: one thread is as fast, and steady while the fleet boots beside us
-    target_modules: tuple[str, ...] = PROJECTIONS
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    task: str
-    path: Path
-    loss: float  # mean cross-entropy over the answer tokens (and eos) at the last step
-    seconds: float
+__all__ = ["PROJECTIONS", "TrainConfig", "TrainResult", "make_batch", "train_adapter"]
 
 
 def make_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,9 +45,10 @@ def make_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor
     return ids, mask, labels
 
 
-def train_adapter(base_dir: str | Path, task: Task, out_dir: str | Path, cfg: TrainConfig = TrainConfig()
+def train_adapter(base_dir: str | Path, task: Task, out_dir: str | Path, cfg: TrainConfig | None = None
                   ) -> TrainResult:
     """Train ``task`` on the base model in ``base_dir``; write the PEFT adapter directory ``out_dir``."""
+    cfg = cfg or TrainConfig()
     if cfg.steps < 1:
         raise ValueError(f"steps must be at least 1, got {cfg.steps}")
     started = time.perf_counter()

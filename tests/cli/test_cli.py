@@ -168,3 +168,59 @@ def test_served_process_logs_json_serves_metrics_and_drains_on_sigterm(redis_ser
     lines = [json.loads(line) for line in proc.proc.stderr.read().splitlines() if line.startswith("{")]
     messages = [line["msg"] for line in lines if line["service"] == "store"]
     assert any("metrics on :" in m for m in messages) and any(m.startswith("draining") for m in messages)
+
+
+def test_alias_and_yank_print_json(store_proc, tmp_path):
+    addr = store_proc.address
+    run_cli("push", str(write_adapter(tmp_path / "a")), "--name", "acme/j", store=addr)
+    run_cli("push", str(write_adapter(tmp_path / "b", seed=3)), "--name", "acme/j", store=addr)
+    out = json.loads(run_cli("alias", "set", "acme/j", "prod", "1:90,2:10", "--expect", "none", "--json",
+                             store=addr).stdout)
+    assert out == {"name": "acme/j", "alias": "prod",
+                   "targets": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]}
+    out = json.loads(run_cli("alias", "delete", "acme/j", "prod", "--json", store=addr).stdout)
+    assert out == {"name": "acme/j", "alias": "prod", "deleted": True}
+    yanked = json.loads(run_cli("yank", "acme/j", "2", "--json", store=addr).stdout)
+    assert (yanked["name"], yanked["version"], yanked["yanked"]) == ("acme/j", 2, True)
+    bad = run_cli("alias", "set", "acme/j", "prod", "2", "--expect", "1", "--json", store=addr, check=False)
+    assert bad.returncode == 1 and json.loads(bad.stderr)["error"]["code"] == "FAILED_PRECONDITION"
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader is already gone: the first write fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize("argv", [["ls", "--json"], ["ls"], ["watch", "--cursor", "0"], ["resolve", "acme/p"]])
+def test_a_closed_pipe_ends_every_command_quietly(store_proc, tmp_path, argv):
+    run_cli("push", str(write_adapter(tmp_path / "a")), "--name", "acme/p", store=store_proc.address)
+    write = _closed_pipe()
+    try:
+        out = subprocess.run([*CLI, *argv, "--store", store_proc.address], stdout=write, stderr=subprocess.PIPE,
+                             text=True, cwd=REPO, timeout=60)
+    finally:
+        os.close(write)
+    assert (out.returncode, out.stderr) == (141, "")
+
+
+def test_watch_into_head_ends_quietly_at_the_next_event(store_proc, tmp_path):
+    addr = store_proc.address
+    run_cli("push", str(write_adapter(tmp_path / "a")), "--name", "acme/w", store=addr)
+    cli = " ".join([*CLI, "watch", "--cursor", "0", "--store", addr])
+    pipeline = subprocess.Popen(["bash", "-c", f"{cli} | head -1; echo \"status ${{PIPESTATUS[0]}}\" >&2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    first = pipeline.stdout.readline()
+    assert json.loads(first)["name"] == "acme/w"
+    run_cli("push", str(write_adapter(tmp_path / "b", seed=4)), "--name", "acme/w", store=addr)  # watch writes again
+    rest, stderr = pipeline.communicate(timeout=30)
+    assert rest == "" and stderr == "status 141\n"
+
+
+def test_usage_errors_with_json_are_json():
+    out = subprocess.run([*CLI, "ls", "--json", "--no-such-flag"], capture_output=True, text=True, cwd=REPO,
+                         timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert json.loads(out.stderr) == {"error": {"code": "INVALID_ARGUMENT",
+                                                "message": "unrecognized arguments: --no-such-flag"}}

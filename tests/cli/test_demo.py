@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from adapterfleet.common.embedded_redis import free_port
 from adapterfleet.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for, task
 from tests.cli.test_cli import CLI, REPO
+from tests.cli.test_up import fleet_base_port
 
 
 def test_the_tasks_answer_every_word_differently():
@@ -65,13 +65,6 @@ def _answer_table(stdout: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _fleet_port() -> int:
-    port = free_port()
-    while port <= 6379 < port + 50 or port > 65535 - 50:  # the fleet takes PORT..PORT+49; not the machine's Redis
-        port = free_port()
-    return port
-
-
 def _fleet_processes(port: int) -> str:
     """Command lines of the fleet's processes that are still running ('' when none)."""
     out = subprocess.run(["pgrep", "-af", "--", rf"--port {port}( |$)|--store 127\.0\.0\.1:{port}( |$)"],
@@ -83,8 +76,8 @@ def _fleet_processes(port: int) -> str:
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'protos'}"}
 
 
-def test_demo_trains_serves_and_reports_affinity(tmp_path):
-    port = _fleet_port()
+def test_demo_trains_serves_and_reports_affinity_then_reuses_what_it_trained(tmp_path):
+    port = fleet_base_port()  # fixed ports, checked (the second run below chooses free ones)
     demo = subprocess.Popen([*CLI, "demo", "--exit", "--workers", "2", "--port", str(port), "--requests", "24",
                              "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ENV, cwd=REPO)
@@ -112,19 +105,34 @@ def test_demo_trains_serves_and_reports_affinity(tmp_path):
         assert hits + misses == len(rows) and misses >= 1
     assert len(re.findall(r"^\s+127\.0\.0\.1:\d+\s+yes\s", stdout, re.MULTILINE)) == 2
 
-    assert (tmp_path / "demo-adapters" / "pirate" / "adapter_config.json").is_file()
-    assert not _fleet_processes(port)
+    [pirate] = (tmp_path / "demo-adapters").glob("pirate-*")  # one cache entry per training recipe
+    assert (pirate / "adapter_config.json").is_file() and (pirate / ".recipe.json").is_file()
+    assert len(re.findall(r"^trained ", stdout, re.MULTILINE)) == len(TASKS) and not _fleet_processes(port)
+
+    # the second run trains nothing: the same recipe finds the adapters of the first, and they are the same versions
+    again = subprocess.run([*CLI, "demo", "--exit", "--workers", "1", "--port", "0", "--requests", "4", "--json",
+                            "--data-dir", str(tmp_path)], capture_output=True, text=True, env=ENV, cwd=REPO,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert len(re.findall(r"^reused ", again.stderr, re.MULTILINE)) == len(TASKS)
+    assert not re.search(r"^trained ", again.stderr, re.MULTILINE)
+    summary = json.loads(again.stdout)
+    assert [(a["ref"], a["cached"], a["created"], a["version"]) for a in summary["adapters"]] == [
+        (f"{t.name}@prod", True, False, 1) for t in TASKS]
+    assert all(a["answer"] == task(a["adapter"].removesuffix("@prod")).answer(a["prompt"].removesuffix(":"))
+               for a in summary["answers"] if a["adapter"])
+    assert summary["fleet"]["router"] and summary["router_stats"]["requests"] == 4
 
 
-def test_a_fleet_that_fails_to_start_stops_the_demo_with_the_reason(tmp_path):
-    port = _fleet_port()
-    with socket.socket() as taken:  # the router's port is in use: the router cannot start
+def test_a_port_in_use_stops_the_demo_before_it_starts_anything(tmp_path):
+    port = fleet_base_port()
+    with socket.socket() as taken:  # the router's port is in use: the router could not start
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", port + 20))
         taken.listen()
         out = subprocess.run([*CLI, "demo", "--exit", "--workers", "1", "--port", str(port), "--data-dir",
                               str(tmp_path)], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=240)
     assert out.returncode == 1, out.stdout
-    assert "error: the fleet's router exited" in out.stderr and str(tmp_path / "router.log") in out.stderr
-    assert "Failed to bind" in out.stderr  # the end of the router's log, so the cause is on screen
-    assert "requests through the router" not in out.stdout
+    assert out.stderr.startswith(f"error: port {port + 20} (the router's gRPC port) is in use on 127.0.0.1"), out.stderr
+    assert "fleet starting" not in out.stdout and not list(tmp_path.glob("*.log"))
     assert not _fleet_processes(port)

@@ -74,3 +74,31 @@ def test_bad_settings_name_the_source_and_the_problem(tmp_path, capsys, content,
 def test_boolean_flags_from_environment():
     assert parse(["gc"], {"ADAPTERFLEET_DRY_RUN": "true"}).dry_run is True
     assert parse(["gc"], {"ADAPTERFLEET_DRY_RUN": "0"}).dry_run is False
+
+
+@pytest.mark.parametrize("argv, env, router, worker", [
+    (["generate", "--prompt", "x"], {"ADAPTERFLEET_ROUTER": "r:1"}, "r:1", None),
+    (["generate", "--prompt", "x"], {"ADAPTERFLEET_WORKER": "w:1"}, None, "w:1"),
+    (["generate", "--prompt", "x", "--worker", "w:2"], {"ADAPTERFLEET_ROUTER": "r:1"}, None, "w:2"),  # flag wins
+    (["score", "--router", "r:2", "--text", "x"], {"ADAPTERFLEET_ROUTER": "r:1", "ADAPTERFLEET_WORKER": "w:1"},
+     "r:2", None),
+])
+def test_exclusive_addresses_come_from_the_environment_and_a_flag_wins(argv, env, router, worker):
+    args = parse(argv, env)
+    assert (args.router, args.worker) == (router, worker)
+
+
+def test_exclusive_addresses_from_the_environment_alone_must_be_one(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(["generate", "--prompt", "x"], {"ADAPTERFLEET_ROUTER": "r:1", "ADAPTERFLEET_WORKER": "w:1"})
+    assert exit_.value.code == 2
+    assert "ADAPTERFLEET_WORKER and ADAPTERFLEET_ROUTER are both set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["generate", "--prompt", "x"], {})
+    assert "one of the arguments --worker --router is required" in capsys.readouterr().err
+
+
+def test_admin_addresses_come_from_the_environment():
+    assert parse(["worker", "stats"], {"ADAPTERFLEET_WORKER": "w:1"}).worker == "w:1"
+    assert parse(["router", "stats"], {"ADAPTERFLEET_ROUTER": "r:1"}).router == "r:1"
+    assert parse(["worker", "load", "a@1", "--worker", "w:2"], {"ADAPTERFLEET_WORKER": "w:1"}).worker == "w:2"

@@ -220,6 +220,16 @@ def test_inference_commands_run_without_extras(base_env, tmp_path, verb):
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("argv, role", [(["worker", "stats", "--worker"], "worker"),
+                                        (["router", "stats", "--router"], "router")])
+def test_admin_commands_run_without_extras(base_env, tmp_path, argv, role):
+    """`worker load|unload|pin|resident|stats` and `router stats` are client commands: base install only."""
+    out = _run([str(CLI), *argv, "127.0.0.1:1", "--json"], base_env, tmp_path)
+    assert out.returncode == 1, out.stderr
+    error = json.loads(out.stderr)["error"]
+    assert error["code"] == "UNAVAILABLE" and error["message"].startswith(f"no {role} at 127.0.0.1:1"), out.stderr
+
+
 COMMANDS = {what: extra for what, (extra, _) in extras.NEEDS.items() if what.startswith("adapterfleet ")}
 FLAGS = {"adapterfleet worker serve": ["--base-model", "/nonexistent/model", "--port", "0"]}
 

@@ -14,9 +14,9 @@ from concurrent import futures
 import grpc
 import pytest
 
-from adapterfleet.common.errors import NotFound
+from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, NotFound
 from adapterfleet.router.config import RouterConfig
-from adapterfleet.sdk import AsyncFleetClient, FleetClient
+from adapterfleet.sdk import AdapterState, AsyncFleetClient, FleetClient, WorkerStats
 from adapterfleet.store.config import Limits, S3Config, StoreConfig
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.config import WorkerConfig
@@ -154,6 +154,51 @@ def test_the_async_client_matches_the_sync_one(fleet, client):
     assert scores.logprobs == want_scores.logprobs
     assert error.request_id == "a-2" and "a-2" in str(error)
     assert stats.requests >= 4
+
+
+def test_a_workers_adapters_load_pin_list_unload_and_stats(fleet):
+    with FleetClient(fleet.worker, timeout=60) as worker:
+        worker.unload_adapter("acme/a0")  # whatever earlier tests left there
+        worker.unload_adapter("acme/a1")
+        assert worker.resident() == []
+        state = worker.load_adapter("acme/a0@prod", pin=True)
+        assert isinstance(state, AdapterState)
+        assert (state.key, state.tier, state.pinned, state.slot >= 0) == (fleet.keys[0], "active", True, True)
+        host = worker.load_adapter("acme/a1", tier="host")
+        assert (host.key, host.tier, host.slot, host.pinned) == (fleet.keys[1], "host", -1, False)
+        assert {a.key: a.tier for a in worker.resident()} == {fleet.keys[0]: "active", fleet.keys[1]: "host"}
+        assert worker.pin("acme/a0", False).pinned is False
+        stats = worker.worker_stats()
+        assert isinstance(stats, WorkerStats) and stats.fingerprint.startswith("sha256:") and stats.max_slots == 4
+        assert {a.key for a in stats.adapters} == {fleet.keys[0], fleet.keys[1]}
+        assert worker.unload_adapter(fleet.keys[1]) is True and worker.unload_adapter(fleet.keys[1]) is False
+        assert [a.key for a in worker.resident()] == [fleet.keys[0]]
+        with pytest.raises(InvalidArgument, match="tier 'gpu' is not one of active, host, disk"):
+            worker.load_adapter("acme/a0", tier="gpu")
+        with pytest.raises(NotFound):
+            worker.load_adapter("acme/missing")
+
+
+def test_the_async_client_has_the_same_worker_calls(fleet):
+    async def run():
+        async with AsyncFleetClient(fleet.worker, timeout=60) as worker:
+            state = await worker.load_adapter("acme/a1", pin=True)
+            pinned = await worker.pin("acme/a1", False)
+            held = await worker.resident()
+            stats = await worker.worker_stats()
+            dropped = await worker.unload_adapter("acme/a1")
+            return state, pinned, held, stats, dropped
+
+    state, pinned, held, stats, dropped = asyncio.run(run())
+    assert state.key == fleet.keys[1] and state.pinned and not pinned.pinned
+    assert fleet.keys[1] in {a.key for a in held} and stats.fingerprint.startswith("sha256:") and dropped
+
+
+def test_a_call_for_the_other_kind_of_server_says_which_it_needs(fleet):
+    with FleetClient(fleet.worker, timeout=30) as worker, pytest.raises(AdapterFleetError) as err:
+        worker.stats()  # router stats, asked of a worker
+    assert err.value.code == "UNIMPLEMENTED"
+    assert f"{fleet.worker} does not implement this call: it needs a router" in err.value.message
 
 
 class Recorder(worker_pb2_grpc.WorkerServicer, router_pb2_grpc.RouterServicer):
