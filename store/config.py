@@ -57,5 +57,7 @@ class StoreConfig:
     # how long a thread may hold the GIL while another waits (Python's default: 5 ms): validator and lookup threads
     # then delay the event loop by at most about this much each time it wakes. Set by serve(), for the process.
     gil_switch_s: float = 0.001
+    # one request message at most (push chunks are 1 MiB): decoding a bigger one would hold the event loop
+    max_receive_bytes: int = 4 << 20
     drain_s: float = 10.0               # on SIGTERM: in-flight pushes and fetches get this long
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -85,7 +85,7 @@ def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: B
         f"{cfg.host}:{cfg.port}",
         [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s),
          lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(registry, s)],
-        [SERVICE_NAME, REGISTRY_NAME], metrics,
+        [SERVICE_NAME, REGISTRY_NAME], metrics, max_receive_bytes=cfg.max_receive_bytes,
     )
     return StoreServer(server, port, core, metrics, health)
 

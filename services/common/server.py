@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from adapterfleet.common.channel import CHANNEL_OPTIONS
+from adapterfleet.common.channel import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from adapterfleet.common.grpc_errors import ErrorInterceptor
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.observe import ObserveInterceptor
@@ -25,12 +25,15 @@ def create_server(
     service_names: Sequence[str],
     metrics: ServiceMetrics,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_receive_bytes: int = MAX_MESSAGE_BYTES,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Returns (server, bound port, health servicer). Every call gets a request id and is counted in ``metrics``
     (outermost, so it sees the final status); the auth interceptor will sit in ``interceptors``, inside
-    ErrorInterceptor, which translates whatever it raises. Call ``await server.start()`` to serve."""
+    ErrorInterceptor, which translates whatever it raises. ``max_receive_bytes`` bounds one request message:
+    gRPC refuses a bigger one (RESOURCE_EXHAUSTED) before decoding it. Call ``await server.start()`` to serve."""
+    options = list({**dict(CHANNEL_OPTIONS), "grpc.max_receive_message_length": max_receive_bytes}.items())
     server = grpc.aio.server(interceptors=[ObserveInterceptor(metrics), ErrorInterceptor(), *interceptors],
-                             options=CHANNEL_OPTIONS)
+                             options=options)
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()
