@@ -146,5 +146,5 @@ def test_every_list_in_a_request_has_a_limit(store, stub):
     code, details = rpc_code(registry.Announce, registry_pb2.WorkerInfo(id="w", address="127.0.0.1:1",
                                                                        adapters=adapters))
     # over 4 MiB: gRPC refuses the message before it is decoded (the store's max_receive_bytes), typed either way
-    assert (code == grpc.StatusCode.INVALID_ARGUMENT and "WorkerInfo.adapters has 65537 entries" in details
-            or code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details), (code, details[:200])
+    assert ((code == grpc.StatusCode.INVALID_ARGUMENT and "WorkerInfo.adapters has 65537 entries" in details)
+            or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details)), (code, details[:200])
