@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local-disk tier budget")
     s.add_argument("--disk-cache-dir", default=WorkerConfig.disk_dir)
     s.add_argument("--max-batch", type=int, default=WorkerConfig.max_batch)
+    s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
+                   help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
     s.add_argument("--advertise", default=WorkerConfig.advertise, help="address routers should use (default HOST:PORT)")
     _serve_flags(s, WorkerConfig.drain_s)
 

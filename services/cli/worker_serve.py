@@ -14,6 +14,7 @@ def config_from_args(args, store_addr: str) -> WorkerConfig:
         base_model=args.base_model, store=store_addr, host=args.host, port=args.port, device=args.device,
         dtype=args.dtype, region=args.region, max_slots=args.max_slots, host_bytes=args.host_cache_mb << 20,
         disk_bytes=args.disk_cache_mb << 20, disk_dir=args.disk_cache_dir, max_batch=args.max_batch,
+        prefill_chunk_tokens=args.prefill_chunk_tokens,
         advertise=args.advertise, drain_s=args.drain_seconds, metrics=metrics_config(args),
     )
 

@@ -23,6 +23,7 @@ class WorkerConfig:
     disk_bytes: int = 20 << 30       # local-disk tier budget
     disk_dir: str = ".adapterfleet/worker-cache"
     max_batch: int = 32
+    prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
     max_new_tokens_limit: int = 2048
     max_prompt_tokens: int = 32768   # also bounded by the model's positions
     max_prompt_chars: int = 1 << 20  # text longer than this is refused before it is tokenized

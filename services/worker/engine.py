@@ -7,6 +7,16 @@ cache left-padded to the same length and concatenated along the batch), and scor
 so nobody waits for a long generation to finish. Rows of one batch may use different adapter slots, or none. A
 row that finishes (stop id, length, or a cancelled caller) leaves the batch at once (``batch_select_indices``).
 
+Chunked prefill: a newcomer's prefill would stall the running decodes for as long as it takes, so when rows are
+decoding and the newcomers' prefill is bigger than ``prefill_chunk_tokens`` (rows x columns of the left-padded
+prompts), it is split into chunks of columns (each <= that many tokens; its own KV cache grows chunk by chunk)
+and exactly one chunk runs between two decode steps: a decode step never waits for more than one chunk of prefill
+work. The last chunk's logits start the newcomers, which are then joined like any other. While a chunked prefill is
+under way, further generations wait for it to end (scoring requests still run between steps). An idle engine, or
+one whose running rows all finished, prefills in one go (nobody is waiting). ``prefill_chunk_tokens=0``: never
+chunk. Greedy tokens are those of a one-shot prefill (the chunks attend to the same keys; only float rounding of
+the split matmuls differs).
+
 One bad row fails alone (``isolation.py``): a forward that raises is retried on halves of the batch until the rows
 that fail on their own are found; they fail with a typed error and the rest go on. A row whose logits are not
 finite, or whose sampling raises, fails alone too (``step.py``).
@@ -36,6 +46,22 @@ __all__ = ["Engine", "EngineStats", "GenerateJob", "ScoreJob"]
 
 # a running batch: (last logits [B, V], KV cache, attention mask [B, T], last position [B, 1], its rows)
 Batch = tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor, list[Row]]
+# what the engine just ran, for tests and benchmarks: ("decode" | "prefill", rows, tokens fed to the model)
+StepHook = Callable[[str, int, int], None]
+PREFILL_CHUNK_TOKENS = 256
+
+
+@dataclass
+class Prefill:
+    """Newcomers whose prefill runs in chunks of ``step`` columns between decode steps."""
+
+    jobs: list[GenerateJob]
+    ids: torch.Tensor        # [B, L] left-padded prompts
+    mask: torch.Tensor       # [B, L]
+    positions: torch.Tensor  # [B, L]
+    step: int                # columns per chunk
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    done: int = 0            # columns already in the cache
 
 
 @dataclass
@@ -56,12 +82,15 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model: torch.nn.Module, lora: LoraModel, *, pad_id: int, device: torch.device,
-                 max_batch: int = 32):
+                 max_batch: int = 32, prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
+                 on_step: StepHook | None = None):
         self._model = model
         self._lora = lora
         self._pad = pad_id
         self._device = device
         self.max_batch = max_batch
+        self.prefill_chunk_tokens = prefill_chunk_tokens  # <= 0: never chunk
+        self.on_step = on_step
         self._queue: queue.Queue = queue.Queue()
         self._backlog: list[GenerateJob] = []  # taken from the queue but not joinable into the running batch
         self._thread: threading.Thread | None = None
@@ -95,6 +124,7 @@ class Engine:
         jobs: list = []
         while self._backlog and len(jobs) < limit:
             jobs.append(self._backlog.pop(0))
+        backlogged = len(jobs)
         while len(jobs) < limit and not self._stop.is_set():
             try:
                 job = self._queue.get(block=block and not jobs)
@@ -104,7 +134,7 @@ class Engine:
                 self._stop.set()
                 break
             jobs.append(job)
-        self.stats.requests += len(jobs)
+        self.stats.requests += len(jobs) - backlogged
         return jobs
 
     def _run(self) -> None:
@@ -175,8 +205,8 @@ class Engine:
             out = self._model(use_cache=True, **kw)
         return out.logits[:, -1, :].float()  # [B, V]
 
-    def _prefill(self, jobs: list[GenerateJob]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
-        """Left-padded prompts through the model: (last logits [B, V], cache, mask [B, T], last position [B, 1])."""
+    def _inputs(self, jobs: list[GenerateJob]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded prompts: (ids [B, T], mask [B, T], positions [B, T])."""
         longest = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(jobs), longest), self._pad, dtype=torch.long)
         mask = torch.zeros((len(jobs), longest), dtype=torch.long)
@@ -184,11 +214,47 @@ class Engine:
             ids[i, longest - len(j.prompt_ids):] = torch.tensor(j.prompt_ids)
             mask[i, longest - len(j.prompt_ids):] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)                                      # [B, T]
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _prefill(self, jobs: list[GenerateJob]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """Left-padded prompts through the model: (last logits [B, V], cache, mask [B, T], last position [B, 1])."""
+        ids, mask, positions = self._inputs(jobs)
         cache = DynamicCache()
         logits = self._forward([j.slot for j in jobs], input_ids=ids, attention_mask=mask, position_ids=positions,
                                cache=cache)
         return logits, cache, mask, positions[:, -1:]
+
+    def _stepped(self, kind: str, rows: int, tokens: int) -> None:
+        if self.on_step is not None:
+            self.on_step(kind, rows, tokens)
+
+    def _begin(self, jobs: list[GenerateJob], decoding: bool) -> Prefill | None:
+        """A chunked prefill of ``jobs`` if rows are ``decoding`` and it is more than one chunk of work, else None."""
+        budget = self.prefill_chunk_tokens
+        longest = max(len(j.prompt_ids) for j in jobs)
+        if not decoding or budget <= 0 or len(jobs) * longest <= budget:
+            return None
+        return Prefill(jobs, *self._inputs(jobs), step=max(1, budget // len(jobs)))
+
+    def _advance(self, pre: Prefill, whole: bool) -> Batch | None:
+        """The next chunk of ``pre`` (all that is left if ``whole``): its started batch once the last chunk is in,
+        else None. A chunk that raises: the newcomers' prefill is redone in one go, which finds the rows that fail
+        alone (``_start``)."""
+        width = pre.ids.shape[1]
+        end = width if whole else min(width, pre.done + pre.step)
+        try:
+            logits = self._forward([j.slot for j in pre.jobs], input_ids=pre.ids[:, pre.done:end],
+                                   attention_mask=pre.mask[:, :end], position_ids=pre.positions[:, pre.done:end],
+                                   cache=pre.cache)
+        except Exception:  # noqa: BLE001 - the one-shot prefill sorts out whose fault it was
+            pre.done = width
+            self._stepped("prefill", len(pre.jobs), len(pre.jobs) * width)
+            return self._start(pre.jobs)
+        self._stepped("prefill", len(pre.jobs), len(pre.jobs) * (end - pre.done))
+        pre.done = end
+        if end < width:
+            return None
+        return logits, pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs]
 
     def _start(self, jobs: list[GenerateJob]) -> Batch | None:
         """Prefill ``jobs``, leaving out (and failing) those that fail alone; None if none is left."""
@@ -244,41 +310,56 @@ class Engine:
         started = self._start(jobs)
         if started is None:
             return
+        self._stepped("prefill", len(started[4]), started[2].numel())
         logits, cache, mask, last_pos, live = started
+        pending: Prefill | None = None  # newcomers being prefilled in chunks
         while True:
-            choices = choose(live, logits)
-            keep = self._emit(live, choices)
-            if not keep:
-                return
-            next_ids = torch.tensor([_token(choices[r]) for r in keep], device=self._device).unsqueeze(-1)  # [B, 1]
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=self._device)
-                cache.batch_select_indices(index)
-                mask, last_pos = mask[index], last_pos[index]
+            if live:
+                choices = choose(live, logits)
+                keep = self._emit(live, choices)
                 live = [live[r] for r in keep]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)                   # [B, T+1]
-            logits, live, mask, last_pos = self._decode(live, next_ids, cache, mask, last_pos + 1)
-            # between two decode steps: scoring requests run, new generations join the batch
-            waiting = self._take(self.max_batch - len(live), block=False)
+            if live:
+                next_ids = torch.tensor([_token(choices[r]) for r in keep], device=self._device).unsqueeze(-1)  # [B, 1]
+                if len(keep) < len(choices):
+                    index = torch.tensor(keep, device=self._device)
+                    cache.batch_select_indices(index)
+                    mask, last_pos = mask[index], last_pos[index]
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)                   # [B, T+1]
+                logits, live, mask, last_pos = self._decode(live, next_ids, cache, mask, last_pos + 1)
+                self._stepped("decode", len(live), len(live))
+            if not live and pending is None:
+                return
+            # between two decode steps: scoring requests run, new generations join (at most one chunk of prefill)
+            waiting = self._take(self.max_batch - len(live) - (len(pending.jobs) if pending else 0), block=False)
             self._run_scores([j for j in waiting if isinstance(j, ScoreJob)])
             joining = [j for j in waiting if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
-            if joining and live and not joinable(cache):
-                self._backlog.extend(joining)  # an unusual cache layout: they start with the next batch
+            if joining and (pending is not None or (live and not joinable(cache))):
+                # a chunked prefill is under way (they start after it), or an unusual cache layout (next batch)
+                self._backlog[:0] = joining
                 joining = []
-            if joining:
-                jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
-                try:
-                    started = self._start(joining)
-                except Exception as exc:  # noqa: BLE001 - no single newcomer caused it: only the newcomers fail
-                    for job in joining:
-                        job.reject(batch_error(exc, "prefill"))
-                    started = None
-                if started is not None:
-                    logits, cache, mask, last_pos, live = self._join(
-                        (logits, cache, mask, last_pos, live), started)
-            if not live:
+            newcomers = pending.jobs if pending is not None else joining
+            started = None
+            try:
+                if joining:
+                    jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
+                    pending = self._begin(joining, decoding=bool(live))
+                    if pending is None:
+                        started = self._start(joining)
+                        if started is not None:
+                            self._stepped("prefill", len(started[4]), started[2].numel())
+                if pending is not None:
+                    started = self._advance(pending, whole=not live)
+                    if pending.done == pending.ids.shape[1]:
+                        pending = None
+            except Exception as exc:  # noqa: BLE001 - no single newcomer caused it: only the newcomers fail
+                for job in newcomers:
+                    job.reject(batch_error(exc, "prefill"))
+                started = pending = None
+            if started is not None:
+                logits, cache, mask, last_pos, live = self._join((logits, cache, mask, last_pos, live), started)
+            if not live and pending is None:
                 return
-            self.stats.running = len(live)
+            self.stats.running = len(live) + (len(pending.jobs) if pending else 0)
 
     @staticmethod
     def _join(running: Batch, newcomers: Batch) -> Batch:
