@@ -48,7 +48,9 @@ def make_blob_store(cfg: StoreConfig) -> BlobStore:
 
 def make_redis(url: str) -> aioredis.Redis:
     # reads wait up to socket_timeout: it must exceed the 5 s XREAD BLOCK of Watch (redis-py defaults to 5 s)
-    return aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+    # a pooled connection idle for over a second is pinged (and reconnected) before use: after a Redis restart
+    # a command then meets a live connection instead of failing once on a dead one
+    return aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=1)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from adapterfleet.common.embedded_redis import free_port
+from adapterfleet.common.errors import Unavailable
 from adapterfleet.router.breaker import BreakerConfig, State
 from adapterfleet.router.config import RouterConfig
 from adapterfleet.store.client import StoreClient
@@ -370,7 +371,9 @@ def test_cached_aliases_survive_an_outage_and_the_watch_catches_up(outage, seen_
         during = served[0]
         (store if outage == "store" else redis).start()
         Fleet.wait_for(lambda: resolver.watch_up, timeout=20)
-        client.set_alias("t/x", "prod", ((2, 100),), expect=((1, 100),))
+        # the store's pooled Redis connections died with Redis: the first write on one may answer UNAVAILABLE
+        # ("the call may be retried"), which is what a caller does
+        Fleet.wait_for(lambda: move_alias(client), timeout=10)
         Fleet.wait_for(lambda: fleet.api.Score(worker_pb2.ScoreRequest(
             adapter="t/x@prod", token_ids=[1, 2, 3])).adapter_key == str(v2.key), timeout=10)
         stop.set()
@@ -384,3 +387,12 @@ def test_cached_aliases_survive_an_outage_and_the_watch_catches_up(outage, seen_
         fleet.close()
         store.stop()
         redis.stop()
+
+
+def move_alias(client) -> bool:
+    """prod 1 -> 2 by compare-and-set; False on a retryable UNAVAILABLE (a Redis connection that died)."""
+    try:
+        client.set_alias("t/x", "prod", ((2, 100),), expect=((1, 100),))
+    except Unavailable:
+        return False
+    return True
