@@ -368,13 +368,20 @@ class AdapterCache:
                 del self._entries[victim.key]
 
     async def _evict_disk(self, keep: Entry) -> None:
+        """Drop disk copies, least recently used first, until the disk tier fits its budget. Entries a load is
+        working on, or that requests hold, are never victims; the victim's bytes count as gone before the await,
+        so a concurrent eviction picks another, and the entry is forgotten only if nothing took it up meanwhile."""
         while self.tier_bytes(DISK) > self.disk_budget:
-            victims = [e for e in self._entries.values() if e.disk_bytes and e is not keep and not e.pinned]
+            victims = [e for e in self._entries.values()
+                       if e.disk_bytes and e is not keep and not e.pinned and e.refs == 0
+                       and e.key not in self._loading]
             if not victims:
                 return
             victim = min(victims, key=lambda e: e.last_used)
-            await asyncio.to_thread(self._b.drop_disk, victim.key)
             victim.disk_bytes = 0
             self.stats.evictions[DISK] += 1
-            if victim.slot is None and victim.weights is None:
+            await asyncio.to_thread(self._b.drop_disk, victim.key)
+            if (self._entries.get(victim.key) is victim and victim.slot is None and victim.weights is None
+                    and not victim.disk_bytes and victim.key not in self._loading and victim.key not in
+                    self._slots.values()):
                 del self._entries[victim.key]
