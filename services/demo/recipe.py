@@ -19,16 +19,14 @@ Pure Python (no torch): reading the cache must not cost the import that training
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
 from adapterfleet.demo.tasks import Task
+from adapterfleet.sdk.store import write_atomic
 
 RECIPE_FILE = ".recipe.json"
 FORMAT = 1  # bump when the training code changes what the same recipe produces
@@ -114,7 +112,7 @@ class AdapterCache:
 
     def put(self, recipe: Recipe, result: TrainResult) -> None:
         """Record ``result`` (trained into :meth:`path`) as the adapter of ``recipe``."""
-        _write_atomic(result.path / RECIPE_FILE, json.dumps(
+        write_atomic(result.path / RECIPE_FILE, json.dumps(
             {"key": recipe.key, "recipe": recipe.as_json(), "loss": result.loss, "seconds": result.seconds},
             indent=2, sort_keys=True))
 
@@ -127,7 +125,7 @@ class AdapterCache:
 
     def put_fingerprint(self, digest: str, fingerprint: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / f"base-{digest[:16]}.fingerprint", fingerprint)
+        write_atomic(self.root / f"base-{digest[:16]}.fingerprint", fingerprint)
 
 
 def _version(distribution: str) -> str:
@@ -135,15 +133,3 @@ def _version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return ""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

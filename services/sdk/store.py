@@ -108,7 +108,7 @@ class AdapterStore:
             pulled = self.client.pull(str(manifest.key), directory)
             if pulled.digest != manifest.digest:
                 raise ChecksumMismatch(f"asked the store for {manifest.key}, it sent {pulled.key}")
-            _write_atomic(self._root / f"{hexdigest}.manifest.json", pulled.to_json())
+            write_atomic(self._root / f"{hexdigest}.manifest.json", pulled.to_json())
             return LocalAdapter(directory, pulled)
 
     @property
@@ -185,7 +185,8 @@ def _intact(directory: Path, manifest: Manifest) -> bool:
     return True
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temp file beside it, then a rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
