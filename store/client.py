@@ -7,6 +7,7 @@ ChecksumMismatch (DATA_LOSS). Broken fetch streams resume from (file, offset) on
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from adapterfleet.common.channel import CHANNEL_OPTIONS
-from adapterfleet.common.errors import BlobMissing, ChecksumMismatch, InvalidArgument
+from adapterfleet.common.errors import AdapterFleetError, BlobMissing, ChecksumMismatch, InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
 from adapterfleet.store import proto_convert as pc
 from adapterfleet.store.events import StoreEvent
@@ -26,6 +27,8 @@ from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.resolved import Resolved
 from adapterfleet.store.targets import Targets
 from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
+
+log = logging.getLogger("adapterfleet.store.client")
 
 CHUNK = 1 << 20
 ORDER = {"adapter_config.json": 0, "adapter_model.safetensors": 1}  # config first: validated before weights
@@ -191,6 +194,7 @@ class StoreClient:
         for entry in manifest.files:
             actual = hashes.get(entry.name, hashlib.sha256()).hexdigest()
             if actual != entry.sha256 or sizes.get(entry.name, 0) != entry.size:
+                self.report_corrupt([entry.sha256])
                 raise ChecksumMismatch(
                     f"{manifest.key}: {entry.name} arrived as {sizes.get(entry.name, 0)} bytes with sha256 {actual}, "
                     f"but the manifest says {entry.size} bytes with sha256 {entry.sha256}; the stored blob is "
@@ -199,6 +203,16 @@ class StoreClient:
         return manifest
 
     # --- the rest -------------------------------------------------------------------------------------------------
+    def report_corrupt(self, digests: list[str]) -> list[str]:
+        """Tell the store these blobs arrived with other bytes than their digests; it re-reads them and quarantines
+        the bad ones, so that a re-push sends their bytes again. Best effort: returns the quarantined digests, or
+        [] when the store could not be told (the caller is raising the mismatch anyway)."""
+        try:
+            return list(self._call("ReportCorrupt", store_pb2.ReportCorruptRequest(sha256=digests)).quarantined)
+        except AdapterFleetError as err:
+            log.warning("could not report corrupt blobs %s to the store: %s", digests, err)
+            return []
+
     def resolve(self, ref: str, routing_key: str = "") -> Resolved:
         r = self._call("Resolve", store_pb2.ResolveRequest(ref=ref, routing_key=routing_key))
         return pc.resolution_from_pb(r)

@@ -12,6 +12,7 @@ from adapterfleet.common.errors import AliasConflict, FailedPrecondition, NotFou
 from adapterfleet.store import scripts
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.manifest import Manifest
+from adapterfleet.store.quarantine import Quarantine
 from adapterfleet.store.redis_errors import redis_address, typed_redis
 from adapterfleet.store.targets import Targets, decode, encode
 
@@ -28,6 +29,7 @@ class RedisIndex:
         self._r = client
         self._p = prefix
         self.redis_address = redis_address(client)
+        self.quarantine = Quarantine(client, prefix)
         self._lease = client.register_script(scripts.LEASE)
         self._release = client.register_script(scripts.RELEASE)
         self._commit = client.register_script(scripts.COMMIT)

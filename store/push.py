@@ -172,10 +172,12 @@ class PushSession:
     async def _load_skipped(self) -> int:
         """Files the client did not send must already be stored; validate them from the blob store."""
         skipped = 0
+        quarantined = await self._index.quarantine.members(
+            e.sha256 for n, e in self._files.items() if n not in self._writers)
         for name, entry in self._files.items():
             if name in self._writers:
                 continue
-            if not await asyncio.to_thread(self._blobs.exists, entry.sha256):
+            if entry.sha256 in quarantined or not await asyncio.to_thread(self._blobs.exists, entry.sha256):
                 raise BlobMissing(
                     f"{name} (sha256 {entry.sha256}) was not sent and the store does not have it; push again "
                     "(the client re-checks which blobs are missing)"
@@ -210,6 +212,7 @@ class PushSession:
             writer.verify()  # ChecksumMismatch if the bytes are not the promised ones: then publish none
         for writer in self._writers.values():
             await asyncio.to_thread(writer.commit)
+        await self._index.quarantine.lift(w.sha256 for w in self._writers.values())
         h = self.header
         base = h.base_model if h.base_model.name_or_path else BaseModelIdentity(
             self._spec.base_model_name_or_path or "", h.base_model.fingerprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from adapterfleet.common.aio import Prefetch
-from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from adapterfleet.common.errors import ChecksumMismatch, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.config import StoreConfig
 from adapterfleet.store.events import StoreEvent, check_cursor
@@ -21,6 +22,8 @@ from adapterfleet.store.push import PushHeader, PushResult, PushSession
 from adapterfleet.store.refs import MAX_NAME_CHARS, Ref, show, validate_alias, validate_hex_digest, validate_name
 from adapterfleet.store.targets import LiveTarget, Targets, check, choose
 from adapterfleet.store.validator import Validator
+
+log = logging.getLogger("adapterfleet.store")
 
 
 def check_count(field: str, n: int, limit: int) -> None:
@@ -51,6 +54,7 @@ class StoreStats:
     bytes_sent: int = 0          # fetched file bytes
     versions_created: int = 0
     pushes_unchanged: int = 0    # re-pushes of content the name's latest version already has
+    blobs_quarantined: int = 0   # reported blobs whose stored bytes did not hash to their digest
 
 
 class AdapterStoreCore:
@@ -97,7 +101,30 @@ class AdapterStoreCore:
         loop = asyncio.get_running_loop()
         present = await asyncio.gather(*(loop.run_in_executor(self._lookups, self.blobs.exists, d) for d in unique))
         have = {d for d, ok in zip(unique, present, strict=True) if ok}
+        have -= await self.index.quarantine.members(unique)  # held, but not the right bytes: must be sent again
         return [d for d in unique if d not in have]
+
+    async def report_corrupt(self, digests: list[str]) -> list[str]:
+        """A receiver found blobs that do not hash to their digests. Re-read each from the backend (a report is a
+        hint, never trusted) and quarantine those that really are bad; returns the quarantined ones."""
+        check_count("ReportCorruptRequest.sha256", len(digests), self.cfg.limits.max_digests)
+        for d in digests:
+            validate_hex_digest(d)
+        quarantine = self.index.quarantine
+        asked = [d for d in dict.fromkeys(digests) if not quarantine.recently_good(d)]
+        loop = asyncio.get_running_loop()
+        intact = await asyncio.gather(*(loop.run_in_executor(self._lookups, self.blobs.holds_intact, d)
+                                        for d in asked))
+        bad = []
+        for d, ok in zip(asked, intact, strict=True):
+            if ok:
+                quarantine.found_good(d)
+            else:
+                await quarantine.add(d)
+                bad.append(d)
+                log.warning("blob sha256:%s does not hash to its digest: quarantined until a push sends good bytes", d)
+        self.stats.blobs_quarantined += len(bad)
+        return sorted(await quarantine.members(digests))
 
     # --- resolve --------------------------------------------------------------------------------------------------
     async def resolve(self, text: str, routing_key: str = "") -> Resolution:
@@ -142,6 +169,12 @@ class AdapterStoreCore:
     async def fetch(self, text: str, resume_file: str = "", resume_offset: int = 0, chunk_size: int = 0,
                     routing_key: str = "") -> AsyncIterator[Manifest | FileChunk]:
         manifest = (await self.resolve(text, routing_key)).manifest
+        bad = await self.index.quarantine.members(f.sha256 for f in manifest.files)
+        if bad:
+            names = sorted(f.name for f in manifest.files if f.sha256 in bad)
+            raise ChecksumMismatch(f"{manifest.key}: the stored bytes of {', '.join(names)} do not hash to their "
+                                   "digest (quarantined): re-push the adapter from a good copy "
+                                   f"(adapterfleet push DIR --name {manifest.name})")
         chunk_size = min(chunk_size or self.cfg.chunk_size, 4 << 20)
         names = [f.name for f in manifest.files]
         if resume_file and resume_file not in names:

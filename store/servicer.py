@@ -45,6 +45,10 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
         check_count("MissingBlobsRequest.sha256", len(request.sha256), self.core.cfg.limits.max_digests)
         return store_pb2.MissingBlobsResponse(sha256=await self.core.missing_blobs(list(request.sha256)))
 
+    async def ReportCorrupt(self, request, context):
+        check_count("ReportCorruptRequest.sha256", len(request.sha256), self.core.cfg.limits.max_digests)
+        return store_pb2.ReportCorruptResponse(quarantined=await self.core.report_corrupt(list(request.sha256)))
+
     async def Fetch(self, request, context):
         async for item in self.core.fetch(request.ref, request.resume_file, request.resume_offset,
                                           request.chunk_size, request.routing_key):

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from adapterfleet.common.errors import ChecksumMismatch
+from adapterfleet.common.errors import ChecksumMismatch, NotFound
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,17 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, sha256: str) -> None: ...
+
+    def holds_intact(self, sha256: str) -> bool:
+        """Re-read the stored blob and say whether its bytes hash to ``sha256`` (False when it is missing too).
+        A full read: only for a receiver's report of a mismatch (see store/quarantine.py)."""
+        digest = hashlib.sha256()
+        try:
+            for chunk in self.read(sha256):
+                digest.update(chunk)
+        except NotFound:
+            return False
+        return digest.hexdigest() == sha256
 
     def abort_stale_uploads(self, older_than: float) -> int:
         """Abort half-finished uploads started before the unix time ``older_than``; returns how many."""

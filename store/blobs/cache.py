@@ -68,8 +68,9 @@ class CachedBlobStore(BlobStore):
         if len(data) > self.max_item or len(data) > self.budget:
             return
         with self._lock:
-            if sha256 in self._items:
-                return
+            old = self._items.pop(sha256, None)  # a publish may replace a quarantined blob's bad copy
+            if old is not None:
+                self._bytes -= len(old)
             self._items[sha256] = data
             self._bytes += len(data)
             while self._bytes > self.budget:
@@ -99,6 +100,16 @@ class CachedBlobStore(BlobStore):
             yield chunk
         if keep is not None:
             self.put(sha256, bytes(keep))
+
+    def holds_intact(self, sha256: str) -> bool:
+        """Asks the backend (the truth), never the memory; a blob found bad is dropped from memory too."""
+        intact = self.inner.holds_intact(sha256)
+        if not intact:
+            with self._lock:
+                data = self._items.pop(sha256, None)
+                if data is not None:
+                    self._bytes -= len(data)
+        return intact
 
     def list(self) -> Iterator[BlobInfo]:
         return self.inner.list()

@@ -15,10 +15,14 @@ from collections import Counter
 import grpc
 import pytest
 
-from adapterfleet.common.errors import ChecksumMismatch
+from adapterfleet.common.errors import ChecksumMismatch, InvalidArgument
 from adapterfleet.router.breaker import State
-from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from adapterfleet.v1 import store_pb2, worker_pb2, worker_pb2_grpc
 from tests.router.test_fleet import Fleet
+
+
+def missing(client, digests: list[str]) -> list[str]:
+    return list(client._call("MissingBlobs", store_pb2.MissingBlobsRequest(sha256=digests)).sha256)
 
 
 @pytest.fixture
@@ -101,14 +105,35 @@ def test_a_tampered_blob_is_data_loss_on_load_and_pull_and_the_workers_keep_serv
         assert str(bad.key) not in [e.key for e in w.core.cache.entries()]
 
 
-@pytest.mark.xfail(strict=True, reason="re-pushing the good copy is deduplicated against the corrupt blob (S3 HEAD "
-                                       "only), so the repair the DATA_LOSS message suggests does not repair")
 def test_re_pushing_a_good_copy_repairs_a_tampered_version(tampered_fleet, models, tmp_path):
+    """The receiver that finds the mismatch reports it; the store re-reads the blob, quarantines it (fetches refuse
+    it at once, MissingBlobs asks for it again), and the re-push the message suggests publishes good bytes."""
     fleet = tampered_fleet
+    bad = fleet.pushed[0].file("adapter_model.safetensors").sha256
+    assert missing(fleet.client, [bad]) == []  # before anyone noticed: the corrupt object counts as held
     with pytest.raises(ChecksumMismatch) as err:
         fleet.client.pull("acme/p0@1", tmp_path / "a")
     assert "re-push the adapter from a good copy" in err.value.message
+    assert missing(fleet.client, [bad]) == [bad]  # reported and confirmed: the next push must send it
+    with pytest.raises(ChecksumMismatch) as err:  # refused by the store now, before any byte is streamed
+        fleet.client.pull("acme/p0@1", tmp_path / "b")
+    assert "quarantined" in err.value.message and "adapterfleet push" in err.value.message
     fleet.client.push_dir(models.peft[0], "acme/p0")  # what the message says to do
-    fleet.client.pull("acme/p0@1", tmp_path / "b")
+    assert missing(fleet.client, [bad]) == []
+    fleet.client.pull("acme/p0@1", tmp_path / "c")
+    assert (tmp_path / "c" / "adapter_model.safetensors").read_bytes() == (
+        models.peft[0] / "adapter_model.safetensors").read_bytes()
     reply = fleet.api.Score(worker_pb2.ScoreRequest(adapter="acme/p0@1", token_ids=[1, 2, 3]), timeout=60)
     assert reply.adapter_key == str(fleet.pushed[0].key)
+
+
+def test_a_report_is_checked_not_trusted(store, models):
+    """A report about a good blob (a hostile or confused client) quarantines nothing; a report about a blob that
+    really is bad quarantines it, and a bad digest in a report is refused like anywhere else."""
+    client = store.client()
+    manifest = client.push_dir(models.peft[0], "acme/r").manifest
+    good = manifest.file("adapter_model.safetensors").sha256
+    assert client.report_corrupt([good]) == []
+    assert missing(client, [good]) == []
+    with pytest.raises(InvalidArgument):
+        client._call("ReportCorrupt", store_pb2.ReportCorruptRequest(sha256=["not-a-digest"]))
