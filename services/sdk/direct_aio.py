@@ -1,0 +1,298 @@
+"""Lookaside (direct) routing for the asyncio SDK: :mod:`adapterfleet.sdk.direct`'s behaviour on grpc.aio.
+
+One Route call per (ref, routing key) at a time (concurrent misses share it); reports go out on the running loop
+(fire and forget, at most every ``REPORT_EVERY_S``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Collection
+
+import grpc
+
+from adapterfleet.common.faults import ended_early, verdict_of
+from adapterfleet.common.security import INSECURE, ClientSecurity, open_aio_channel
+from adapterfleet.sdk.direct import (
+    MAX_ATTEMPTS,
+    WORKER_CHANNEL_OPTIONS,
+    Candidate,
+    Metadata,
+    Reports,
+    Route,
+    RouteCache,
+    ended_early_status,
+    forward_generate,
+    forward_score,
+    not_a_router,
+    remaining,
+    retryable,
+    route_of,
+    route_request,
+)
+from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+
+class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
+    """The messages of one direct generation (``async for``), across failovers; ``cancel()`` stops it.
+
+    A plain state machine rather than an async generator: each message costs one ``read()`` of the worker's call
+    and no extra layer of coroutines (the per-message cost is what a client at 100 streams pays for)."""
+
+    def __init__(self, router: AsyncDirectRouter, request: worker_pb2.GenerateRequest, timeout: float | None,
+                 metadata: Metadata):
+        self._router = router
+        self._request = request
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._metadata = tuple(metadata)
+        self._call: grpc.aio.UnaryStreamCall | None = None
+        self._route: Route | None = None
+        self._worker: Candidate | None = None
+        self._sent: list[int] = []
+        self._tried: set[str] = set()
+        self._attempt = -1
+        self._last: grpc.RpcError | None = None
+        self._cancelled = self._done = False
+
+    def __aiter__(self) -> AsyncDirectStream:
+        return self
+
+    async def _next_attempt(self) -> None:
+        router, request = self._router, self._request
+        ref, routing_key = request.adapter, request.routing_key
+        if self._route is None:  # the cached route, without a coroutine on the common path
+            self._route = router._cache.get(ref, routing_key, time.monotonic())  # noqa: SLF001 - its pair
+            if self._route is None:
+                self._route = await router.route(ref, routing_key, self._metadata, remaining(self._deadline))
+        self._attempt += 1
+        worker = router.first_untried(self._route, self._tried)
+        if worker is None:
+            self._route, worker = await router._next(ref, routing_key, self._route, self._tried,  # noqa: SLF001
+                                                     self._metadata, self._deadline, self._last)
+        self._worker = worker
+        self._tried.add(worker.worker_id)
+        router._begun(self._route, worker.worker_id, self._attempt)  # noqa: SLF001 - its pair
+        self._call = router._worker(worker.address).Generate(  # noqa: SLF001
+            forward_generate(request, self._route.key, self._sent), timeout=remaining(self._deadline),
+            metadata=self._metadata)
+        if self._cancelled:
+            self._call.cancel()
+
+    def _end(self) -> None:
+        self._done = True
+        if self._route is not None and self._worker is not None:
+            self._router._ended(self._route.key, self._worker.worker_id)  # noqa: SLF001 - its pair
+
+    async def __anext__(self) -> worker_pb2.GenerateResponse:
+        if self._done:
+            if self._call is not None:  # let the finished call end OK (dropped, it would count as CANCELLED);
+                call, self._call = self._call, None  # its status follows the last message at once
+                with contextlib.suppress(grpc.RpcError):
+                    await call.read()
+            raise StopAsyncIteration
+        if self._call is None:
+            await self._next_attempt()
+        while True:
+            call = self._call
+            assert call is not None and self._route is not None and self._worker is not None
+            try:
+                msg = await call.read()
+            except grpc.RpcError as err:
+                if self._cancelled:  # the caller stopped it: not the worker's failure
+                    self._end()
+                    raise
+                verdict, error = verdict_of(err), err
+            except asyncio.CancelledError:  # the caller's task was cancelled
+                call.cancel()
+                self._end()
+                raise
+            else:
+                if msg is not grpc.aio.EOF:
+                    self._sent += msg.token_ids
+                    if msg.finished:
+                        self._end()
+                    return msg
+                verdict, error = ended_early(), ended_early_status(self._worker.address)
+            if not retryable(verdict, self._attempt):
+                self._end()
+                raise error
+            self._router._stale(self._request.adapter, self._request.routing_key, self._route,  # noqa: SLF001
+                                self._worker.worker_id)
+            self._last = error
+            await self._next_attempt()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._call is not None:
+            self._call.cancel()
+
+
+class AsyncDirectRouter:
+    """Routes from ``router`` (a stub on the router's channel), calls to workers over channels of their own."""
+
+    def __init__(self, router: router_pb2_grpc.RouterStub, security: ClientSecurity = INSECURE):
+        self._router = router
+        self._security = security
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
+        self._cache = RouteCache()
+        self._reports = Reports()
+        self._asking: dict[tuple[str, str], asyncio.Future] = {}
+        self._tasks: set[asyncio.Future] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self.route_calls = 0
+
+    # --- routes -----------------------------------------------------------------------------------------------
+    async def route(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
+                    exclude: Collection[str] = ()) -> Route:
+        if not exclude:
+            route = self._cache.get(ref, routing_key, time.monotonic())
+            if route is not None:
+                return route
+            asking = self._asking.get((ref, routing_key))
+            if asking is not None:  # another task asks already: share its answer
+                return await asyncio.shield(asking)
+        future = asyncio.get_running_loop().create_future()
+        if not exclude:
+            self._asking[(ref, routing_key)] = future
+        try:
+            self.route_calls += 1
+            exclude = set(exclude) | self._cache.avoid(time.monotonic())  # failed lately: left out
+            try:
+                pb = await self._router.Route(route_request(ref, routing_key, exclude), timeout=timeout,
+                                              metadata=metadata)
+            except grpc.RpcError as err:
+                raise not_a_router(err) from None
+            route = route_of(pb, time.monotonic())
+            self._cache.put(ref, routing_key, route)
+            future.set_result(route)
+            return route
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: an answer nobody else waited for is not logged as lost
+            raise
+        finally:
+            if self._asking.get((ref, routing_key)) is future:
+                del self._asking[(ref, routing_key)]
+
+    def first_untried(self, route: Route, tried: set[str]) -> Candidate | None:
+        """The route's first candidate neither tried nor failed lately (None: ask ``_next``)."""
+        avoid = self._cache.avoid(time.monotonic())
+        for c in route.candidates:
+            if c.worker_id not in tried and c.worker_id not in avoid:
+                return c
+        return None
+
+    async def _next(self, ref: str, routing_key: str, route: Route, tried: set[str], metadata: Metadata,
+                    deadline: float | None, last: grpc.RpcError | None) -> tuple[Route, Candidate]:
+        avoid = tried | self._cache.avoid(time.monotonic())
+        for c in route.candidates:
+            if c.worker_id not in avoid:
+                return route, c
+        try:
+            route = await self.route(ref, routing_key, metadata, remaining(deadline), exclude=avoid)
+        except grpc.RpcError:
+            back = next((c for c in route.candidates if c.worker_id not in tried), None)
+            if back is not None:  # only workers that failed lately are left: one may be back
+                return route, back
+            if last is not None:
+                raise last from None
+            raise
+        for c in route.candidates:
+            if c.worker_id not in tried:
+                return route, c
+        raise last if last is not None else RuntimeError("the router answered a route without candidates")
+
+    def _stale(self, ref: str, routing_key: str, route: Route, worker_id: str) -> None:
+        self._cache.drop(ref, routing_key, route)
+        self._cache.failed(worker_id, time.monotonic())
+        self._reports.failed(route.key, worker_id)
+
+    def _worker(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = self._channels[address] = open_aio_channel(address, self._security, WORKER_CHANNEL_OPTIONS)
+            stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(channel)
+        return stub
+
+    # --- calls ------------------------------------------------------------------------------------------------
+    def generate(self, request: worker_pb2.GenerateRequest, *, timeout: float | None,
+                 metadata: Metadata) -> AsyncDirectStream:
+        return AsyncDirectStream(self, request, timeout, metadata)
+
+    async def score(self, request: worker_pb2.ScoreRequest, *, timeout: float | None,
+                    metadata: Metadata) -> worker_pb2.ScoreResponse:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ref, routing_key = request.adapter, request.routing_key
+        route = await self.route(ref, routing_key, metadata, remaining(deadline))
+        tried: set[str] = set()
+        last: grpc.RpcError | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            route, worker = await self._next(ref, routing_key, route, tried, metadata, deadline, last)
+            tried.add(worker.worker_id)
+            self._begun(route, worker.worker_id, attempt)
+            try:
+                reply = await self._worker(worker.address).Score(forward_score(request, route.key),
+                                                                 timeout=remaining(deadline), metadata=metadata)
+            except grpc.RpcError as err:
+                if not retryable(verdict_of(err), attempt):
+                    self._ended(route.key, worker.worker_id)
+                    raise
+                self._stale(ref, routing_key, route, worker.worker_id)
+                last = err
+            else:
+                self._ended(route.key, worker.worker_id)
+                return reply
+        raise last if last is not None else RuntimeError("unreachable")
+
+    # --- reports ----------------------------------------------------------------------------------------------
+    def _begun(self, route: Route, worker_id: str, attempt: int) -> None:
+        if attempt == 0:
+            self._reports.first(route, worker_id)
+        else:
+            self._reports.retry(route.key, worker_id)
+        self._flush()
+
+    def _ended(self, key: str, worker_id: str) -> None:
+        self._reports.finished(key, worker_id)
+        self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        report = self._reports.take(now)
+        if report is not None:
+            self._send(report)
+        elif self._reports.pending and self._timer is None:
+            self._timer = loop.call_later(self._reports.wait(now) + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._flush()
+
+    def _send(self, report: router_pb2.RouteReport) -> None:
+        """Fire and forget: a lost report costs the router some accuracy, never a request."""
+        task = asyncio.ensure_future(self._router.ReportRoutes(report, timeout=5.0))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # read: a lost report is not an error anyone must see
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        report = self._reports.take(time.monotonic(), force=True)
+        if report is not None:
+            with contextlib.suppress(grpc.RpcError):  # the router is gone: nothing to keep current
+                await self._router.ReportRoutes(report, timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            await channel.close()
