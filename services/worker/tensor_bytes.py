@@ -1,0 +1,40 @@
+"""Tensors of a verified safetensors file, as views of the very bytes that were hashed (no copy).
+
+safetensors' loader copies every tensor into a fresh allocation, and fresh memory (page faults) is a large part of
+a cold load's cost on a busy host.
+Here each tensor is ``torch.frombuffer`` over the buffer at the offsets that :func:`parse_header` checked (known
+dtype, shape x size == byte length, contiguous, inside the file). Safetensors stores little-endian; on a big-endian
+host, for data not aligned to its dtype, for a read-only buffer (``bytes`` from the store's stream) or for a dtype
+torch cannot view, the safetensors loader is used instead, as before. Parsing never deserialises pickle.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from safetensors.torch import load as load_safetensors
+
+from adapterfleet.store.safetensors_header import SafetensorsHeader
+
+_VIEWABLE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+
+
+def load_tensors(raw: bytes | bytearray, header: SafetensorsHeader) -> dict[str, torch.Tensor]:
+    """name -> tensor for the file ``raw`` whose header ``parse_header`` returned. Views share ``raw``'s memory
+    (it must not change afterwards: it is the verified copy). Errors come from safetensors' loader."""
+    base = header.data_offset
+    if (not isinstance(raw, bytearray) or sys.byteorder != "little"
+            or any(t.dtype not in _VIEWABLE or (base + t.start) % _VIEWABLE[t.dtype].itemsize
+                   for t in header.tensors.values())):
+        return load_safetensors(bytes(raw))  # a copy, as safetensors makes one (also for unaligned data)
+    out = {}
+    for name, t in header.tensors.items():
+        dtype = _VIEWABLE[t.dtype]
+        count = t.nbytes // dtype.itemsize
+        flat = (torch.frombuffer(raw, dtype=dtype, count=count, offset=base + t.start) if count
+                else torch.empty(0, dtype=dtype))
+        out[name] = flat.view(t.shape)
+    return out

@@ -1,0 +1,356 @@
+"""Blob bytes straight from object storage: GET a presigned URL, hash every byte as it arrives, hand over only bytes
+that hash to the manifest's sha256.
+
+The store stays the authority on what the bytes must hash to (the manifest); S3 only carries them. Any way a URL
+can fail to deliver (expired before it was used, refused, unreachable, cut short) is :class:`DirectUnavailable`,
+and the caller fetches that file through the store's stream instead. Bytes that arrive whole but hash to something
+else (or an object of another size) are :class:`ChecksumMismatch` (DATA_LOSS): the blob in S3 is not what the
+manifest promises, and fetching it through the store would read the same object.
+
+Plain HTTP(S) through the standard library (``http.client``): the base install stays light and a worker needs no
+S3 credentials, only the URL. Large files are fetched as parallel ranged GETs (``part_bytes`` each, ``streams`` at a
+time) into their place in one buffer, and hashed in order while later parts are still arriving. Idle keep-alive
+connections are reused per host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import queue
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from adapterfleet.common.errors import ChecksumMismatch
+from adapterfleet.store.manifest import FileEntry, Manifest
+
+log = logging.getLogger("adapterfleet.store.direct")
+READ_BLOCK = 1 << 20  # bytes per readinto / hash step
+HASH_THREAD_BYTES = 8 << 20  # a single GET at least this large is hashed by a thread of its own, beside the reader
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class BlobUrl:
+    """Where to GET one file of a version: a presigned URL, valid ``expires_in_s`` after the store answered."""
+
+    file: str
+    url: str
+    expires_in_s: float
+
+
+@dataclass(frozen=True)
+class DirectFetchConfig:
+    """How clients (workers, the SDK, the CLI) read blobs by URL. ``enabled=False``: always through the store."""
+
+    enabled: bool = True
+    part_bytes: int = 16 << 20          # size of one ranged GET of a large file
+    parallel_min_bytes: int = 64 << 20  # files at least this large are fetched as parallel ranged GETs
+    streams: int = 4                    # ranged GETs in flight per client
+    connect_timeout_s: float = 3.0      # an S3 endpoint this client cannot reach costs this long, then the store
+    read_timeout_s: float = 30.0
+    expiry_margin_s: float = 1.0        # a URL this close to its expiry is not started
+    unreachable_backoff_s: float = 60.0  # an endpoint that could not be reached is not tried again for this long
+    ca_file: str | None = None          # extra CA bundle for https endpoints with a private CA
+
+
+class DirectUnavailable(Exception):
+    """The URL could not deliver the file (expired, refused, unreachable, cut short): fetch it through the store."""
+
+
+class _Unreachable(DirectUnavailable):
+    """The endpoint itself could not be reached: later URLs to it go through the store for a while."""
+
+
+def _redact(url: str) -> str:
+    """The URL without its query (the signature), for messages."""
+    return url.split("?", 1)[0]
+
+
+class DirectFetcher:
+    """Downloads blobs by presigned URL. Threads and connections start on first use; ``close`` ends them."""
+
+    def __init__(self, cfg: DirectFetchConfig | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg or DirectFetchConfig()
+        self.clock = clock
+        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._down_until: dict[str, float] = {}  # netloc -> client-clock time to try it again
+        self.stats = {"files": 0, "bytes": 0, "fallbacks": 0}  # delivered by URL; files left to the store
+
+    # --- a version's files ----------------------------------------------------------------------------------------
+    def fetch_files(self, manifest: Manifest, urls: list[BlobUrl], received_at: float,
+                    hand_over: Callable[[str, bytearray], object], progress: Progress | None = None, *,
+                    on_corrupt: Callable[[str], object] | None = None) -> set[str]:
+        """Download every file of ``manifest`` that has a URL, the largest in this thread and the others (the
+        config, a README) beside it; each is handed over whole, in manifest order, once all hashed right. Returns
+        the names delivered; the rest are the caller's to fetch through the store. Raises ChecksumMismatch for
+        bytes that are not the manifest's (after ``on_corrupt(sha256)``)."""
+        by_name = {u.file: u for u in urls}
+        todo = [(e, by_name[e.name]) for e in manifest.files if e.name in by_name]
+        hosts = {urlsplit(u.url).netloc for _, u in todo}
+        if not todo or any(self.clock() < self._down_until.get(h, float("-inf")) for h in hosts):
+            self.stats["fallbacks"] += len(manifest.files)
+            return set()
+        largest = max(todo, key=lambda item: item[0].size)
+        side = [item for item in todo if item is not largest]
+        pool = self._threads() if side else None
+
+        def one(entry: FileEntry, url: BlobUrl, report: Progress | None) -> bytearray:
+            try:
+                return self.fetch(url.url, entry.size, entry.sha256, deadline=self.deadline(url, received_at),
+                                  progress=report, what=f"{manifest.key}: {entry.name}")
+            except ChecksumMismatch:
+                if on_corrupt is not None:
+                    on_corrupt(entry.sha256)  # the store re-reads the object and quarantines it if it is bad
+                raise
+
+        futures = {e.name: pool.submit(one, e, u, None) for e, u in side} if pool is not None else {}
+        got: dict[str, bytearray] = {}
+        failed: list[DirectUnavailable] = []
+        try:
+            got[largest[0].name] = one(*largest, progress)
+        except DirectUnavailable as err:
+            failed.append(err)
+        for entry, _ in side:
+            try:
+                got[entry.name] = futures[entry.name].result()
+            except DirectUnavailable as err:
+                failed.append(err)
+            else:
+                if progress:
+                    progress(entry.size)
+        for failure in failed:
+            if isinstance(failure, _Unreachable):
+                for h in hosts:
+                    self._down_until[h] = self.clock() + self.cfg.unreachable_backoff_s
+        if failed:
+            log.info("reading %s through the store: %s", manifest.key, failed[0])
+        for entry in manifest.files:
+            if entry.name in got:
+                hand_over(entry.name, got[entry.name])
+        self.stats["files"] += len(got)
+        self.stats["bytes"] += sum(len(b) for b in got.values())
+        self.stats["fallbacks"] += len(manifest.files) - len(got)
+        return set(got)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+            pool, self._pool = self._pool, None
+        for conns in idle.values():
+            for c in conns:
+                c.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> DirectFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def deadline(self, url: BlobUrl, received_at: float) -> float:
+        """The client-clock time after which ``url`` is not started (its expiry less the margin)."""
+        return received_at + url.expires_in_s - self.cfg.expiry_margin_s
+
+    # --- one blob -------------------------------------------------------------------------------------------------
+    def fetch(self, url: str, size: int, sha256: str, *, deadline: float, progress: Progress | None = None,
+              what: str = "blob") -> bytearray:
+        """Download one blob into memory and check it. Raises DirectUnavailable (fall back to the store) or
+        ChecksumMismatch (the bytes are not the manifest's)."""
+        digest = hashlib.sha256()
+        buf = bytearray(size)
+        view = memoryview(buf)
+        part = max(READ_BLOCK, self.cfg.part_bytes)
+        if size < max(self.cfg.parallel_min_bytes, 2 * part) or self.cfg.streams <= 1:
+            self._single(url, size, deadline, digest, view, progress, what)
+        else:
+            self._parallel(url, size, part, deadline, digest, view, progress, what)
+        actual = digest.hexdigest()
+        if actual != sha256:
+            raise ChecksumMismatch(
+                f"{what} from {_redact(url)} hashes to sha256 {actual}, but the manifest says {sha256}; the object "
+                "in S3 is not the bytes that were pushed: nothing was kept; re-push the adapter from a good copy")
+        return buf
+
+    def _single(self, url, size, deadline, digest, view, progress, what) -> None:
+        """One GET; each block is hashed as soon as it landed, while the next is still arriving. A large file is
+        hashed by a second thread that follows the reader (sha256 releases the GIL), so reading never waits for
+        hashing."""
+        if size == 0:
+            return
+        if size < HASH_THREAD_BYTES:
+            def landed(chunk: memoryview) -> None:
+                digest.update(chunk)
+                if progress:
+                    progress(len(chunk))
+
+            self._get(url, 0, size, size, deadline, lambda off, n: view[off:off + n], landed, what, ranged=False)
+            return
+        blocks: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+
+        def hasher() -> None:
+            while (chunk := blocks.get()) is not None:
+                digest.update(chunk)
+                if progress:
+                    progress(len(chunk))
+
+        worker = threading.Thread(target=hasher, name="direct-fetch-hash", daemon=True)
+        worker.start()
+        try:
+            self._get(url, 0, size, size, deadline, lambda off, n: view[off:off + n], blocks.put, what,
+                      ranged=False)
+        finally:
+            blocks.put(None)
+            worker.join()
+
+    def _parallel(self, url, size, part, deadline, digest, view, progress, what) -> None:
+        """Ranged GETs, ``streams`` in flight, each into its place in ``view``; hashed in order as they complete."""
+        ranges = [(start, min(start + part, size)) for start in range(0, size, part)]
+        pool = self._threads()
+        window = max(1, self.cfg.streams)
+        futures: list[Future] = []
+
+        def get(start: int, end: int) -> memoryview:
+            target = view[start:end]
+            self._get(url, start, end, size, deadline, lambda off, n: target[off - start:off - start + n],
+                      None, what, ranged=True)
+            return target
+
+        try:
+            for i, (start, end) in enumerate(ranges):
+                if i < window:
+                    futures.append(pool.submit(get, start, end))
+            for i in range(len(ranges)):
+                chunk = futures[i].result()  # parts are hashed in order while later ones arrive
+                if i + window < len(ranges):
+                    futures.append(pool.submit(get, *ranges[i + window]))
+                digest.update(chunk)
+                if progress:
+                    progress(len(chunk))
+        finally:
+            for f in futures:  # after a failure: parts not started yet are dropped
+                f.cancel()
+
+    # --- one GET ------------------------------------------------------------------------------------------------
+    def _get(self, url: str, start: int, end: int, total: int, deadline: float,
+             land: Callable[[int, int], memoryview], landed: Callable[[memoryview], None] | None, what: str, *,
+             ranged: bool) -> None:
+        """GET bytes [start, end) of an object of ``total`` bytes; each block read lands in ``land(offset, n)`` and
+        is then passed to ``landed``."""
+        shown = _redact(url)
+        if self.clock() >= deadline:
+            raise DirectUnavailable(f"the URL for {what} expired before it was used")
+        parts = urlsplit(url)
+        headers = {"Range": f"bytes={start}-{end - 1}"} if ranged else {}
+        path = f"{parts.path}?{parts.query}" if parts.query else parts.path or "/"
+        for fresh in (False, True):  # a kept-alive connection the server has closed since gets one retry
+            conn, reused = self._connection(parts.scheme, parts.hostname or "", parts.port, fresh=fresh)
+            try:
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as err:
+                conn.close()
+                if not reused:
+                    raise DirectUnavailable(f"{shown} unreachable for {what} ({type(err).__name__}: {err})") from None
+        try:
+            if resp.status not in (200, 206):
+                raise DirectUnavailable(f"{shown} answered HTTP {resp.status} {resp.reason} for {what}")
+            self._check_length(resp, start, end, total, shown, what)
+            offset = start
+            while offset < end:
+                n = min(READ_BLOCK, end - offset)
+                target = land(offset, n)
+                got = resp.readinto(target)
+                if not got:
+                    raise DirectUnavailable(f"{shown} ended {end - offset} bytes early for {what}")
+                if landed is not None:
+                    landed(target[:got])
+                offset += got
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise DirectUnavailable(f"{shown} broke off for {what} ({type(err).__name__}: {err})") from None
+        except BaseException:
+            conn.close()
+            raise
+        if resp.will_close or not resp.isclosed():
+            conn.close()
+        else:
+            self._release(parts.scheme, parts.hostname or "", parts.port, conn)
+
+    @staticmethod
+    def _check_length(resp: http.client.HTTPResponse, start: int, end: int, total: int, shown: str,
+                      what: str) -> None:
+        if resp.status == 206:
+            m = _CONTENT_RANGE.match(resp.getheader("Content-Range") or "")
+            if m is None:
+                raise DirectUnavailable(f"{shown} sent a partial answer without a usable Content-Range for {what}")
+            first, last, size = (int(g) for g in m.groups())
+            if size != total:
+                raise ChecksumMismatch(f"{what} at {shown} is {size} bytes, but the manifest says {total}; the object "
+                                       "in S3 is not the bytes that were pushed: re-push the adapter")
+            if (first, last + 1) != (start, end):
+                raise DirectUnavailable(f"{shown} sent bytes {first}-{last} when {start}-{end - 1} were asked")
+            return
+        length = resp.getheader("Content-Length")
+        if start != 0 or end != total:
+            raise DirectUnavailable(f"{shown} ignored the Range header for {what}")
+        if length is not None and int(length) != total:
+            raise ChecksumMismatch(f"{what} at {shown} is {length} bytes, but the manifest says {total}; the object "
+                                   "in S3 is not the bytes that were pushed: re-push the adapter")
+
+    # --- connections and threads ------------------------------------------------------------------------------------
+    def _connection(self, scheme: str, host: str, port: int | None, *,
+                    fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to the host: an idle kept-alive one (True) unless ``fresh``, else a new one (False)."""
+        if not fresh:
+            with self._lock:
+                idle = self._idle.get((scheme, host, port or 0))
+                if idle:
+                    return idle.pop(), True
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(host, port, timeout=self.cfg.connect_timeout_s,
+                                               context=self._context())
+        elif scheme == "http":
+            conn = http.client.HTTPConnection(host, port, timeout=self.cfg.connect_timeout_s)
+        else:
+            raise DirectUnavailable(f"cannot GET a {scheme or '(no scheme)'} URL")
+        try:  # connect with the short timeout, then read with the long one
+            conn.connect()
+            conn.sock.settimeout(self.cfg.read_timeout_s)
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise _Unreachable(f"{scheme}://{host}:{port} unreachable ({type(err).__name__}: {err})") from None
+        return conn, False
+
+    def _release(self, scheme: str, host: str, port: int | None, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((scheme, host, port or 0), [])
+            if len(idle) < 2 * max(1, self.cfg.streams):
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=self.cfg.ca_file)
+        return self._ssl
+
+    def _threads(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, self.cfg.streams), thread_name_prefix="direct-fetch")
+            return self._pool
