@@ -32,8 +32,8 @@ RUN pip install --no-deps . && rm -rf build ./*.egg-info
 # named volumes mounted there start out writable.
 RUN groupadd --system --gid 10001 adapterfleet \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/adapterfleet adapterfleet \
- && mkdir -p /models /cache /data \
- && chown adapterfleet:adapterfleet /models /cache /data
+ && mkdir -p /models /cache /data /security \
+ && chown adapterfleet:adapterfleet /models /cache /data /security
 USER 10001:10001
 
 # store, worker, router gRPC; Prometheus /metrics (each service's --metrics-port).

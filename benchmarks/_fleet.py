@@ -29,8 +29,8 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def s3_and_store(bucket: str = "bench", part_mb: int = 8):
-    """Yields (s3 endpoint, store address)."""
+def s3_and_store(bucket: str = "bench", part_mb: int = 8, store_flags: tuple[str, ...] = ("--insecure",)):
+    """Yields (s3 endpoint, store address). ``store_flags``: the store's security flags (default plaintext)."""
     redis = RedisProcess().start()
     s3_port, store_port = free_port(), free_port()
     s3 = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
@@ -42,7 +42,7 @@ def s3_and_store(bucket: str = "bench", part_mb: int = 8):
         store = subprocess.Popen(
             [sys.executable, "-m", "adapterfleet.cli.main", "store", "serve", "--port", str(store_port),
              "--redis-url", redis.url, "--s3-endpoint", endpoint, "--bucket", bucket, "--s3-part-mb", str(part_mb),
-             "--log-level", "WARNING"], stdout=subprocess.DEVNULL, env=ENV, cwd=REPO)
+             *store_flags, "--log-level", "WARNING"], stdout=subprocess.DEVNULL, env=ENV, cwd=REPO)
         _wait_port(store_port)
         yield endpoint, f"127.0.0.1:{store_port}"
     finally:

@@ -1,6 +1,9 @@
 """A worker stand-in for measuring the router: answers Generate/Score at once and announces itself.
 
-    python benchmarks/_stub_worker.py STORE_ADDR PORT [TOKENS]
+    python benchmarks/_stub_worker.py STORE_ADDR PORT [TOKENS [SECURITY_DIR]]
+
+With SECURITY_DIR (what `adapterfleet auth init` writes) it serves mTLS, checks tokens as a worker does, and
+announces over mTLS with a worker token of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class Stub(worker_pb2_grpc.WorkerServicer):
         self.tokens = tokens
 
     async def Generate(self, request, context):
-        for i in range(self.tokens):
+        for i in range(len(request.resume_ids), self.tokens):  # a resumed stream continues, like a worker's
             yield worker_pb2.GenerateResponse(token_ids=[i], finished=i == self.tokens - 1,
                                               finish_reason="length" if i == self.tokens - 1 else "",
                                               adapter_key=request.adapter)
@@ -30,12 +33,27 @@ class Stub(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.ScoreResponse(logprobs=[-1.0] * (len(request.token_ids) - 1), adapter_key=request.adapter)
 
 
-async def main(store: str, port: int, tokens: int) -> None:
-    server = grpc.aio.server()
+async def main(store: str, port: int, tokens: int, security_dir: str = "") -> None:
+    if not security_dir:
+        server = grpc.aio.server()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        channel = grpc.aio.insecure_channel(store)
+    else:
+        from adapterfleet.cli.auth_cmd import Material, mint
+        from adapterfleet.common.auth import make_authenticator, server_interceptors
+        from adapterfleet.common.auth_config import AuthConfig
+        from adapterfleet.common.security import ClientSecurity, open_aio_channel
+        from adapterfleet.common.tls import ServerTLS, server_credentials
+
+        m = Material(Path(security_dir))
+        auth = make_authenticator(AuthConfig(public_keys=(m.issuer_public_key,)))
+        server = grpc.aio.server(interceptors=server_interceptors(auth))
+        server.add_secure_port(f"127.0.0.1:{port}", server_credentials(ServerTLS(m.cert, m.key, m.ca)))
+        token = mint(m.issuer_key, ["*"], ["read", "worker"], 86400, worker_id=f"stub-{port}").token
+        channel = open_aio_channel(store, ClientSecurity(m.ca, m.cert, m.key, token))
     worker_pb2_grpc.add_WorkerServicer_to_server(Stub(tokens), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    registry = registry_pb2_grpc.RegistryStub(grpc.aio.insecure_channel(store))
+    registry = registry_pb2_grpc.RegistryStub(channel)
     print("ready", flush=True)
     while True:
         await registry.Announce(registry_pb2.WorkerInfo(id=f"stub-{port}", address=f"127.0.0.1:{port}",
@@ -44,4 +62,5 @@ async def main(store: str, port: int, tokens: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 8))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 8,
+                     sys.argv[4] if len(sys.argv) > 4 else ""))

@@ -364,7 +364,8 @@ class Ours:
         shutil.rmtree(data, ignore_errors=True)  # a fresh store per run
         cli = [sys.executable, "-m", "adapterfleet.cli.main"]
         self.store = subprocess.Popen(
-            [*cli, "store", "serve", "--port", str(store_port), "--data-dir", str(data), "--log-level", "WARNING"],
+            [*cli, "store", "serve", "--insecure", "--port", str(store_port), "--data-dir", str(data),
+             "--log-level", "WARNING"],
             stdout=subprocess.DEVNULL, stderr=self.logs.open("store"), env=ENV, cwd=REPO)
         try:
             _wait_port(store_port, timeout=60)  # the worker registers with the store as it starts
@@ -375,7 +376,7 @@ class Ours:
         self.worker = subprocess.Popen(
             [*cli, "worker", "serve", "--base-model", str(self.base), "--store", self.store_addr, "--port",
              str(self.port), "--max-slots", str(N_ADAPTERS), "--max-batch", str(self.max_batch), "--dtype", "float32",
-             "--disk-cache-dir", str(self.work / "run" / "worker-cache"), "--log-level", "WARNING"],
+             "--disk-cache-dir", str(self.work / "run" / "worker-cache"), "--insecure", "--log-level", "WARNING"],
             stdout=subprocess.DEVNULL, stderr=self.logs.open("worker"), env=env, cwd=REPO,
             preexec_fn=_pin(self.cores))
 

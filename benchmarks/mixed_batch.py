@@ -174,9 +174,17 @@ class Bench:
         self.ours = copy.deepcopy(self.base)
         self.lm = LoraModel(self.ours, max_slots=64)
         self.slot = {}
+        lora_bytes = []
         for i, name in enumerate(self.lora_names + self.dora_names):
-            self.lm.install(i, AdapterWeights.from_dir(tmp / name))
+            weights = AdapterWeights.from_dir(tmp / name)
+            self.lm.install(i, weights)
             self.slot[name] = i
+            if name in self.lora_names:
+                lora_bytes += [t.reshape(-1).float() for m in weights.modules.values() for t in (m.lora_A, m.lora_B)
+                               if t is not None]
+        # The bytes a decode step with 32 distinct adapters must read beyond the base model's: every A and B of
+        # every adapter, once. One contiguous float32 tensor, so that reading it is one streaming pass.
+        self.adapter_bytes = torch.cat(lora_bytes)
         vocab = self.base.config.vocab_size
         self.prompt = torch.randint(0, vocab, (ROWS, PREFILL_TOKENS), generator=gen)  # [rows, 128]
         self.context = torch.randint(0, vocab, (ROWS, CACHE_TOKENS), generator=gen)  # [rows, 64]
@@ -279,6 +287,8 @@ class Bench:
         if self.args.peft_dora:
             out.append(self.peft_loop_variant(regime, "32 DoRA", dora, self.peft_dora))
         out.append(self.ours_variant(regime, "16 LoRA + 16 DoRA", self.mixed_names()))
+        if regime == "decode":  # the floor under "32 LoRA": one streaming read of those adapters' bytes
+            out.append(Variant("32 LoRA", "bytes", lambda: self.adapter_bytes.sum()))
         return out
 
 
@@ -314,6 +324,16 @@ def table(regime: str, variants: list[Variant]) -> list[str]:
         lines.append(f"| {label} | {' | '.join(ms)} | {' | '.join(ratios)} | {speedup(label, 'peft-mixed')} "
                      f"| {speedup(label, 'peft-loop')} |")
     fastest = ", ".join(f"{label} {low[(label, 'ours')] / low[('base', 'base')]:.2f}x" for label in labels)
+    floor = med.get(("32 LoRA", "bytes"))
+    if floor is not None:
+        extra = med[("32 LoRA", "ours")] - base
+        lines_floor = [
+            "",
+            f"32 LoRA adds {extra:.1f} ms/step to the base; one streaming read of those 32 adapters' A and B "
+            f"(the bytes a step must read) takes {floor:.1f} ms: added / bytes floor = {extra / floor:.2f}x",
+        ]
+    else:
+        lines_floor = []
     spread = max(
         (statistics.quantiles(v.times, n=4)[2] / statistics.median(v.times) for v in variants if len(v.times) > 1),
         default=1.0,
@@ -322,6 +342,7 @@ def table(regime: str, variants: list[Variant]) -> list[str]:
         "",
         f"ours/base on the fastest repetition of each (noise only ever adds time): {fastest}",
         f"noise gauge: worst upper-quartile / median over the variants = {spread:.2f}",
+        *lines_floor,
     ]
     return lines
 
@@ -358,6 +379,8 @@ def main() -> None:
         measure(variants, reps, warmup)
         print()
         print("\n".join(table(regime, variants)))
+        if regime == "decode":
+            print(f"(those bytes: {bench.adapter_bytes.numel() * 4 / 1e6:.0f} MB of float32 A and B)")
         medians[regime] = {(v.label, v.column): statistics.median(v.times) * 1e3 for v in variants}
         counts = {v.column: len(v.times) for v in variants}
         reps_of[regime] = (counts["base"], min(counts.get("peft-mixed", 0), counts.get("peft-loop", 0)))

@@ -1,21 +1,30 @@
 """Latency the router adds: the same streams through the router and straight to the worker, in one run.
 
     python benchmarks/router_overhead.py [--concurrency 1,10,100] [--rounds 10] [--tokens 8] [--plot-dir DIR]
+    python benchmarks/router_overhead.py --secure   # also a second fleet with mTLS + tokens on every hop
 
 The worker is a stand-in that answers at once (benchmarks/_stub_worker.py), so every microsecond measured is
 transport and routing, not model time. Each round sends N concurrent Generate streams directly, through the
 router, and through a bare 10-line Python gRPC pass-through (benchmarks/_bare_proxy.py: the floor for any proxy
 written in Python), rotating the order per round so machine noise hits all three alike. Reported: per-stream
-completion latency p50/p99 and the extra over direct.
+completion latency p50/p99 and the extra over direct. "lookaside" is the fourth path: the SDK's direct mode
+(FleetClient(direct=True)) asks the router where to go and streams straight to the worker (issue 12's goal: it adds
+p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
+
+``--secure`` starts a second, identical fleet with mTLS and tokens on every hop (store, stand-in worker, router,
+client; material from `adapterfleet auth init`) and measures both fleets in the same rotated rounds, so the
+router's added latency with security on is compared with plaintext under the same noise (goal: within 10%).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +33,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import grpc  # noqa: E402
 
 from adapterfleet.common.embedded_redis import free_port  # noqa: E402
+from adapterfleet.common.security import INSECURE, ClientSecurity, open_aio_channel, open_channel  # noqa: E402
+from adapterfleet.sdk.direct_aio import AsyncDirectRouter  # noqa: E402
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from benchmarks import _plot  # noqa: E402
 from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
@@ -31,8 +42,8 @@ from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
 KEY = "bench/a@sha256:" + "ab" * 32  # canonical: the router places it without asking the store
 
 
-async def streams(address: str, n: int) -> list[float]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def streams(address: str, n: int, security: ClientSecurity = INSECURE) -> list[float]:
+    async with open_aio_channel(address, security) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         req = worker_pb2.GenerateRequest(adapter=KEY, prompt_ids=[1, 2, 3], max_new_tokens=8)
 
@@ -46,6 +57,27 @@ async def streams(address: str, n: int) -> list[float]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSECURE) -> list[float]:
+    """Lookaside (FleetClient(direct=True)'s machinery at the same message level as ``streams``): the router is
+    asked where to go (one Route per key, reused for its TTL, asked again when it lapses, as in production), the
+    stream goes straight to the worker, and the outcomes go back to the router in the background."""
+    async with open_aio_channel(router, security) as channel:
+        direct = AsyncDirectRouter(router_pb2_grpc.RouterStub(channel), security)
+        req = worker_pb2.GenerateRequest(adapter=KEY, prompt_ids=[1, 2, 3], max_new_tokens=8)
+
+        async def one() -> float:
+            t = time.perf_counter()
+            async for _ in direct.generate(req, timeout=None, metadata=()):
+                pass
+            return time.perf_counter() - t
+
+        try:
+            await asyncio.gather(*(one() for _ in range(8)))  # warm the channels
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+        finally:
+            await direct.close()
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -56,34 +88,49 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,10,100")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=8)
+    ap.add_argument("--secure", action="store_true", help="also measure a fleet with mTLS and tokens on every hop")
     _plot.add_argument(ap)
     args = ap.parse_args()
     procs = []
-    with s3_and_store() as (_, store):
+    with contextlib.ExitStack() as stack:
+        _, store = stack.enter_context(s3_and_store())
         try:
             wport, rport, bport = free_port(), free_port(), free_port()
             procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_stub_worker.py"), store,
                                            str(wport), str(args.tokens)], env=ENV, stdout=subprocess.DEVNULL))
             procs.append(subprocess.Popen([sys.executable, "-m", "adapterfleet.cli.main", "router", "serve", "--store",
-                                           store, "--port", str(rport), "--log-level", "WARNING"], env=ENV,
-                                          cwd=REPO, stdout=subprocess.DEVNULL))
+                                           store, "--port", str(rport), "--log-level", "WARNING", "--insecure"],
+                                          env=ENV, cwd=REPO, stdout=subprocess.DEVNULL))
             procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_bare_proxy.py"), str(bport),
                                            f"127.0.0.1:{wport}"], env=ENV, stdout=subprocess.DEVNULL))
-            for port in (wport, rport, bport):
+            ports = [wport, rport, bport]
+            targets = {"direct": f"127.0.0.1:{wport}", "router": f"127.0.0.1:{rport}",
+                       "bare proxy": f"127.0.0.1:{bport}", "lookaside": f"127.0.0.1:{rport}"}
+            security = dict.fromkeys(targets, INSECURE)
+            if args.secure:
+                sec, secure_ports = _secure_fleet(stack, procs, args.tokens)
+                ports += secure_ports
+                targets |= {"direct mTLS": f"127.0.0.1:{secure_ports[0]}",
+                            "router mTLS": f"127.0.0.1:{secure_ports[1]}"}
+                security |= {"direct mTLS": sec, "router mTLS": sec}
+            for port in ports:
                 _wait_port(port)
             time.sleep(1.5)  # the router sees the worker's first announcement
-            targets = {"direct": f"127.0.0.1:{wport}", "router": f"127.0.0.1:{rport}",
-                       "bare proxy": f"127.0.0.1:{bport}"}
             results = {}
             for n in (int(x) for x in args.concurrency.split(",")):
                 got = {name: [] for name in targets}
                 names = list(targets)
                 for r in range(args.rounds):
-                    for name in names[r % 3:] + names[:r % 3]:
-                        got[name] += asyncio.run(streams(targets[name], n))
+                    k = r % len(names)
+                    for name in names[k:] + names[:k]:
+                        run = lookaside_streams if name == "lookaside" else streams
+                        got[name] += asyncio.run(run(targets[name], n, security[name]))
                 results[n] = got
             stats = router_pb2_grpc.RouterStub(grpc.insecure_channel(targets["router"])).Stats(
                 router_pb2.RouterStatsRequest())
+            if args.secure:
+                with open_channel(targets["router mTLS"], security["router mTLS"]) as channel:
+                    secure_stats = router_pb2_grpc.RouterStub(channel).Stats(router_pb2.RouterStatsRequest())
         finally:
             for p in procs:
                 p.terminate()
@@ -96,11 +143,48 @@ def main() -> None:
             p50, p99 = pct(got[name], .5), pct(got[name], .99)
             extra = "" if name == "direct" else f"{p50 - d50:+7.2f} {p99 - d99:+7.2f}"
             print(f"{n:>8} {name:>11} {p50:8.2f} {p99:8.2f} {extra}")
-    print("goal: the router adds p50 <= 1 ms, p99 <= 5 ms at 100 concurrent streams")
+    print("goal: the router adds p50 <= 1 ms, p99 <= 5 ms at 100 concurrent streams (issue 12: lookaside adds that "
+          "at 1, 10 and 100)")
+    if args.secure:
+        print("mTLS + tokens on every hop vs plaintext (router's added latency; whole stream through the router):")
+        print(f"{'streams':>8} {'added p50':>14} {'added p99':>14} {'via router p50':>16} {'via router p99':>16}")
+        for n, got in results.items():
+            cells = []
+            for q in (.5, .99):
+                plain = pct(got["router"], q) - pct(got["direct"], q)
+                secure = pct(got["router mTLS"], q) - pct(got["direct mTLS"], q)
+                cells.append(f"{plain:5.2f}->{secure:5.2f}")
+            for q in (.5, .99):
+                plain, secure = pct(got["router"], q), pct(got["router mTLS"], q)
+                cells.append(f"{plain:6.2f}->{secure:6.2f} {secure / plain:4.2f}x")
+            print(f"{n:>8} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16} {cells[3]:>16}")
+        print(f"goal: within 10% of plaintext; the secure router counted {secure_stats.requests} requests, "
+              f"{secure_stats.failures} failures")
     print(f"router counted {stats.requests} requests, {stats.failures} failures, mean direct "
           f"{1000 * statistics.mean(results[max(results)]['direct']):.2f} ms at {max(results)} streams")
     _plot.router_overhead(args.plot_dir, rounds=args.rounds, tokens=args.tokens, stats={
-        n: {name: (pct(xs, .5), pct(xs, .99)) for name, xs in got.items()} for n, got in results.items()})
+        n: {name: (pct(xs, .5), pct(xs, .99)) for name, xs in got.items() if "mTLS" not in name}
+        for n, got in results.items()})
+
+
+def _secure_fleet(stack: contextlib.ExitStack, procs: list, tokens: int) -> tuple[ClientSecurity, list[int]]:
+    """A store, a stand-in worker and a router with mTLS and tokens on; returns (the client's security, [worker
+    port, router port])."""
+    from adapterfleet.cli.auth_cmd import init, mint
+
+    m = init(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "security")
+    tls = ("--tls-cert", str(m.cert), "--tls-key", str(m.key), "--tls-ca", str(m.ca))
+    auth = ("--auth-public-key", str(m.issuer_public_key))
+    _, store = stack.enter_context(s3_and_store(bucket="bench-secure", store_flags=(*tls, *auth)))
+    wport, rport = free_port(), free_port()
+    procs.append(subprocess.Popen([sys.executable, str(REPO / "benchmarks/_stub_worker.py"), store, str(wport),
+                                   str(tokens), str(m.dir)], env=ENV, stdout=subprocess.DEVNULL))
+    router_token = mint(m.issuer_key, ["*"], ["read", "serve"], 86400).token
+    procs.append(subprocess.Popen([sys.executable, "-m", "adapterfleet.cli.main", "router", "serve", "--store", store,
+                                   "--port", str(rport), "--log-level", "WARNING", *tls, *auth],
+                                  env={**ENV, "ADAPTERFLEET_TOKEN": router_token}, cwd=REPO,
+                                  stdout=subprocess.DEVNULL))
+    return ClientSecurity(m.ca, m.cert, m.key, m.admin_token_file.read_text().strip()), [wport, rport]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Routing policy simulation: the real `adapterfleet.router.placement.Placement` against naive routers.
 
     python benchmarks/routing_sim.py [--quick] [--seed 0] [--eps 0.25] [--hot 20] [--copies 4]
+                                     [--clients 32] [--ttl 0.5] [--announce 0.25] [--poll 0.5] [--report 0.1]
 
 A discrete-event simulation of one region. Every policy sees the same trace (arrival times, adapters, service
 times: common random numbers), so the differences are the policy's.
@@ -22,6 +23,17 @@ Policies. ours         Placement.choose()[0] per request, plus hot-adapter copie
           resident-first  Ray Serve's model-multiplexing rule: among workers holding the adapter (active or
                        loading) the least loaded; else the worker with the fewest loaded adapters (ties: least
                        loaded, then lowest index).
+          ours-direct  lookaside routing (FleetClient(direct=True)): the router never sees a request. Requests
+                       come from ``--clients`` callers (each request from one drawn at random); a caller asks the
+                       router's Route (Placement.choose over the router's *estimate* of load) on a miss of its
+                       route cache and reuses the answer for ``--ttl`` s. The router's estimate is the real
+                       adapterfleet.router.load.LoadEstimate fed as in production: workers announce their load
+                       every ``--announce`` s (each at its own phase), the router reads the registry every
+                       ``--poll`` s (so it sees loads 0 .. announce + poll s old), a Route answer counts one
+                       request on its first candidate at once, and callers report the other requests' starts and
+                       every end ``U(0, --report)`` s late (their batching). Heat (and so copies) comes from Route
+                       answers and those late reports. Residency, too, is only what the announcements said, plus
+                       the keys the router itself sent somewhere (as Membership.expect does).
 Measures (after a warm-up of the first 10% of requests, which fills the caches).
           hit rate     share of requests whose worker held the adapter *active* at arrival (joining a load in
                        progress is not a hit, and not a new cold load either).
@@ -35,7 +47,8 @@ Measures (after a warm-up of the first 10% of requests, which fills the caches).
                        E[mean_w load]. 1.0 is perfect balance.
           cold loads   adapter loads started in the measured window (for ours, hot-adapter copies included).
           latency      arrival to completion, mean and p99 (s).
-Goals (the issue): hit rate >= 95% of ideal, max/avg load <= 1.25.
+Goals (the issue): hit rate >= 95% of ideal, max/avg load <= 1.25; for ours-direct too (issue 12: the placement
+goals hold when the router sees load only through delayed reports).
 """
 
 from __future__ import annotations
@@ -53,7 +66,9 @@ from pathlib import Path
 import numpy as np
 
 from adapterfleet.common.tiers import ACTIVE, LOADING
+from adapterfleet.router.load import LoadEstimate
 from adapterfleet.router.placement import Placement, PlacementConfig, WorkerView
+from adapterfleet.router.route import route_ttl
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
@@ -73,6 +88,13 @@ class SimConfig:
     requests: int = 1_000_000        # in the trace, warm-up included
     warmup: float = 0.1              # share of requests not measured
     seed: int = 0
+    # lookaside routing (ours-direct)
+    clients: int = 32                # callers, each with its own route cache
+    ttl_s: float = 0.5               # a Route answer is reused this long (RouterConfig.route_ttl_s)
+    announce_s: float = 0.25         # a worker announces its load this often while it changes
+    poll_s: float = 0.5              # the router reads the registry this often (RouterConfig.poll_s)
+    report_s: float = 0.1            # callers batch their reports (sdk/direct.py REPORT_EVERY_S): each arrives
+                                     # U(0, report_s) late
 
     @property
     def rate(self) -> float:
@@ -141,6 +163,11 @@ class Fleet:
         self.events: list = []       # (time, seq, kind, worker index, payload)
         self.seq = 0
         self.measuring = False
+        self.on_finish: Callable[[int, int, float], None] | None = None   # (worker, request, time)
+
+    def at(self, t: float, call: Callable[[float], None]) -> None:
+        """Run ``call(t)`` at simulated time ``t`` (a report arriving, an announcement, a registry poll)."""
+        self._push(t, 2, -1, call)
 
     def run(self, pick: Callable[[int, str, float], int], after: Callable[[int, str, float], None] | None) -> Result:
         tr, ws, events = self.trace, self.workers, self.events
@@ -211,6 +238,9 @@ class Fleet:
 
     def _handle(self, ev) -> None:
         now, _, kind, wi, payload = ev
+        if kind == 2:                                   # a scheduled callback
+            payload(now)
+            return
         w = self.workers[wi]
         if kind == 0:                                   # request payload finished
             i = payload
@@ -224,6 +254,8 @@ class Fleet:
                 w.running += 1
                 j = w.queue.popleft()
                 self._push(now + self.trace.service[j], 0, wi, j)
+            if self.on_finish is not None:
+                self.on_finish(wi, i, now)
         else:                                           # adapter payload loaded
             w.lru[payload] = ACTIVE
             for i in w.waiting.pop(payload, ()):
@@ -256,6 +288,9 @@ def run_policy(name: str, cfg: SimConfig, trace: Trace, pcfg: PlacementConfig) -
 
         return fleet.run(pick, after)
 
+    if name == "ours-direct":
+        return run_direct(cfg, trace, pcfg, fleet, result)
+
     if name == "round-robin":
         return fleet.run(lambda i, key, now: i % n, None)
 
@@ -274,7 +309,106 @@ def run_policy(name: str, cfg: SimConfig, trace: Trace, pcfg: PlacementConfig) -
     raise ValueError(f"unknown policy {name!r}")
 
 
-POLICIES = ("ours", "round-robin", "least-loaded", "resident-first")
+def run_direct(cfg: SimConfig, trace: Trace, pcfg: PlacementConfig, fleet: Fleet, result: Result) -> Result:
+    """ours-direct: lookaside routing with the router's load seen only through announcements and late reports."""
+    ws = fleet.workers
+    n = len(ws)
+    placement = Placement(pcfg)
+    estimate = LoadEstimate()
+    rng = np.random.default_rng(cfg.seed + 1)
+    client_of = rng.integers(0, cfg.clients, size=len(trace.at))
+    report_late = rng.uniform(0.0, cfg.report_s, size=2 * len(trace.at) + 1)
+    late = iter(report_late.tolist())
+    announced = [(0.0, {}) for _ in ws]          # what each worker last announced: (load, residency)
+    seen: list[tuple[float, dict]] = [(-1.0, {}) for _ in ws]  # what the router read from the registry
+    expected: list[dict[str, float]] = [{} for _ in ws]  # keys the router sent to each worker: loading until
+    routes: list[dict[str, tuple[int, float]]] = [{} for _ in range(cfg.clients)]  # key -> (worker, expires)
+    views: list[WorkerView] = []
+
+    def announce(wi: int):
+        def fire(now: float) -> None:
+            w = ws[wi]
+            announced[wi] = (float(w.load), dict(w.lru))
+            if now < end:
+                fleet.at(now + cfg.announce_s, fire)
+        return fire
+
+    def poll(now: float) -> None:
+        for wi in range(n):
+            if announced[wi][0] != seen[wi][0] or announced[wi][1] != seen[wi][1]:
+                seen[wi] = announced[wi]
+                estimate.announced(ws[wi].id, seen[wi][0], 0.0, now)
+        if now < end:
+            fleet.at(now + cfg.poll_s, poll)
+
+    end = trace.at[-1]
+    phase = np.random.default_rng(cfg.seed + 2).uniform(0.0, cfg.announce_s, size=n)
+    for wi in range(n):
+        fleet.at(float(phase[wi]), announce(wi))
+    fleet.at(0.0, poll)
+
+    def router_views(now: float) -> list[WorkerView]:
+        out = []
+        for wi, w in enumerate(ws):
+            resident = seen[wi][1]
+            mine = expected[wi]
+            if mine:
+                resident = dict(resident)
+                for key, until in list(mine.items()):
+                    if until < now or key in seen[wi][1]:
+                        del mine[key]
+                    else:
+                        resident[key] = LOADING
+            out.append(WorkerView(w.id, w.id, "r", estimate.load(w.id, now), cfg.slots, resident))
+        return out
+
+    def replicate(key: str, now: float) -> None:
+        for v in placement.replicas_to_add(key, views, now, region="r"):
+            wi = int(v.id[1:])
+            expected[wi][key] = now + 5.0
+            if key not in ws[wi].lru:
+                fleet.start_load(wi, key, now)
+                if fleet.measuring:
+                    result.copies += 1
+
+    def reported_start(wi: int, key: str):
+        def fire(now: float) -> None:
+            estimate.begun(ws[wi].id, 1, now)
+            placement.record(key, now)
+            views[:] = router_views(now)
+            replicate(key, now)
+        return fire
+
+    def pick(i: int, key: str, now: float) -> int:
+        cache = routes[client_of[i]]
+        hit = cache.get(key)
+        if hit is not None and hit[1] > now:
+            fleet.at(now + next(late), reported_start(hit[0], key))
+            return hit[0]
+        views[:] = router_views(now)                 # a Route call: placement on the router's estimate
+        placement.record(key, now)
+        first = placement.choose(key, views, region="r")[0]
+        wi = int(first.id[1:])
+        ttl = route_ttl(first, views, cfg.ttl_s)
+        estimate.begun(ws[wi].id, 1, now)            # the answer counts one request on its first candidate
+        if key not in seen[wi][1]:
+            expected[wi][key] = now + 5.0
+        cache[key] = (wi, now + ttl)
+        if len(cache) > 4096:
+            routes[client_of[i]] = {k: v for k, v in cache.items() if v[1] > now}
+        return wi
+
+    def after(i: int, key: str, now: float) -> None:
+        replicate(key, now)
+
+    def finished(wi: int, i: int, now: float) -> None:
+        fleet.at(now + next(late), lambda t: estimate.ended(ws[wi].id, 1, t))
+
+    fleet.on_finish = finished
+    return fleet.run(pick, after)
+
+
+POLICIES = ("ours", "ours-direct", "round-robin", "least-loaded", "resident-first")
 
 
 def main() -> None:
@@ -286,11 +420,17 @@ def main() -> None:
     ap.add_argument("--hot", type=float, default=None, help="override PlacementConfig.hot_requests_per_copy")
     ap.add_argument("--copies", type=int, default=None, help="override PlacementConfig.max_copies")
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--clients", type=int, default=SimConfig.clients, help="ours-direct: callers")
+    ap.add_argument("--ttl", type=float, default=SimConfig.ttl_s, help="ours-direct: route reuse (s)")
+    ap.add_argument("--announce", type=float, default=SimConfig.announce_s, help="ours-direct: announce period (s)")
+    ap.add_argument("--poll", type=float, default=SimConfig.poll_s, help="ours-direct: registry poll period (s)")
+    ap.add_argument("--report", type=float, default=SimConfig.report_s, help="ours-direct: report delay bound (s)")
     _plot.add_argument(ap)
     args = ap.parse_args()
 
     requests = args.requests or (60_000 if args.quick else SimConfig.requests)
-    cfg = SimConfig(requests=requests, seed=args.seed)
+    cfg = SimConfig(requests=requests, seed=args.seed, clients=args.clients, ttl_s=args.ttl,
+                    announce_s=args.announce, poll_s=args.poll, report_s=args.report)
     overrides = {k: v for k, v in (("eps", args.eps), ("hot_requests_per_copy", args.hot),
                                    ("max_copies", args.copies)) if v is not None}
     pcfg = PlacementConfig(**overrides)
@@ -301,6 +441,8 @@ def main() -> None:
           f"{cfg.rate:.1f} req/s (busy {cfg.busy:.0%}), service {cfg.service_s} s, cold load {cfg.load_s} s; "
           f"{requests:,} requests ({trace.measured_from:,} warm-up), seed {cfg.seed}; duration {trace.at[-1]:.0f} s")
     print(f"ours: {pcfg}")
+    print(f"ours-direct: {cfg.clients} callers, route ttl {cfg.ttl_s} s; load seen through announcements every "
+          f"{cfg.announce_s} s read every {cfg.poll_s} s, and callers' reports up to {cfg.report_s} s late")
     print(f"offline ideal (static top-{cfg.workers * cfg.slots} oracle) hit rate: {ideal:.2%}\n")
     header = (f"{'policy':<15} {'hit rate':>8} {'% ideal':>8} {'max/avg load':>12} {'cold loads':>10} "
               f"{'(copies)':>8} {'lat mean':>8} {'lat p99':>8} {'sim s':>6}")
@@ -316,11 +458,12 @@ def main() -> None:
         lat = np.asarray(r.latencies)
         rows.append((name, hit, ratio))
         print(f"{name:<15} {hit:>8.2%} {hit / ideal:>8.1%} {ratio:>12.3f} {r.cold_loads:>10,} "
-              f"{r.copies if name == 'ours' else '':>8} {lat.mean():>8.3f} {np.percentile(lat, 99):>8.3f} {took:>6.1f}"
+              f"{r.copies if name.startswith('ours') else '':>8} {lat.mean():>8.3f} "
+              f"{np.percentile(lat, 99):>8.3f} {took:>6.1f}"
               + (f"  (cache over capacity {r.overfull}x)" if r.overfull else ""))
     for name, hit, ratio in rows:
-        if name == "ours":
-            print(f"\ngoals for ours: hit rate >= 95% of ideal: {hit / ideal:.1%} "
+        if name.startswith("ours"):
+            print(f"\ngoals for {name}: hit rate >= 95% of ideal: {hit / ideal:.1%} "
                   f"({'met' if hit / ideal >= 0.95 else 'MISSED'}); max/avg load <= 1.25: {ratio:.3f} "
                   f"({'met' if ratio <= 1.25 else 'MISSED'})")
     _plot.routing_sim(args.plot_dir, rows=rows, ideal=ideal, requests=requests, seed=cfg.seed)

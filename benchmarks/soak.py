@@ -79,7 +79,8 @@ class Fleet:
     def _serve(self, name: str, args: list[str], ready: str) -> str:
         """Start ``adapterfleet <args> --port 0`` and return the address from its "listening" line."""
         proc = self._spawn(name, [sys.executable, "-u", "-m", "adapterfleet.cli.main", *args, "--port", "0",
-                                  "--metrics-port", "0", "--log-format", "text", "--log-level", self.log_level],
+                                  "--insecure", "--metrics-port", "0", "--log-format", "text",
+                                  "--log-level", self.log_level],
                            stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()

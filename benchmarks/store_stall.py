@@ -77,7 +77,7 @@ def running_store(tree: Path | None) -> Iterator[str]:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "adapterfleet.cli.main", "store", "serve", "--port", str(store_port),
                  "--redis-url", redis.url, "--s3-endpoint", f"http://127.0.0.1:{s3_port}", "--bucket", "stall",
-                 "--log-level", "ERROR", "--data-dir", f"{tmp}/data"],
+                 "--insecure", "--log-level", "ERROR", "--data-dir", f"{tmp}/data"],
                 stdout=subprocess.DEVNULL, env=env, cwd=tmp))
             _wait_port(store_port)
             yield f"127.0.0.1:{store_port}"

@@ -14,17 +14,24 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 
-from adapterfleet.common.channel import CHANNEL_OPTIONS
-from adapterfleet.common.errors import AdapterFleetError, BlobMissing, ChecksumMismatch, InvalidArgument
+from adapterfleet.common.errors import AdapterFleetError, BlobMissing, ChecksumMismatch, InvalidArgument, UnsafeFileName
 from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.security import INSECURE, ClientSecurity, open_channel
+from adapterfleet.common.signing import sign_dir
 from adapterfleet.store import proto_convert as pc
+from adapterfleet.store.direct_fetch import BlobUrl, DirectFetchConfig, DirectFetcher
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.filenames import inside
 from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
+from adapterfleet.store.pull_dest import check_pull_dest, install_pull
+from adapterfleet.store.refs import Ref
 from adapterfleet.store.resolved import Resolved
+from adapterfleet.store.status import StoreStatusReport, status_from_pb
 from adapterfleet.store.targets import Targets
 from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 
@@ -59,15 +66,25 @@ def adapter_files(directory: Path) -> list[Path]:
     return sorted(files, key=lambda p: (ORDER.get(p.name, 2), p.name))
 
 
+def _whole(parts: list[bytes]) -> bytes:
+    """The file from its parts, as one bytearray (a worker views tensors in it without a copy); a direct read's
+    single buffer as it is."""
+    whole = parts[0] if len(parts) == 1 and isinstance(parts[0], bytearray) else bytearray().join(parts)
+    return cast(bytes, whole)  # read-only use everywhere: a bytearray serves as the bytes it holds
+
+
 class StoreClient:
-    def __init__(self, address: str, *, timeout: float | None = None, channel: grpc.Channel | None = None):
+    def __init__(self, address: str, *, timeout: float | None = None, channel: grpc.Channel | None = None,
+                 security: ClientSecurity = INSECURE, direct: DirectFetchConfig | None = None):
         self.address = address
-        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.direct = DirectFetcher(direct)  # blobs by presigned URL when the store gives them
+        self._channel = channel or open_channel(address, security)
         self._stub = store_pb2_grpc.AdapterStoreStub(self._channel)
         self._timeout = timeout
 
     def close(self) -> None:
         self._channel.close()
+        self.direct.close()
 
     def __enter__(self) -> StoreClient:
         return self
@@ -84,13 +101,16 @@ class StoreClient:
     # --- push -----------------------------------------------------------------------------------------------------
     def push_dir(self, directory: str | os.PathLike, name: str, *, alias: str = "", parent: str = "",
                  base_model: BaseModelIdentity | None = None, progress: Progress | None = None,
-                 chunk_size: int = CHUNK) -> PushOutcome:
+                 chunk_size: int = CHUNK, sign_key: str | os.PathLike | None = None) -> PushOutcome:
+        """``sign_key``: a PEM elliptic-curve private key; the files pushed are signed (OpenSSF Model Signing) and
+        the signature is stored with the version (needs ``adapterfleet[signing]``)."""
         paths = adapter_files(Path(directory))
         entries = [hash_file(p) for p in paths]
+        signature = sign_dir(directory, [p.name for p in paths], sign_key) if sign_key else ""
         header = store_pb2.PushHeader(name=name, alias=alias, parent=parent,
                                       base_model=pc.base_to_pb(base_model or BaseModelIdentity()),
                                       files=[common_pb2.FileEntry(name=e.name, size=e.size, sha256=e.sha256)
-                                             for e in entries])
+                                             for e in entries], signature=signature)
         try:
             return self._push_once(header, paths, entries, progress, chunk_size, dedupe=True)
         except BlobMissing:
@@ -128,28 +148,34 @@ class StoreClient:
         parts: dict[str, list[bytes]] = {}
         manifest = self._download(ref, lambda name: parts.setdefault(name, []).append,
                                   progress=progress, routing_key=routing_key, max_resumes=max_resumes)
-        return manifest, {e.name: b"".join(parts.get(e.name, ())) for e in manifest.files}  # one copy, at the end
+        # one copy at the end; a file read by URL arrived whole into its own buffer: no copy at all
+        return manifest, {e.name: _whole(parts.get(e.name, [])) for e in manifest.files}
 
-    def pull(self, ref: str, dest: str | os.PathLike, *, progress: Progress | None = None) -> Manifest:
-        """Download a version into directory ``dest``; it appears whole (verified) or not at all."""
+    def pull(self, ref: str, dest: str | os.PathLike, *, progress: Progress | None = None,
+             force: bool = False) -> Manifest:
+        """Download a version into directory ``dest``, verified, through a temporary directory beside it.
+
+        A new (or empty) ``dest`` appears whole or not at all. An existing one must be an earlier pull of the same
+        adapter name (its marker file says so) unless ``force``; either way only the adapter's own files are
+        replaced (and, for an earlier pull, its files that the new version no longer has removed): nothing else in
+        ``dest`` is touched, and no byte is written outside it (every name was checked on arrival)."""
         dest = Path(dest)
+        previous = check_pull_dest(dest, Ref.parse(ref).name, force=force)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         handles: dict[str, object] = {}
         try:
             def sink(name: str):
                 if name not in handles:
-                    handles[name] = open(tmp / name, "wb")  # noqa: SIM115 - closed in the finally below
+                    handles[name] = open(inside(tmp, name), "xb")  # noqa: SIM115 - closed in the finally below
                 return handles[name].write  # type: ignore[attr-defined]
 
             manifest = self._download(ref, sink, progress=progress)
             for f in handles.values():
                 f.close()  # type: ignore[attr-defined]
             for entry in manifest.files:  # zero-length files get no chunk
-                (tmp / entry.name).touch()
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+                inside(tmp, entry.name).touch()
+            install_pull(tmp, dest, manifest, previous)
             return manifest
         finally:
             for f in handles.values():
@@ -162,10 +188,12 @@ class StoreClient:
         hashes: dict[str, hashlib._Hash] = {}
         sizes: dict[str, int] = {}
         resume_file, resume_offset = "", 0
-        for attempt in range(max_resumes + 1):
+        direct, direct_done, fallback = self.direct.cfg.enabled, set[str](), False
+        attempt = 0
+        while True:
             request = store_pb2.FetchRequest(ref=ref if manifest is None else str(manifest.key),
                                              resume_file=resume_file, resume_offset=resume_offset,
-                                             routing_key=routing_key)
+                                             routing_key=routing_key, direct=direct)
             try:
                 for msg in self._stub.Fetch(request, timeout=self._timeout):
                     if msg.HasField("manifest"):
@@ -174,7 +202,21 @@ class StoreClient:
                             raise ChecksumMismatch(f"resumed fetch returned {got.key}, expected {manifest.key}")
                         manifest = got
                         continue
+                    if msg.HasField("urls") and manifest is not None and direct:
+                        # presigned URLs instead of bytes: GET them from S3 (verified); whatever they do not
+                        # deliver comes through the store's stream next, from the first such file on
+                        direct = False
+                        direct_done = self._fetch_direct(manifest, msg.urls, sink, progress)
+                        pending = [e.name for e in manifest.files if e.name not in direct_done]
+                        fallback = bool(pending)
+                        resume_file, resume_offset = (pending[0] if pending else ""), 0
+                        continue
                     chunk = msg.chunk
+                    if chunk.file in direct_done:
+                        continue  # read by URL already (a fallback stream carries every file after its first)
+                    if manifest is None or all(e.name != chunk.file for e in manifest.files):
+                        raise UnsafeFileName(f"the store sent bytes of {chunk.file[:80]!r}, which its manifest does "
+                                             "not list; nothing was written for it: the store is broken or hostile")
                     if chunk.offset != sizes.get(chunk.file, 0):
                         raise ChecksumMismatch(f"{chunk.file}: chunk at offset {chunk.offset}, expected "
                                                f"{sizes.get(chunk.file, 0)}")
@@ -184,14 +226,20 @@ class StoreClient:
                     resume_file, resume_offset = chunk.file, sizes[chunk.file]
                     if progress:
                         progress(len(chunk.data))
-                break
+                if not fallback:
+                    break
+                fallback = False
             except grpc.RpcError as err:
                 error = error_from_rpc(err)
                 if manifest is None or err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
                                                           grpc.StatusCode.UNKNOWN) or attempt == max_resumes:
                     raise error from None
+                attempt += 1
+                direct = False  # a resumed stream carries bytes
         assert manifest is not None
         for entry in manifest.files:
+            if entry.name in direct_done:
+                continue  # verified on arrival by the direct fetcher
             actual = hashes.get(entry.name, hashlib.sha256()).hexdigest()
             if actual != entry.sha256 or sizes.get(entry.name, 0) != entry.size:
                 self.report_corrupt([entry.sha256])
@@ -201,6 +249,15 @@ class StoreClient:
                     "corrupt: re-push the adapter from a good copy"
                 )
         return manifest
+
+    def _fetch_direct(self, manifest: Manifest, urls: store_pb2.BlobUrls,
+                      sink: Callable[[str], Callable[[bytes], object]], progress: Progress | None) -> set[str]:
+        """GET the files the store gave URLs for; each verified file goes to ``sink`` whole. Returns their names."""
+        received_at = self.direct.clock()
+        blob_urls = [BlobUrl(u.file, u.url, u.expires_in_s) for u in urls.files]
+        return self.direct.fetch_files(manifest, blob_urls, received_at,
+                                       lambda name, data: sink(name)(cast(bytes, data)),
+                                       progress, on_corrupt=lambda sha: self.report_corrupt([sha]))
 
     # --- the rest -------------------------------------------------------------------------------------------------
     def report_corrupt(self, digests: list[str]) -> list[str]:
@@ -247,6 +304,14 @@ class StoreClient:
         if min_age is not None:
             request.min_age_seconds = min_age
         return pc.gc_report_from_pb(self._call("CollectGarbage", request))
+
+    def revoke_token(self, token_id: str, expires: float = 0.0) -> str:
+        """Refuse ``token_id`` fleet-wide from now on (admin, tenant '*'); returns the event's cursor."""
+        return self._call("RevokeToken", store_pb2.RevokeTokenRequest(token_id=token_id, expires=expires)).cursor
+
+    def status(self, since: str = "") -> StoreStatusReport:
+        """The store's role, its event stream and, in a secondary region, its replication (cursor, lag, blobs)."""
+        return status_from_pb(self._call("Status", store_pb2.StatusRequest(since=since)))
 
     def watch(self, cursor: str = "", name: str = "") -> Iterator[StoreEvent]:
         try:

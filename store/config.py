@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapterfleet.common.auth_config import AuthConfig
 from adapterfleet.common.metrics_config import MetricsConfig
+from adapterfleet.common.security_config import INSECURE, ClientSecurity, ServerTLS
+from adapterfleet.store.rollout_config import RolloutConfig
 
 PORT = 50051  # where `adapterfleet store serve` listens unless told otherwise (StoreConfig's 0: any free port)
 ADDRESS = f"127.0.0.1:{PORT}"  # where clients look for the store unless told otherwise
@@ -34,6 +37,35 @@ class S3Config:
     secret_access_key: str | None = None
     part_size: int = 8 << 20       # multipart part size (and the threshold above which multipart is used)
     max_concurrency: int = 8       # parts in flight per upload / ranged GETs in flight per fetch
+    # blobs from part_size up to this size go up as one PUT streamed while they arrive, its last byte held back
+    # until the push is verified (store/blobs/s3_put.py); larger ones as multipart (0: always multipart)
+    single_put_max: int = 256 << 20
+    # Fetches answer presigned GET URLs valid this long, and clients read the blobs from S3 themselves (0: off,
+    # every byte streams through the store). A URL only has to be valid when each of its GETs starts.
+    presign_expiry_s: float = 120.0
+    presign_endpoint_url: str | None = None  # the S3 endpoint as clients reach it (default: endpoint_url)
+
+
+REPLICATE_MODES = ("lazy", "eager")
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """A secondary region's store: it follows ``primary`` and forwards writes there (store/replication.py,
+    store/forwarding.py). The channel to the primary presents the store's own ``security``."""
+
+    primary: str                         # the primary store's address
+    replicate: str = "lazy"              # blobs: "lazy" (copied on first fetch) | "eager" (copied as versions arrive)
+    lag_check_s: float = 1.0             # how often the lag (events, seconds) is measured against the primary
+    read_your_writes_s: float = 5.0      # a forwarded write waits up to this long to be replicated here
+    reconnect_max_s: float = 5.0         # retry the primary's stream after 0.25 s, doubling up to this
+    copy_concurrency: int = 4            # blobs copied from the primary at once
+
+    def __post_init__(self) -> None:
+        if self.replicate not in REPLICATE_MODES:
+            raise ValueError(f"--replicate is {self.replicate!r}; use one of {', '.join(REPLICATE_MODES)}")
+        if not self.primary:
+            raise ValueError("a secondary store needs --primary ADDR (the primary region's store)")
 
 
 @dataclass(frozen=True)
@@ -61,3 +93,9 @@ class StoreConfig:
     max_receive_bytes: int = 4 << 20
     drain_s: float = 10.0               # on SIGTERM: in-flight pushes and fetches get this long
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    replica: ReplicaConfig | None = None  # set: a secondary region's store, following replica.primary
+    tls: ServerTLS | None = None      # None: a plaintext port (the CLI allows that only with --insecure)
+    security: ClientSecurity = INSECURE  # what this service presents when it calls other services (TLS, token)
+    reflection: bool = False          # serve grpc.reflection (off: it lists the whole API to anyone)
+    auth: AuthConfig = field(default_factory=AuthConfig)  # tokens verified here (no public key: auth off)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # the rollout controller (store/rollout_*.py)

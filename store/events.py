@@ -10,7 +10,9 @@ from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.store.refs import show
 from adapterfleet.store.targets import Targets
 
-EVENT_TYPES = ("VERSION_PUSHED", "ALIAS_CHANGED", "ALIAS_DELETED", "VERSION_YANKED")
+EVENT_TYPES = ("VERSION_PUSHED", "ALIAS_CHANGED", "ALIAS_DELETED", "VERSION_YANKED", "ROLLOUT_CHANGED",
+               "TOKEN_REVOKED")
+TOKEN_REVOKED = "TOKEN_REVOKED"  # its `detail` is the revoked token id; its name is ""
 
 # "" or "$": from now on; "0": from the first event kept; "<ms>-<seq>": after that event (an Event's cursor).
 _CURSOR_RE = re.compile(r"\A(?:|\$|0|[0-9]{1,20}-[0-9]{1,20})\Z")
@@ -37,3 +39,4 @@ class StoreEvent:
     alias: str
     targets: Targets
     time: float
+    detail: str = ""  # ROLLOUT_CHANGED: a JSON summary of the change (store/rollout_record.py)

@@ -236,6 +236,6 @@ class RedisIndex:
                 events.append(StoreEvent(
                     cursor=eid.decode(), type=f["type"], name=f["name"], version=int(f["version"] or 0),
                     digest=f["digest"], alias=f["alias"], targets=decode(f["targets"]),
-                    time=float(f["time"]),
+                    time=float(f["time"]), detail=f.get("detail", ""),
                 ))
         return events

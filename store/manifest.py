@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.store.base_model import BaseModelIdentity
+from adapterfleet.store.filenames import check_safe_file_names
 from adapterfleet.store.refs import DIGEST_PREFIX, AdapterKey, validate_hex_digest
 
 MANIFEST_SCHEMA = "adapterfleet.manifest/v1"
@@ -36,6 +37,9 @@ class Manifest:
     created_at: float = 0.0
     parent: str = ""
     yanked: bool = False
+    # An OpenSSF Model Signing bundle (JSON) over the files, "" when unsigned: an attestation about the same bytes,
+    # not part of them, so the digest does not cover it (signing a version never changes its identity).
+    signature: str = ""
 
     @property
     def digest(self) -> str:
@@ -70,14 +74,18 @@ class Manifest:
         record = asdict(self)
         record.pop("version")
         record.pop("yanked")
+        if not record["signature"]:
+            record.pop("signature")
         return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str, *, version: int = 0, yanked: bool = False) -> Manifest:
         data = json.loads(text)
+        files = tuple(FileEntry(**f) for f in data["files"])
+        check_safe_file_names([f.name for f in files], source="a stored manifest")
         return cls(
             name=data["name"],
-            files=tuple(FileEntry(**f) for f in data["files"]),
+            files=files,
             base_model=BaseModelIdentity(**data.get("base_model", {})),
             peft_type=data.get("peft_type", "LORA"),
             rank=int(data.get("rank", 0)),
@@ -85,6 +93,7 @@ class Manifest:
             parent=data.get("parent", ""),
             version=version,
             yanked=yanked,
+            signature=data.get("signature", ""),
         )
 
     def with_version(self, version: int, yanked: bool = False) -> Manifest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adapterfleet.store.events import StoreEvent
+from adapterfleet.store.filenames import check_safe_file_names
 from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.resolved import Resolved
@@ -15,15 +16,18 @@ def manifest_to_pb(m: Manifest) -> common_pb2.Manifest:
         name=m.name, version=m.version, digest=m.digest,
         files=[common_pb2.FileEntry(name=f.name, size=f.size, sha256=f.sha256) for f in m.files],
         base_model=base_to_pb(m.base_model), peft_type=m.peft_type, rank=m.rank,
-        created_at=m.created_at, parent=m.parent, yanked=m.yanked,
+        created_at=m.created_at, parent=m.parent, yanked=m.yanked, signature=m.signature,
     )
 
 
 def manifest_from_pb(pb: common_pb2.Manifest) -> Manifest:
+    """A manifest as received: every file name must be one safe path component (UnsafeFileName) before anyone
+    can use it to name a file."""
+    check_safe_file_names([f.name for f in pb.files], source=f"the store's manifest of {pb.name!r}")
     return Manifest(
         name=pb.name, files=tuple(files_from_pb(pb.files)), base_model=base_from_pb(pb.base_model),
         peft_type=pb.peft_type, rank=pb.rank, version=pb.version, created_at=pb.created_at,
-        parent=pb.parent, yanked=pb.yanked,
+        parent=pb.parent, yanked=pb.yanked, signature=pb.signature,
     )
 
 
@@ -102,10 +106,10 @@ def gc_report_from_pb(pb: store_pb2.CollectGarbageResponse) -> GcReport:
 def event_to_pb(e: StoreEvent) -> store_pb2.Event:
     return store_pb2.Event(
         cursor=e.cursor, type=store_pb2.Event.Type.Value(e.type), name=e.name, version=e.version,
-        digest=e.digest, alias=e.alias, targets=targets_to_pb(e.targets), time=e.time,
+        digest=e.digest, alias=e.alias, targets=targets_to_pb(e.targets), time=e.time, detail=e.detail,
     )
 
 
 def event_from_pb(pb: store_pb2.Event) -> StoreEvent:
     return StoreEvent(pb.cursor, store_pb2.Event.Type.Name(pb.type), pb.name, pb.version, pb.digest, pb.alias,
-                      targets_from_pb(pb.targets), pb.time)
+                      targets_from_pb(pb.targets), pb.time, pb.detail)

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from adapterfleet.common.errors import BlobMissing, InvalidAdapter, InvalidArgument, Unavailable
+from adapterfleet.common.errors import BlobMissing, FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
 from adapterfleet.store.adapter_config import LoraSpec
 from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
@@ -29,6 +29,7 @@ from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
 from adapterfleet.store.refs import validate_alias, validate_name
 from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed
+from adapterfleet.store.signatures import check_signature_for
 from adapterfleet.store.validation import check_file_name, check_file_set
 from adapterfleet.store.validator import Validator
 
@@ -43,6 +44,7 @@ class PushHeader:
     alias: str = ""
     base_model: BaseModelIdentity = field(default_factory=BaseModelIdentity)
     parent: str = ""
+    signature: str = ""  # OpenSSF Model Signing bundle over exactly these files (checked in shape, not trust)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def check_header(header: PushHeader, cfg: StoreConfig) -> None:
     total = sum(f.size for f in header.files)
     if total > lim.max_total_bytes:
         raise InvalidAdapter(f"the adapter is {total} bytes in all, more than the limit of {lim.max_total_bytes}")
+    if header.signature:  # bounded, well formed, and over exactly these files: kept beside the version
+        check_signature_for(header.signature, {f.name: f.sha256 for f in header.files})
 
 
 class PushSession:
@@ -218,10 +222,15 @@ class PushSession:
             self._spec.base_model_name_or_path or "", h.base_model.fingerprint)
         manifest = Manifest(
             name=h.name, files=tuple(sorted(h.files, key=lambda f: f.name)), base_model=base,
-            peft_type="LORA", rank=self._spec.r, created_at=time.time(), parent=h.parent,
+            peft_type="LORA", rank=self._spec.r, created_at=time.time(), parent=h.parent, signature=h.signature,
         )
         _, created = await self._index.commit(manifest, self._id, h.alias)
         stored = await self._index.manifest(h.name, manifest.digest)
+        if h.signature and not stored.signature:  # a signed re-push keeps the first signature (ECDSA differs)
+            raise FailedPrecondition(
+                f"{h.name}@{stored.version} already holds these exact files, unsigned; a version's signature is "
+                "fixed when it is first pushed: push the signed adapter with a change (e.g. its README) as a new "
+                "version")
         return PushResult(stored, created, self._received, skipped)
 
     async def abort(self) -> None:

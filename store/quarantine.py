@@ -11,12 +11,16 @@ bytes, and the push that publishes good bytes under that digest lifts the quaran
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
 
-from adapterfleet.store.redis_errors import typed_redis
+from adapterfleet.common.errors import Unavailable
+from adapterfleet.store.redis_errors import redis_address, typed_redis
+
+log = logging.getLogger("adapterfleet.store")
 
 RECHECK_S = 60.0  # a digest found good is not re-read for a report within this long (a report costs a full read)
 
@@ -26,6 +30,7 @@ class Quarantine:
 
     def __init__(self, client: aioredis.Redis, prefix: str = "af:", clock: Callable[[], float] = time.monotonic):
         self._r = client
+        self.redis_address = redis_address(client)  # named in the UNAVAILABLE that @typed_redis raises
         self._key = f"{prefix}quarantine"
         self._clock = clock
         self._good_until: dict[str, float] = {}
@@ -38,6 +43,16 @@ class Quarantine:
             return set()
         flags = await self._r.smismember(self._key, asked)
         return {d for d, bad in zip(asked, flags, strict=True) if bad}
+
+    async def members_if_reachable(self, digests: Iterable[str]) -> set[str]:
+        """``members``, or none while Redis is unreachable: for reads that must keep working without Redis
+        (dedupe asks S3; receivers hash every byte anyway, so a missed quarantine costs a refusal later, not
+        bad bytes)."""
+        try:
+            return await self.members(digests)
+        except Unavailable as err:
+            log.warning("quarantine not checked: %s", err.message)
+            return set()
 
     @typed_redis
     async def add(self, digest: str) -> None:

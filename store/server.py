@@ -10,18 +10,22 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 
+from adapterfleet.common.auth import make_authenticator, server_interceptors
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
-from adapterfleet.store import patterns
+from adapterfleet.store import patterns, region
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.blobs.cache import CachedBlobStore
 from adapterfleet.store.blobs.local import LocalBlobStore
 from adapterfleet.store.blobs.s3 import S3BlobStore
 from adapterfleet.store.config import StoreConfig
-from adapterfleet.store.index import RedisIndex
-from adapterfleet.store.metrics import StoreCollector
+from adapterfleet.store.metrics import ReplicationCollector, StoreCollector
 from adapterfleet.store.registry import RedisRegistry
 from adapterfleet.store.registry_servicer import RegistryServicer
+from adapterfleet.store.revocation_follow import RevocationFollower
+from adapterfleet.store.revocations import LocalRevocationSource, RevocationIndex
+from adapterfleet.store.rollout_assembly import SERVICE_NAME as ROLLOUTS_NAME
+from adapterfleet.store.rollout_assembly import Rollouts, make_rollouts
 from adapterfleet.store.service import AdapterStoreCore
 from adapterfleet.store.servicer import StoreServicer
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
@@ -61,10 +65,18 @@ class StoreServer:
     metrics: ServiceMetrics
     _health: object
     metrics_port: int = 0  # the /metrics endpoint once started (0: none)
+    revocations: RevocationFollower | None = None  # with auth on: the revoked token ids, followed from Redis
+    rollouts: Rollouts | None = None  # the rollout controller and its API (store/rollout_*.py)
 
     async def start(self) -> None:
         await self.core.index.ping()
+        if self.revocations is not None:
+            await self.revocations.sync()  # no revoked token gets in while the follower starts
+            self.revocations.start()
         await self.server.start()
+        await region.start(self.core)
+        if self.rollouts is not None:
+            self.rollouts.start()
         await mark_serving(self._health, [SERVICE_NAME, REGISTRY_NAME])
         self.metrics_port = self.metrics.serve()
 
@@ -72,24 +84,37 @@ class StoreServer:
         """Drain: readiness down first, then in-flight pushes and fetches get ``grace`` seconds."""
         await mark_draining(self._health, [SERVICE_NAME, REGISTRY_NAME])
         await self.server.stop(grace)
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        await region.stop(self.core)
+        if self.revocations is not None:
+            await self.revocations.stop()
         self.core.close()
         self.metrics.close()
 
 
 def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: BlobStore) -> StoreServer:
-    core = AdapterStoreCore(cfg, blobs, RedisIndex(redis_client, cfg.redis_prefix))
+    core, status = region.make_core(cfg, blobs, redis_client)  # a secondary region's core follows its primary
     metrics = ServiceMetrics("store", cfg.metrics)
     metrics.registry.register(StoreCollector(core))
-    servicer = StoreServicer(core)
+    metrics.registry.register(ReplicationCollector(status))
+    revocation_index = RevocationIndex(redis_client, cfg.redis_prefix)
+    authenticator = make_authenticator(cfg.auth)
+    follower = None if authenticator is None else RevocationFollower(
+        LocalRevocationSource(revocation_index, core.watch), authenticator.revocations)
+    servicer = StoreServicer(core, revocation_index, authenticator, status=status)
     registry = RegistryServicer(RedisRegistry(redis_client, cfg.redis_prefix),
                                 max_adapters=cfg.limits.max_announced_adapters)
+    rollouts = make_rollouts(cfg, redis_client, core.index)
+    metrics.registry.register(rollouts.collector)
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}",
         [lambda s: store_pb2_grpc.add_AdapterStoreServicer_to_server(servicer, s),
-         lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(registry, s)],
-        [SERVICE_NAME, REGISTRY_NAME], metrics, max_receive_bytes=cfg.max_receive_bytes,
+         lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(registry, s), rollouts.add_to],
+        [SERVICE_NAME, REGISTRY_NAME, ROLLOUTS_NAME], metrics, max_receive_bytes=cfg.max_receive_bytes,
+        tls=cfg.tls, reflection=cfg.reflection, interceptors=server_interceptors(authenticator),
     )
-    return StoreServer(server, port, core, metrics, health)
+    return StoreServer(server, port, core, metrics, health, revocations=follower, rollouts=rollouts)
 
 
 async def serve(cfg: StoreConfig, redis_client: aioredis.Redis, on_ready=None) -> None:

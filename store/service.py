@@ -14,12 +14,14 @@ from adapterfleet.common.aio import Prefetch
 from adapterfleet.common.errors import ChecksumMismatch, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.config import StoreConfig
+from adapterfleet.store.direct_fetch import BlobUrl
 from adapterfleet.store.events import StoreEvent, check_cursor
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.push import PushHeader, PushResult, PushSession
 from adapterfleet.store.refs import MAX_NAME_CHARS, Ref, show, validate_alias, validate_hex_digest, validate_name
+from adapterfleet.store.rollout_record import override_alias
 from adapterfleet.store.targets import LiveTarget, Targets, check, choose
 from adapterfleet.store.validator import Validator
 
@@ -40,6 +42,9 @@ class Resolution:
     alias_targets: Targets = ()         # the alias as set, yanked targets included
 
 
+DirectUrls = tuple[BlobUrl, ...]  # a fetch's answer in place of the bytes: where to GET each file
+
+
 @dataclass(frozen=True)
 class FileChunk:
     file: str
@@ -55,6 +60,7 @@ class StoreStats:
     versions_created: int = 0
     pushes_unchanged: int = 0    # re-pushes of content the name's latest version already has
     blobs_quarantined: int = 0   # reported blobs whose stored bytes did not hash to their digest
+    urls_issued: int = 0         # fetched files answered with a presigned URL (their bytes came straight from S3)
 
 
 class AdapterStoreCore:
@@ -101,7 +107,8 @@ class AdapterStoreCore:
         loop = asyncio.get_running_loop()
         present = await asyncio.gather(*(loop.run_in_executor(self._lookups, self.blobs.exists, d) for d in unique))
         have = {d for d, ok in zip(unique, present, strict=True) if ok}
-        have -= await self.index.quarantine.members(unique)  # held, but not the right bytes: must be sent again
+        # held, but not the right bytes: a quarantined blob must be sent again
+        have -= await self.index.quarantine.members_if_reachable(unique)
         return [d for d in unique if d not in have]
 
     async def report_corrupt(self, digests: list[str]) -> list[str]:
@@ -127,8 +134,9 @@ class AdapterStoreCore:
         return sorted(await quarantine.members(digests))
 
     # --- resolve --------------------------------------------------------------------------------------------------
-    async def resolve(self, text: str, routing_key: str = "") -> Resolution:
-        """At most two Redis round trips: what the ref points at, then that version's manifest."""
+    async def resolve(self, text: str, routing_key: str = "", region: str = "") -> Resolution:
+        """At most two Redis round trips: what the ref points at, then that version's manifest (three for an alias
+        asked from a ``region``: its regional override, while a rollout by region moves one, comes first)."""
         ref = Ref.parse(text)
         if ref.digest is not None:
             return self._one(await self.index.manifest(ref.name, ref.digest))
@@ -138,6 +146,8 @@ class AdapterStoreCore:
                 raise NotFound(f"{ref} is yanked; fetch it by digest if you really need it")
             return self._one(manifest)
         versions, yanked, targets = await self.index.state(ref.name, ref.alias or "")
+        if ref.alias is not None and region and targets is not None:
+            targets = await self.index.alias(ref.name, override_alias(ref.alias, region)) or targets
         if ref.alias is not None:
             if targets is None:
                 raise NotFound(f"alias {ref} does not exist; `adapterfleet ls {ref.name}` lists its aliases")
@@ -167,9 +177,11 @@ class AdapterStoreCore:
 
     # --- fetch ----------------------------------------------------------------------------------------------------
     async def fetch(self, text: str, resume_file: str = "", resume_offset: int = 0, chunk_size: int = 0,
-                    routing_key: str = "") -> AsyncIterator[Manifest | FileChunk]:
+                    routing_key: str = "", direct: bool = False) -> AsyncIterator[Manifest | FileChunk | DirectUrls]:
+        """The manifest, then the files' bytes; or, when ``direct`` and the backend can presign, the manifest and
+        one presigned URL per file (the client GETs and verifies them itself)."""
         manifest = (await self.resolve(text, routing_key)).manifest
-        bad = await self.index.quarantine.members(f.sha256 for f in manifest.files)
+        bad = await self.index.quarantine.members_if_reachable(f.sha256 for f in manifest.files)
         if bad:
             names = sorted(f.name for f in manifest.files if f.sha256 in bad)
             raise ChecksumMismatch(f"{manifest.key}: the stored bytes of {', '.join(names)} do not hash to their "
@@ -184,6 +196,10 @@ class AdapterStoreCore:
             raise InvalidArgument(f"resume offset {resume_offset} is past the end of {resume_file}")
         yield manifest
         entries = manifest.files[start:]
+        if direct and (urls := self._presign(entries)) is not None:
+            self.stats.urls_issued += len(urls)
+            yield urls
+            return
         offsets = [resume_offset] + [0] * (len(entries) - 1)
         # every file's read starts now, so small files' round trips overlap the first file's stream
         readers = [Prefetch(self.blobs.read(e.sha256, off, chunk_size))
@@ -197,6 +213,16 @@ class AdapterStoreCore:
         finally:
             for reader in readers:
                 reader.close()
+
+    def _presign(self, entries) -> DirectUrls | None:
+        """One URL per file, or None when the backend gives none (every file streams then). Local signing only."""
+        urls = []
+        for entry in entries:
+            signed = self.blobs.presign(entry.sha256)
+            if signed is None:
+                return None
+            urls.append(BlobUrl(entry.name, *signed))
+        return tuple(urls)
 
     # --- listing ----------------------------------------------------------------------------------------------------
     async def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:

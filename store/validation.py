@@ -12,31 +12,19 @@ from collections import defaultdict
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.adapter_config import LoraSpec
+from adapterfleet.store.filenames import check_safe_file_name
 from adapterfleet.store.peft_keys import LORA_BIAS_FIELDS, PeftKey, parse_peft_keys
 from adapterfleet.store.safetensors_header import SafetensorsHeader, TensorInfo
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXTRA_SUFFIXES = (".json", ".md", ".txt")
-MAX_NAME_BYTES = 255
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _ALLOWED = "adapter_config.json, adapter_model.safetensors, README.md and other *.json, *.md, *.txt files"
 
 
 def check_file_name(name: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise InvalidAdapter("file name must be a non-empty string")
-    shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InvalidAdapter(f"file name {shown} is longer than {MAX_NAME_BYTES} bytes")
-    if "/" in name or "\\" in name or "\x00" in name:
-        raise InvalidAdapter(
-            f"file name {shown} contains a path separator or NUL; push the files of one flat adapter directory"
-        )
-    if ".." in name or name.startswith("."):
-        raise InvalidAdapter(f"file name {shown} must not start with '.' or contain '..'")
-    if not name.isprintable():
-        raise InvalidAdapter(f"file name {shown} contains non-printable characters")
+    check_safe_file_name(name)  # the one rule, shared with every receiver (store/filenames.py)
     lower = name.lower()
     if lower.endswith(PICKLE_SUFFIXES):
         raise InvalidAdapter(

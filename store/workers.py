@@ -24,19 +24,21 @@ class WorkerRecord:
     fingerprint: str = ""
     base_model: str = ""
     draining: bool = False
+    announced_by: str = ""  # the id of the verified token that announced it (set by the registry; "": auth off)
 
 
 def record_from_pb(pb: registry_pb2.WorkerInfo) -> WorkerRecord:
     return WorkerRecord(id=pb.id, address=pb.address, region=pb.region, capacity=pb.capacity, load=pb.load,
                         adapters={a.key: tier_from_pb(a.tier) for a in pb.adapters}, fingerprint=pb.fingerprint,
-                        base_model=pb.base_model, draining=pb.draining)
+                        base_model=pb.base_model, draining=pb.draining, announced_by=pb.announced_by)
 
 
 def record_to_pb(r: WorkerRecord, ttl_seconds: float = 0.0) -> registry_pb2.WorkerInfo:
     return registry_pb2.WorkerInfo(
         id=r.id, address=r.address, region=r.region, capacity=r.capacity, load=r.load,
         adapters=[registry_pb2.ResidentAdapter(key=k, tier=tier_to_pb(t)) for k, t in sorted(r.adapters.items())],
-        fingerprint=r.fingerprint, base_model=r.base_model, draining=r.draining, ttl_seconds=ttl_seconds)
+        fingerprint=r.fingerprint, base_model=r.base_model, draining=r.draining, ttl_seconds=ttl_seconds,
+        announced_by=r.announced_by)
 
 
 def record_to_json(r: WorkerRecord) -> str:

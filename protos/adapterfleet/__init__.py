@@ -24,13 +24,16 @@ _EXPORTS = {
     "RouterStats": "adapterfleet.sdk.fleet",
     "AdapterState": "adapterfleet.sdk.admin",
     "WorkerStats": "adapterfleet.sdk.admin",
+    "Rollouts": "adapterfleet.sdk.rollouts",
+    "RolloutStatus": "adapterfleet.sdk.rollouts",
     "from_store": "adapterfleet.sdk.peft",
     "load_adapter_from_store": "adapterfleet.sdk.peft",
     "push_from_peft": "adapterfleet.sdk.peft",
+    "ClientSecurity": "adapterfleet.common.security_config",
     **{name: "adapterfleet.common.errors" for name in (
         "AdapterFleetError", "AliasConflict", "ChecksumMismatch", "FailedPrecondition", "Incompatible",
         "InvalidAdapter", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Unavailable",
-        "DeadlineExceeded")},
+        "DeadlineExceeded", "Unauthenticated", "RateLimited", "SignatureRejected", "UnsafeFileName")},
 }
 __all__ = sorted(_EXPORTS)
 _UNKNOWN_VERSION = "0+unknown"  # __version__ when the distribution is not installed (a bare source checkout)

@@ -39,14 +39,15 @@ def add_parsers(worker: argparse._SubParsersAction, router: argparse._SubParsers
 
 
 def run(args) -> int:
+    from adapterfleet.cli.flags import client_security  # noqa: PLC0415 - with the client, as below
     from adapterfleet.sdk.fleet import FleetClient  # noqa: PLC0415 - grpc only when a command runs
 
     if args.command == "router":
-        with FleetClient(args.router, timeout=TIMEOUT_S) as router:
+        with FleetClient(args.router, timeout=TIMEOUT_S, security=client_security(args)) as router:
             stats = router.stats()
         _print(args, asdict(stats), lambda: stats_text(stats))
         return 0
-    with FleetClient(args.worker, timeout=TIMEOUT_S) as worker:
+    with FleetClient(args.worker, timeout=TIMEOUT_S, security=client_security(args)) as worker:
         cmd = args.worker_cmd
         if cmd == "load":
             state = worker.load_adapter(args.ref, pin=args.pin, tier=args.tier)

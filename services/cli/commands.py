@@ -26,7 +26,7 @@ def manifest_json(m: Manifest) -> dict:
     return {"name": m.name, "version": m.version, "digest": m.digest, "key": str(m.key), "rank": m.rank,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
             "base_model": m.base_model.name_or_path, "parent": m.parent, "yanked": m.yanked,
-            "created_at": m.created_at}
+            "created_at": m.created_at, "signed": bool(m.signature)}
 
 
 @contextmanager
@@ -43,6 +43,10 @@ def progress_bar(enabled: bool, total: int, label: str):
 
 
 def dispatch(args, store_addr: str) -> int:
+    if args.command == "store" and args.store_cmd == "status":
+        from adapterfleet.cli.store_status import run_status  # noqa: PLC0415
+
+        return run_status(args, store_addr)
     if args.command == "store":
         from adapterfleet.cli.store_serve import run_store  # noqa: PLC0415
 
@@ -67,13 +71,26 @@ def dispatch(args, store_addr: str) -> int:
         from adapterfleet.cli.router_serve import run_router  # noqa: PLC0415
 
         return run_router(args, store_addr)
+    if args.command == "token" and args.token_cmd == "revoke":
+        from adapterfleet.cli.auth_flags import run_revoke  # noqa: PLC0415
+
+        return run_revoke(args, store_addr)
+    if args.command == "rollout":
+        from adapterfleet.cli.rollout import run as run_rollout  # noqa: PLC0415
+
+        return run_rollout(args, store_addr)
+    if args.command in ("auth", "token"):
+        from adapterfleet.cli.auth_cmd import run as run_auth  # noqa: PLC0415
+
+        return run_auth(args)
     if args.command in ("generate", "score"):
         from adapterfleet.cli.inference import run_inference  # noqa: PLC0415
 
         return run_inference(args)
+    from adapterfleet.cli.flags import client_security  # noqa: PLC0415
     from adapterfleet.store.client import StoreClient  # noqa: PLC0415
 
-    with StoreClient(store_addr) as client:
+    with StoreClient(store_addr, security=client_security(args)) as client:
         return COMMANDS[args.command](args, client)
 
 
@@ -82,7 +99,8 @@ def cmd_push(args, client) -> int:
 
     total = sum(p.stat().st_size for p in adapter_files(Path(args.dir)))
     with progress_bar(not args.json, total, f"push {args.name}") as advance:
-        out = client.push_dir(args.dir, args.name, alias=args.alias, parent=args.parent, progress=advance)
+        out = client.push_dir(args.dir, args.name, alias=args.alias, parent=args.parent, progress=advance,
+                              sign_key=args.sign_key)
     if args.json:
         _out({**manifest_json(out.manifest), "created": out.created, "bytes_sent": out.bytes_sent,
               "bytes_deduplicated": out.bytes_deduplicated})
@@ -96,7 +114,7 @@ def cmd_push(args, client) -> int:
 def cmd_pull(args, client) -> int:
     resolved = client.resolve(args.ref)
     with progress_bar(not args.json, resolved.manifest.total_size, f"pull {args.ref}") as advance:
-        m = client.pull(str(resolved.manifest.key), args.dir, progress=advance)
+        m = client.pull(str(resolved.manifest.key), args.dir, progress=advance, force=args.force)
     if args.json:
         _out({**manifest_json(m), "dir": args.dir})
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 from adapterfleet.cli.admin import stats_text
 from adapterfleet.cli.local_fleet import FleetConfig, LocalFleet, interrupt_on_sigterm
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from adapterfleet.common.security_config import ClientSecurity
 from adapterfleet.demo.recipe import AdapterCache, Recipe, TrainConfig, TrainResult, base_digest
 from adapterfleet.demo.tasks import MAX_ANSWER_CHARS, TASKS, WORDS, prompt_for
 from adapterfleet.sdk.fleet import FleetClient
@@ -67,9 +68,9 @@ def run_demo(args) -> int:
             fingerprint = cache.fingerprint(digest) or _fingerprint(base)
             cache.put_fingerprint(digest, fingerprint)
             fleet.wait_ready()
-            pushed = _push_all(cfg.store_address, trained, fingerprint, say)
+            pushed = _push_all(cfg.store_address, trained, fingerprint, say, cfg.client_security())
             refs = [p["ref"] for p in pushed]
-            with FleetClient(cfg.router_address) as router:
+            with FleetClient(cfg.router_address, security=cfg.client_security()) as router:
                 _wait_for_workers(router, cfg.workers)
                 plan = request_plan(args.requests, refs)
                 t0 = time.perf_counter()
@@ -92,7 +93,8 @@ def run_demo(args) -> int:
             body = json.dumps({"model": refs[0], "prompt": prompt_for(WORDS[0]), "max_tokens": 12, "temperature": 0})
             say(f"\n{fleet.describe()}\ntry:    adapterfleet generate --router {cfg.router_address} "
                 f"--adapter {refs[0]} --prompt '{prompt_for(WORDS[0])}'\n        curl -s {cfg.http_url}/completions "
-                f"-H 'content-type: application/json' -d '{body}'\nCtrl-C stops the fleet.")
+                f"-H 'content-type: application/json' -H \"authorization: Bearer $ADAPTERFLEET_TOKEN\" -d '{body}'\n"
+                "Ctrl-C stops the fleet.")
             dead = fleet.wait()
             print(f"a fleet process exited: {dead}; stopping the rest", file=sys.stderr)
             return 1
@@ -147,13 +149,14 @@ def _fingerprint(base: Path) -> str:
     return fingerprint(AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True))
 
 
-def _push_all(store: str, trained: list[TrainResult], fp: str, say: Callable[..., None]) -> list[dict]:
+def _push_all(store: str, trained: list[TrainResult], fp: str, say: Callable[..., None],
+              security: ClientSecurity) -> list[dict]:
     """Push each adapter as ``<task>@prod``; what was pushed, as JSON-ready dicts (``ref`` first)."""
     from adapterfleet.store.base_model import BaseModelIdentity  # noqa: PLC0415
     from adapterfleet.store.client import StoreClient  # noqa: PLC0415
 
     pushed = []
-    with StoreClient(store) as client:
+    with StoreClient(store, security=security) as client:
         for r in trained:
             out = client.push_dir(r.path, r.task, alias=ALIAS, base_model=BaseModelIdentity(fingerprint=fp))
             m = out.manifest

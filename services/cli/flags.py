@@ -180,3 +180,84 @@ def _convert(parser, action: argparse.Action, value, origin: str):
     if action.choices is not None and out not in action.choices:
         parser.error(f"{origin}: {out!r} is not one of {list(action.choices)}")
     return out
+
+
+# --- security flags -----------------------------------------------------------------------------------------------
+NO_TLS_FLAGS = {("auth",), ("token", "create"), ("up",), ("demo",)}  # commands that make their own material
+INSECURE_REFUSAL = ("refusing to serve without TLS or authentication: pass --tls-cert/--tls-key/--tls-ca (and "
+                    "--auth-public-key), e.g. the files `adapterfleet auth init DIR` writes, or --insecure to serve "
+                    "plaintext on purpose")
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """``--tls-ca/--tls-cert/--tls-key`` on every command that makes or serves calls (``ADAPTERFLEET_TLS_CA`` and
+    so on through the usual layering). A serving command uses the same files for its port and for its own calls."""
+    for path, leaf in leaves(parser):
+        if path[:1] in NO_TLS_FLAGS or path[:2] in NO_TLS_FLAGS:  # `token revoke` calls the store: it has them
+            continue
+        serving = path[-1:] == ("serve",)
+        g = leaf.add_argument_group("TLS")
+        g.add_argument("--tls-ca", help="CA certificate (PEM): " + (
+            "clients must present a certificate it signed (mTLS), and the services this one calls must too"
+            if serving else "turns TLS on; the server's certificate must chain to it"))
+        g.add_argument("--tls-cert", help="certificate chain (PEM) " + (
+            "this service serves and presents as a client; reloaded when the file changes" if serving
+            else "presented as the client certificate (mTLS)"))
+        g.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+        g.add_argument("--tls-server-name", help="check the certificates of the services called for this name "
+                                                 "instead of the address's host (workers dialed by pod IP)")
+        if serving:
+            g.add_argument("--insecure", action="store_true",
+                           help="serve plaintext without authentication (refused without this flag)")
+            g.add_argument("--reflection", action="store_true", help="serve gRPC reflection (default: off)")
+
+
+def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(subcommand path, parser) of every leaf command below ``parser``."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001 - argparse has no public API to walk parsers
+    if not subs:
+        yield path, parser
+        return
+    for name, sub in subs[0].choices.items():
+        yield from leaves(sub, (*path, name))
+
+
+def _path(value) -> Path | None:
+    return Path(value) if value else None
+
+
+def client_security(args):
+    """A client command's (or a service's outbound) ClientSecurity from --tls-* and --token."""
+    from adapterfleet.common.security_config import ClientSecurity  # noqa: PLC0415 - keep `--help` instant
+
+    return ClientSecurity(tls_ca=_path(getattr(args, "tls_ca", None)), tls_cert=_path(getattr(args, "tls_cert", None)),
+                          tls_key=_path(getattr(args, "tls_key", None)), token=getattr(args, "token", None) or None,
+                          server_name=getattr(args, "tls_server_name", None) or None)
+
+
+def server_tls(args):
+    """A serving command's ServerTLS (None: plaintext), after the secure-by-default check: no TLS and no
+    --auth-public-key is refused unless --insecure."""
+    from adapterfleet.common.errors import FailedPrecondition, InvalidArgument  # noqa: PLC0415 - as above
+    from adapterfleet.common.security_config import ServerTLS  # noqa: PLC0415 - as above
+
+    cert, key, ca = _path(args.tls_cert), _path(args.tls_key), _path(args.tls_ca)
+    if (cert is None) != (key is None):
+        raise InvalidArgument("--tls-cert and --tls-key go together: give both (or neither, with --insecure)")
+    if cert is None:
+        if ca is not None:
+            raise InvalidArgument("--tls-ca needs --tls-cert and --tls-key: the service's own certificate and key")
+        if not getattr(args, "auth_public_key", None) and not args.insecure:
+            raise FailedPrecondition(INSECURE_REFUSAL)
+        return None
+    assert key is not None
+    return ServerTLS(cert=cert, key=key, ca=ca)
+
+
+def service_security(args):
+    """(ServerTLS or None, the ClientSecurity of the service's own calls): the same certificate both ways (as
+    `auth init` makes it) and the service's --token."""
+    tls = server_tls(args)
+    if tls is None or tls.ca is None:  # no CA to check the others' certificates by: only the token goes out
+        return tls, client_security(argparse.Namespace(token=getattr(args, "token", None)))
+    return tls, tls.client(getattr(args, "token", None) or None, getattr(args, "tls_server_name", None) or None)

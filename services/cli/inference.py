@@ -7,9 +7,11 @@ import sys
 
 import grpc
 
-from adapterfleet.common.channel import CHANNEL_OPTIONS
+from adapterfleet.cli.flags import client_security
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.security import open_channel
+from adapterfleet.sdk.direct import DirectRouter, DirectWorkerStub
 from adapterfleet.sdk.fleet import Accumulator, generate_request
 from adapterfleet.sdk.logprobs import Logprob
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
@@ -26,12 +28,22 @@ def _ids(text: str | None) -> list[int]:
 
 def run_inference(args) -> int:
     address = args.worker or args.router
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = worker_pb2_grpc.WorkerStub(channel)
+    if getattr(args, "direct", False) and not args.router:
+        raise InvalidArgument("--direct asks a router where to go: use it with --router ADDR (--worker ADDR is "
+                              "direct already)")
+    security = client_security(args)
+    with open_channel(address, security) as channel:
+        stub: worker_pb2_grpc.WorkerStub | DirectWorkerStub = worker_pb2_grpc.WorkerStub(channel)
+        direct = DirectRouter(channel, security) if getattr(args, "direct", False) else None
         try:
+            if direct is not None:
+                stub = DirectWorkerStub(direct)  # the router says where; the stream goes to the worker
             return _generate(stub, args) if args.command == "generate" else _score(stub, args)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
+        finally:
+            if direct is not None:
+                direct.close()
 
 
 def _generate(stub, args) -> int:

@@ -18,6 +18,7 @@ names it; a part that fails to start is reported with the root cause from its lo
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import subprocess
@@ -27,9 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from adapterfleet.cli import fleet_log
+from adapterfleet.cli import auth_cmd, fleet_log
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from adapterfleet.common.ports import PortInUse, reserve
+from adapterfleet.common.security_config import INSECURE, ClientSecurity
 from adapterfleet.store.config import PORT as STORE_PORT
 from adapterfleet.worker.config import WorkerConfig
 
@@ -60,6 +62,8 @@ class FleetConfig:
     ready_timeout_s: float = 180.0  # for every part together; a worker spends seconds importing torch
     stop_timeout_s: float = 15.0  # per part, after SIGTERM; then it is killed
     ports: FleetPorts | None = None  # set by LocalFleet.launch, which checks (or chooses) and holds them
+    secure: bool = True  # mTLS and tokens, with material made on first run under DATA_DIR/security (else --insecure)
+    service_token_ttl_s: float = 30 * 86400.0  # the tokens minted for the fleet's own processes at each launch
 
     def __post_init__(self):
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -90,6 +94,21 @@ class FleetConfig:
     def http_url(self) -> str:
         """The router's OpenAI-compatible API (``base_url`` for the openai client)."""
         return f"http://127.0.0.1:{self._ports().http}/v1"
+
+    @property
+    def security_dir(self) -> Path:
+        return Path(self.data_dir) / "security"
+
+    def material(self) -> auth_cmd.Material | None:
+        return auth_cmd.Material(self.security_dir) if self.secure else None
+
+    def client_security(self) -> ClientSecurity:
+        """What a client of this fleet presents: the fleet's certificate and the admin token."""
+        m = self.material()
+        if m is None:
+            return INSECURE
+        return ClientSecurity(tls_ca=m.ca, tls_cert=m.cert, tls_key=m.key,
+                              token=m.admin_token_file.read_text().strip())
 
     def metrics_port(self, part: str) -> int:
         """Where ``part`` ("store", "router", "worker-N") serves Prometheus /metrics."""
@@ -144,6 +163,7 @@ class LocalFleet:
     def __init__(self, cfg: FleetConfig):
         self.cfg = cfg
         self._parts: list[_Part] = []
+        self._security: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
     def launch(self) -> None:
@@ -155,6 +175,7 @@ class LocalFleet:
         cfg, data, ports = self.cfg, Path(self.cfg.data_dir), self.cfg.ports
         assert ports is not None
         data.mkdir(parents=True, exist_ok=True)
+        self._security = self._prepare_security()
         self._spawn("store", ["store", "serve", "--port", str(ports.store), "--data-dir", str(data / "store")],
                     "store listening")
         store = ["--store", cfg.store_address]
@@ -240,23 +261,56 @@ class LocalFleet:
                 f"{Path(cfg.base_model).name})\nbase    {cfg.base_model}\nlogs    {cfg.data_dir}/*.log\n"
                 f"metrics http://127.0.0.1:PORT/metrics: store {cfg.metrics_port('store')}, router "
                 f"{cfg.metrics_port('router')}, workers "
-                f"{' '.join(str(cfg.metrics_port(f'worker-{i}')) for i in range(cfg.workers))}")
+                f"{' '.join(str(cfg.metrics_port(f'worker-{i}')) for i in range(cfg.workers))}"
+                + (f"\nsecurity mTLS and tokens (material in {cfg.security_dir}); for the CLI in this shell:\n"
+                   f"        {self.client_env()}" if cfg.secure else "\nsecurity OFF (plaintext, no tokens)"))
+
+    def client_env(self) -> str:
+        """The shell line that points the CLI (and SDK users' code) at this fleet's CA, certificate and token."""
+        m = self.cfg.material()
+        if m is None:
+            return ""
+        return (f"export ADAPTERFLEET_TLS_CA={m.ca} ADAPTERFLEET_TLS_CERT={m.cert} ADAPTERFLEET_TLS_KEY={m.key} "
+                f"ADAPTERFLEET_TOKEN=\"$(cat {m.admin_token_file})\"")
 
     def summary(self) -> dict:
         """What :meth:`describe` says, as JSON-ready values (``up --json``, ``demo --json``)."""
         cfg = self.cfg
         return {"store": cfg.store_address, "workers": cfg.worker_addresses, "router": cfg.router_address,
                 "http": cfg.http_url, "metrics": dict(cfg._ports().metrics),  # noqa: SLF001 - our own config
-                "base_model": str(cfg.base_model), "logs": str(cfg.data_dir)}
+                "base_model": str(cfg.base_model), "logs": str(cfg.data_dir),
+                "security": m.as_json() if (m := cfg.material()) else None}
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
+    def _prepare_security(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """Per part: (its TLS flags, its environment: the issuer's public key and its own service token). The
+        material is made on the first run and reused; the tokens are minted afresh at each launch (tokens go
+        through the environment, not argv, which every local user can read in ps)."""
+        m = auth_cmd.ensure(self.cfg.security_dir) if self.cfg.secure else None
+        if m is None:
+            return {}
+        flags = ["--tls-cert", str(m.cert), "--tls-key", str(m.key), "--tls-ca", str(m.ca)]
+        ttl = self.cfg.service_token_ttl_s
+
+        def token(scopes: list[str], worker_id: str | None = None) -> str:
+            return auth_cmd.mint(m.issuer_key, ["*"], scopes, ttl, worker_id=worker_id).token
+
+        def env(tok: str) -> dict[str, str]:
+            return {"ADAPTERFLEET_AUTH_PUBLIC_KEY": str(m.issuer_public_key), "ADAPTERFLEET_TOKEN": tok}
+
+        out = {"store": (flags, env(token(["read", "serve"]))), "router": (flags, env(token(["read", "serve"])))}
+        for i in range(self.cfg.workers):
+            out[f"worker-{i}"] = (flags, env(token(["read", "worker"], worker_id=f"local-worker-{i}")))
+        return out
+
     def _spawn(self, name: str, args: list[str], ready_line: str) -> None:
         log = Path(self.cfg.data_dir) / f"{name}.log"
         args = [*args, "--metrics-port", str(self.cfg.metrics_port(name)), "--metrics-host", "127.0.0.1"]
+        flags, env = self._security.get(name, (["--insecure"], {}))
         with open(log, "ab") as err:  # the child keeps its own handle
             start = err.tell()  # logs are appended to: this run's lines begin here
-            proc = subprocess.Popen([sys.executable, "-u", "-m", "adapterfleet.cli.main", *args],
-                                    stdout=subprocess.PIPE, stderr=err, text=True)
+            proc = subprocess.Popen([sys.executable, "-u", "-m", "adapterfleet.cli.main", *args, *flags],
+                                    stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **env})
         self._parts.append(_Part(name, proc, log, ready_line, start))
 
     def _wait(self, parts: list[_Part], deadline: float) -> None:

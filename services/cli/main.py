@@ -12,10 +12,12 @@ import argparse
 import os
 import sys
 
-from adapterfleet.cli import admin, report
-from adapterfleet.cli.flags import parse_layered
+from adapterfleet.cli import admin, auth_cmd, report, rollout
+from adapterfleet.cli.auth_flags import add_auth_flags, add_revoke_parser
+from adapterfleet.cli.flags import add_tls_flags, parse_layered
 from adapterfleet.cli.generate_flags import add_generation_flags
 from adapterfleet.cli.local_fleet import DATA_DIR, FleetConfig
+from adapterfleet.cli.signing_flags import add_sign_key_flag, add_trust_key_flag
 from adapterfleet.common import extras
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.common.metrics_config import MetricsConfig
@@ -25,7 +27,7 @@ from adapterfleet.router.config import RouterConfig
 from adapterfleet.router.placement import PlacementConfig
 from adapterfleet.store.config import ADDRESS as DEFAULT_STORE
 from adapterfleet.store.config import PORT as STORE_PORT
-from adapterfleet.store.config import Limits, S3Config, StoreConfig
+from adapterfleet.store.config import REPLICATE_MODES, Limits, S3Config, StoreConfig
 from adapterfleet.worker.config import PORT as WORKER_PORT
 from adapterfleet.worker.config import WorkerConfig
 
@@ -55,7 +57,8 @@ def _serve_flags(s: argparse.ArgumentParser, drain_s: float) -> None:
     s.add_argument("--log-format", default="json", choices=["json", "text"], help="json: one object per line")
     s.add_argument("--metrics-port", type=int, default=MetricsConfig.port,
                    help="serve Prometheus /metrics on this port (0: off)")
-    s.add_argument("--metrics-host", default=MetricsConfig.host)
+    s.add_argument("--metrics-host", default=MetricsConfig.host,
+                   help="address /metrics binds (default: loopback only; 0.0.0.0 for a scraper on the network)")
     s.add_argument("--drain-seconds", type=float, default=drain_s,
                    help="on SIGTERM: stop taking new work, give in-flight requests this long, then exit")
 
@@ -83,13 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-secret-access-key")
     s.add_argument("--s3-part-mb", type=int, default=S3Config.part_size >> MIB_SHIFT,
                    help="multipart part size (S3's minimum is 5)")
+    s.add_argument("--s3-single-put-mb", type=int, default=S3Config.single_put_max >> MIB_SHIFT,
+                   help="blobs from --s3-part-mb up to this size go up as one streamed PUT completed after "
+                        "verification; larger ones as multipart (0: always multipart)")
+    s.add_argument("--s3-presign-expiry", type=float, default=S3Config.presign_expiry_s, metavar="SECONDS",
+                   help="fetches answer presigned GET URLs valid this long, and clients read blobs from S3 "
+                        "directly (0: every byte streams through the store)")
+    s.add_argument("--s3-presign-endpoint", metavar="URL",
+                   help="the S3 endpoint as clients reach it, for presigned URLs (default: --s3-endpoint)")
     s.add_argument("--data-dir", default=StoreConfig.data_dir)
     s.add_argument("--chunk-size", type=int, default=StoreConfig.chunk_size)
     s.add_argument("--max-file-mb", type=int, default=Limits.max_file_bytes >> MIB_SHIFT)
     s.add_argument("--max-rank", type=int, default=Limits.max_rank)
     s.add_argument("--blob-cache-mb", type=int, default=StoreConfig.blob_cache_bytes >> MIB_SHIFT,
                    help="in-memory cache of small blobs (0: off)")
+    rollout.add_store_flags(s)
+    s.add_argument("--primary", help="run a secondary region's store: replicate the primary store at this address "
+                                     "(HOST:PORT) and forward writes to it; --region names this region")
+    s.add_argument("--replicate", choices=REPLICATE_MODES,
+                   help="with --primary: copy blobs into this region's bucket on first fetch (lazy, the default) or "
+                        "as soon as a version is replicated (eager)")
     _serve_flags(s, StoreConfig.drain_s)
+    s = store.add_parser("status", help="the store's role and, in a secondary region, its replication: primary, "
+                                        "cursor, lag (events and seconds), blobs pending")
+    s.add_argument("--store", help=f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
 
     worker = sub.add_parser("worker", help="a worker: one base model, many adapters").add_subparsers(
         dest="worker_cmd", required=True)
@@ -112,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
                    help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
     s.add_argument("--advertise", default=WorkerConfig.advertise, help="address routers should use (default HOST:PORT)")
+    add_trust_key_flag(s)
     _serve_flags(s, WorkerConfig.drain_s)
 
     router = sub.add_parser("router", help="the router: affinity, bounded load, failover").add_subparsers(
@@ -123,14 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis-url", help="read the worker registry straight from the store's Redis")
     s.add_argument("--redis-prefix", default=RouterConfig.redis_prefix)
     s.add_argument("--region", default=RouterConfig.region)
+    s.add_argument("--fallback-router", action="append", metavar="ADDR",
+                   help="another region's router: what no healthy worker of this region can take goes there, once "
+                        "(repeatable, tried in order; ADAPTERFLEET_FALLBACK_ROUTER=A,B)")
     s.add_argument("--eps", type=float, default=PlacementConfig.eps, help="bounded load: load <= (1+eps) x average")
     s.add_argument("--hot-rps-per-copy", type=float, default=PlacementConfig.hot_requests_per_copy,
                    help="add a copy above this rate per copy")
     s.add_argument("--max-copies", type=int, default=PlacementConfig.max_copies)
+    s.add_argument("--route-ttl-seconds", type=float, default=RouterConfig.route_ttl_s,
+                   help="how long direct (lookaside) clients may reuse a Route answer")
+    s.add_argument("--version-report-seconds", type=float, default=RouterConfig.version_report_s,
+                   help="send per-version request/error/latency figures to the store this often, for rollout "
+                        "gates (0: off)")
     s.add_argument("--http-port", type=int, default=RouterConfig.http_port,
                    help="also serve an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
-                        "/v1/models) on this port (0: any free port; default: off)")
-    s.add_argument("--http-host", default=RouterConfig.http_host)
+                        "/v1/models) on this port (0: any free port; default: off). It is PLAINTEXT HTTP (no "
+                        "TLS, bearer tokens still checked): keep it on 127.0.0.1 or put a TLS proxy in front")
+    s.add_argument("--http-host", default=RouterConfig.http_host,
+                   help="address the plaintext HTTP API binds (default 127.0.0.1)")
     s.add_argument("--tokenizer", default=RouterConfig.tokenizer,
                    help="the base model's directory: its tokenizer's chat template serves /v1/chat/completions")
     _serve_flags(s, RouterConfig.drain_s)
@@ -164,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         target = s.add_mutually_exclusive_group(required=True)
         target.add_argument("--worker", help="worker address")
         target.add_argument("--router", help="router address")
+        s.add_argument("--direct", action="store_true",
+                       help="with --router: ask the router where to go, then stream straight to the worker "
+                            "(lookaside routing; the workers' addresses must be reachable from here)")
         s.add_argument("--adapter", default="", help="ref; none: the base model")
         s.add_argument("--prompt-ids", help="comma-separated token ids")
         s.add_argument("--json", action="store_true")
@@ -188,12 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True)
     s.add_argument("--alias", default="")
     s.add_argument("--parent", default="", help="canonical key of the version this was trained from")
+    add_sign_key_flag(s)
     s.add_argument("--json", action="store_true")
     store_flag(s)
 
     s = sub.add_parser("pull", help="download a version into a directory (verified)")
     s.add_argument("ref")
     s.add_argument("dir")
+    s.add_argument("--force", action="store_true",
+                   help="write into a DIR that is not empty and not an earlier pull of this adapter (only the "
+                        "adapter's own files are replaced; other files are kept)")
     s.add_argument("--json", action="store_true")
     store_flag(s)
 
@@ -241,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="")
     s.add_argument("--json", action="store_true", help="the output is JSON lines with or without it")
     store_flag(s)
+    rollout.add_parsers(sub, f"store address (default $ADAPTERFLEET_STORE or {DEFAULT_STORE})")
+    auth_cmd.add_parsers(sub)
+    add_revoke_parser(p, store_flag)
+    add_tls_flags(p)
+    add_auth_flags(p)
     return p
 
 
@@ -249,6 +293,8 @@ def require_extra(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     words = [args.command, getattr(args, f"{args.command}_cmd", None)]
     try:
         extras.require(" ".join(["adapterfleet", *filter(None, words)]))
+        if getattr(args, "sign_key", None) or getattr(args, "trust_key", None):
+            extras.require("adapterfleet.signing")  # signed adapters: push --sign-key, worker serve --trust-key
     except extras.MissingExtra as err:
         parser.exit(1, f"{err}\n")
 
@@ -289,7 +335,8 @@ def _reachable(args, err: AdapterFleetError) -> str | None:
         role = "worker" if args.worker else "router"
     elif args.command in ("worker", "router") and getattr(args, f"{args.command}_cmd") != "serve":
         role = args.command
-    elif args.command in commands.COMMANDS:  # the store's client commands
+    elif args.command in (*commands.COMMANDS, "rollout") or getattr(args, "store_cmd", None) == "status":
+        # the store's clients
         role = "store"
     else:
         return None

@@ -6,11 +6,13 @@ import asyncio
 import logging
 from pathlib import Path
 
-from adapterfleet.cli.flags import metrics_config
+from adapterfleet.cli.auth_flags import auth_config
+from adapterfleet.cli.flags import metrics_config, service_security
+from adapterfleet.cli.rollout import rollout_config
 from adapterfleet.common.embedded_redis import RedisProcess
-from adapterfleet.common.errors import Unavailable
+from adapterfleet.common.errors import InvalidArgument, Unavailable
 from adapterfleet.common.logs import configure_logging
-from adapterfleet.store.config import Limits, S3Config, StoreConfig
+from adapterfleet.store.config import Limits, ReplicaConfig, S3Config, StoreConfig
 
 log = logging.getLogger("adapterfleet.store")
 
@@ -23,12 +25,23 @@ def config_from_args(args) -> StoreConfig:
         validate_bucket_name(args.bucket)  # a clear refusal now, not a botocore traceback at the first call
         s3 = S3Config(endpoint_url=args.s3_endpoint, bucket=args.bucket, region=args.s3_region,
                       access_key_id=args.s3_access_key_id, secret_access_key=args.s3_secret_access_key,
-                      part_size=args.s3_part_mb << 20)
+                      part_size=args.s3_part_mb << 20, single_put_max=args.s3_single_put_mb << 20,
+                      presign_expiry_s=args.s3_presign_expiry,
+                      presign_endpoint_url=args.s3_presign_endpoint)
+    tls, security = service_security(args)
+    replica = None
+    if getattr(args, "primary", None):
+        replica = ReplicaConfig(primary=args.primary, replicate=args.replicate or "lazy")
+    elif getattr(args, "replicate", None):
+        raise InvalidArgument("--replicate applies to a secondary region's store: add --primary ADDR (the primary "
+                              "region's store)")
     return StoreConfig(
         host=args.host, port=args.port, redis_url=args.redis_url, redis_prefix=args.redis_prefix, s3=s3,
         data_dir=args.data_dir, region=args.region, chunk_size=args.chunk_size,
         limits=Limits(max_file_bytes=args.max_file_mb << 20, max_rank=args.max_rank),
         blob_cache_bytes=args.blob_cache_mb << 20, drain_s=args.drain_seconds, metrics=metrics_config(args),
+        tls=tls, security=security, reflection=args.reflection, replica=replica, auth=auth_config(args),
+        rollout=rollout_config(args),
     )
 
 

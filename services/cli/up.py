@@ -32,7 +32,9 @@ def run_up(args) -> int:
             else:
                 prompt = "--prompt 'hello'" if _has_tokenizer(Path(base)) else "--prompt-ids 1,2,3"
                 print(f"{fleet.describe()}\ntry:    adapterfleet generate --router {fleet.cfg.router_address} "
-                      f"{prompt} --json\n        curl -s {fleet.cfg.http_url}/models\nCtrl-C stops the fleet.",
+                      f"{prompt} --json\n        curl -s {fleet.cfg.http_url}/models"
+                      + (' -H "authorization: Bearer $ADAPTERFLEET_TOKEN"' if fleet.cfg.secure else "")
+                      + "\nCtrl-C stops the fleet.",
                       flush=True)
             if args.exit_after is not None:
                 time.sleep(args.exit_after)

@@ -13,3 +13,7 @@ CHANNEL_OPTIONS = [
 ]
 # metadata key carrying a call's id from the caller through the router into the worker's logs
 REQUEST_ID_HEADER = "x-request-id"
+# metadata key a router sets (to its region) on a call it hands to another region's router: never forwarded again
+FORWARDED_HEADER = "x-adapterfleet-forwarded-from"
+# metadata key carrying the caller's token ("Bearer <jwt>"), set by common.security, checked by the services
+AUTHORIZATION_HEADER = "authorization"

@@ -17,6 +17,10 @@ class AdapterFleetError(Exception):
         super().__init__(message)
         self.message = message
 
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Extra trailing metadata the status carries (e.g. a retry hint), beyond the error's type."""
+        return ()
+
 
 class InvalidArgument(AdapterFleetError):
     """The request or the adapter itself is malformed; retrying the same input cannot succeed."""
@@ -40,6 +44,16 @@ class FailedPrecondition(AdapterFleetError):
     """The system is not in a state that allows the operation (CAS conflict, yanked target, ...)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class SignatureRejected(FailedPrecondition):
+    """A worker or SDK with trusted keys refused an adapter version: unsigned, signed by no trusted key, or the
+    signature covers other files than the version's. Nothing of it was installed."""
+
+
+class UnsafeFileName(InvalidAdapter):
+    """A file name that could write outside its directory (a separator, '..', an absolute path, NUL, too long):
+    refused before any byte is written, whether a push sends it or a store serves it."""
 
 
 class AliasConflict(FailedPrecondition):
@@ -76,4 +90,26 @@ class DeadlineExceeded(AdapterFleetError):
 
 
 class PermissionDenied(AdapterFleetError):
+    """The caller's token is valid but does not allow this (wrong tenant or missing scope)."""
+
     code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(AdapterFleetError):
+    """No token, or one that is malformed, wrongly signed, expired or revoked."""
+
+    code = "UNAUTHENTICATED"
+
+
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata of a rate-limit refusal: wait this long before retrying
+
+
+class RateLimited(ResourceExhausted):
+    """A tenant is over its request rate or concurrent-stream limit; ``retry_after_s`` says when to retry."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_AFTER_KEY, str(max(1, round(self.retry_after_s * 1000)))),)

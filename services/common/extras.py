@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-_SERVER = ("grpc_health", "grpc_reflection", "prometheus_client")  # health, reflection, /metrics
+_AUTH = ("jwt", "cryptography")  # signed tokens: minted by `token create`, verified by every service
+_SERVER = ("grpc_health", "grpc_reflection", "prometheus_client", *_AUTH)  # health, reflection, /metrics, tokens
 _STORE = (*_SERVER, "boto3", "redis", "regex")  # regex: config patterns matched in bounded time (store.patterns)
 _WORKER = (*_SERVER, "torch", "transformers", "safetensors", "numpy", "regex")
 _ROUTER = (*_SERVER, "redis", "starlette", "uvicorn", "pydantic", "transformers", "jinja2")  # + the HTTP gateway
 _PEFT = ("peft", "torch", "transformers", "safetensors")
+_SIGNING = ("model_signing", "OpenSSL")  # signed adapters: push --sign-key, --trust-key, trust_key=
 
 
 def _union(*groups: Iterable[str]) -> tuple[str, ...]:
@@ -25,12 +27,14 @@ def _union(*groups: Iterable[str]) -> tuple[str, ...]:
 
 # extra -> the top-level import names it installs (beyond the base install)
 MODULES: dict[str, tuple[str, ...]] = {
+    "auth": _AUTH,
     "server": _SERVER,
     "store": _STORE,
     "worker": _WORKER,
     "router": _ROUTER,
     "peft": _PEFT,
-    "all": _union(_STORE, _WORKER, _ROUTER, _PEFT),
+    "signing": _SIGNING,
+    "all": _union(_STORE, _WORKER, _ROUTER, _PEFT, _SIGNING),
 }
 
 # what (a command as typed, or an SDK function) -> (the extra to install, the modules it imports)
@@ -38,11 +42,14 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "adapterfleet store serve": ("store", _STORE),
     "adapterfleet worker serve": ("worker", _WORKER),
     "adapterfleet router serve": ("router", _ROUTER),
+    "adapterfleet token create": ("auth", _AUTH),
+    "adapterfleet auth init": ("auth", _AUTH),
     "adapterfleet up": ("all", _union(_STORE, _WORKER, _ROUTER)),
     "adapterfleet demo": ("all", _union(_STORE, _WORKER, _ROUTER, _PEFT)),
     "adapterfleet.from_store": ("peft", _PEFT),
     "adapterfleet.load_adapter_from_store": ("peft", _PEFT),
     "adapterfleet.push_from_peft": ("peft", _PEFT),
+    "adapterfleet.signing": ("signing", _SIGNING),  # push --sign-key, worker --trust-key, trust_key=
 }
 
 

@@ -22,7 +22,7 @@ _BY_CODE: dict[str, type[errors.AdapterFleetError]] = {
     for cls in (
         errors.InvalidArgument, errors.NotFound, errors.AlreadyExists, errors.FailedPrecondition,
         errors.ChecksumMismatch, errors.ResourceExhausted, errors.Unavailable, errors.DeadlineExceeded,
-        errors.PermissionDenied,
+        errors.PermissionDenied, errors.Unauthenticated,
     )
 }
 
@@ -54,7 +54,8 @@ def error_from_rpc(err: grpc.RpcError) -> errors.AdapterFleetError:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, errors.AdapterFleetError):
-        await context.abort(status_of(exc), exc.message, trailing_metadata=((ERROR_TYPE_KEY, type(exc).__name__),))
+        await context.abort(status_of(exc), exc.message,
+                            trailing_metadata=((ERROR_TYPE_KEY, type(exc).__name__), *exc.trailing_metadata()))
     log.exception("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 

@@ -9,5 +9,5 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 0          # 0: no /metrics endpoint
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told: counters name adapters and tenants
     adapter_labels: int = 256  # distinct adapter names labelled before the rest count as "_other"

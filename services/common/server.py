@@ -1,4 +1,4 @@
-"""Build a grpc.aio server (apart from running it): error translation, health, reflection, options."""
+"""Build a grpc.aio server (apart from running it): error translation, health, TLS, reflection, options."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from adapterfleet.common.channel import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from adapterfleet.common.grpc_errors import ErrorInterceptor
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.observe import ObserveInterceptor
+from adapterfleet.common.tls import ServerTLS, server_credentials
 
 log = logging.getLogger("adapterfleet.server")
 
@@ -26,11 +26,15 @@ def create_server(
     metrics: ServiceMetrics,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_receive_bytes: int = MAX_MESSAGE_BYTES,
+    tls: ServerTLS | None = None,
+    reflection: bool = False,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Returns (server, bound port, health servicer). Every call gets a request id and is counted in ``metrics``
     (outermost, so it sees the final status); the auth interceptor will sit in ``interceptors``, inside
     ErrorInterceptor, which translates whatever it raises. ``max_receive_bytes`` bounds one request message:
-    gRPC refuses a bigger one (RESOURCE_EXHAUSTED) before decoding it. Call ``await server.start()`` to serve."""
+    gRPC refuses a bigger one (RESOURCE_EXHAUSTED) before decoding it. With ``tls`` the port speaks TLS only (mTLS
+    when it names a CA), its certificate reloaded when the files change; without, plaintext. ``reflection``
+    (off by default: it hands a stranger the whole API) serves grpc.reflection. Call ``await server.start()``."""
     options = list({**dict(CHANNEL_OPTIONS), "grpc.max_receive_message_length": max_receive_bytes}.items())
     server = grpc.aio.server(interceptors=[ObserveInterceptor(metrics), ErrorInterceptor(), *interceptors],
                              options=options)
@@ -38,8 +42,15 @@ def create_server(
         add(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    if reflection:
+        from grpc_reflection.v1alpha import reflection as grpc_reflection  # noqa: PLC0415 - only when asked for
+
+        grpc_reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME], server)
+    if tls is None:
+        log.warning("PLAINTEXT port on %s (--insecure): anyone who can reach it can read and forge calls; serve "
+                    "with --tls-cert/--tls-key/--tls-ca (`adapterfleet auth init DIR` makes them)", address)
+    port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port, health_servicer

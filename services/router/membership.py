@@ -11,6 +11,12 @@ draining) but that answered this router within the last ``keep_s`` stays in the 
 or its Redis longer than the records' TTL, every record has lapsed until the workers announce again, and the
 workers serving right now must not vanish meanwhile. One that stopped answering falls out ``keep_s`` after its last
 answer (sooner in effect: its breaker ejects it).
+
+Load. Requests this router proxies are counted exactly (its own in-flight). Requests that direct (lookaside)
+callers stream to workers themselves pass no router: while any are reported (``begun``/``ended``, from Route answers
+and callers' ReportRoutes, within ``lookaside_s``), a worker's load is this router's in-flight plus the estimate of
+the rest (``load.py``: its announcements and the callers' reports). ``benchmarks/routing_sim.py`` measures the
+placement goals on that estimate.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from adapterfleet.common.tiers import LOADING
 from adapterfleet.router.breaker import Breaker, BreakerConfig, State
 from adapterfleet.router.faults import Fault
+from adapterfleet.router.load import LoadEstimate
 from adapterfleet.router.placement import WorkerView
 from adapterfleet.store.workers import WorkerRecord
 
@@ -33,7 +40,8 @@ Source = Callable[[], Awaitable[list[WorkerRecord]]]
 
 class Membership:
     def __init__(self, source: Source, *, poll_s: float = 0.5, breaker: BreakerConfig | None = None,
-                 pending_s: float = 5.0, keep_s: float = 3.0, clock: Callable[[], float] = time.monotonic):
+                 pending_s: float = 5.0, keep_s: float = 3.0, clock: Callable[[], float] = time.monotonic,
+                 direct_hold_s: float = 5.0, lookaside_s: float = 10.0):
         self._source = source
         self._poll = poll_s
         self._keep_s = keep_s
@@ -46,14 +54,22 @@ class Membership:
         self.inflight: dict[str, int] = defaultdict(int)
         self._task: asyncio.Task | None = None
         self._views: list[WorkerView] | None = None
+        self._lookaside_s = lookaside_s
+        self._lookaside_until = -float("inf")  # direct callers reported within lookaside_s
+        self._direct = LoadEstimate(direct_hold_s)
 
     # --- refresh ------------------------------------------------------------------------------------------------
     async def refresh(self) -> None:
         records = await self._source()
         now, listed = self._clock(), {r.id for r in records}
         kept = {w: r for w, r in self._records.items() if w not in listed and self._answered_lately(w, now)}
+        for r in records:
+            old = self._records.get(r.id)
+            if old is None or old.load != r.load or old.adapters != r.adapters:  # a new announcement
+                self._direct.announced(r.id, r.load, self.inflight[r.id], now)
         self._records = kept | {r.id: r for r in records if not r.draining}
         self._breakers = {w: b for w, b in self._breakers.items() if w in self._records}
+        self._direct.forget(set(self._records))
         self._views = None
 
     def start(self) -> None:
@@ -133,6 +149,15 @@ class Membership:
             b.abandon()  # a probe whose outcome was recorded has cleared this already
         self._views = None
 
+    def direct(self, worker_id: str, begun: int = 0, ended: int = 0) -> None:
+        """A direct caller began ``begun`` and ended ``ended`` requests on ``worker_id`` itself (not through this
+        router): reported by Route answers and ReportRoutes."""
+        now = self._clock()
+        self._lookaside_until = now + self._lookaside_s
+        self._direct.begun(worker_id, max(0, begun), now)
+        self._direct.ended(worker_id, max(0, ended), now)
+        self._views = None
+
     def record(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)
 
@@ -143,9 +168,10 @@ class Membership:
     # --- the snapshot placement sees --------------------------------------------------------------------------------
     def views(self) -> list[WorkerView]:
         unsettled = any(b.ejected for b in self._breakers.values())  # OPEN turns HALF_OPEN with time
-        if self._views is not None and not self._pending and not unsettled:
-            return self._views
         now = self._clock()
+        lookaside = now < self._lookaside_until  # direct callers' reports age: recompute every time
+        if self._views is not None and not self._pending and not unsettled and not lookaside:
+            return self._views
         views = []
         for r in self._records.values():
             resident = dict(r.adapters)
@@ -157,6 +183,8 @@ class Membership:
             # This router's own in-flight count is exact and current; the announced load is up to a second old
             # and mostly our own traffic, so it would double-count. (Several routers each balance their share.)
             load = float(self.inflight[r.id])
+            if lookaside:  # direct callers' requests pass no router: announced and reported
+                load += self._direct.load(r.id, now)
             b = self._breakers.get(r.id)
             healthy = b is None or b.available(now)
             views.append(WorkerView(r.id, r.address, r.region, load, r.capacity, resident, healthy))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from adapterfleet.router.breaker import State
+from adapterfleet.router.version_stats import version_series
 
 
 class RouterCollector:
@@ -45,6 +46,8 @@ class RouterCollector:
         yield CounterMetricFamily("adapterfleet_router_replications", "extra copies asked for hot adapters",
                                   value=sum(x.replications for x in counters))
         yield from _workers(core.membership)
+        yield from _cross_region(core.fallback)
+        yield from version_series(core.versions)
         yield from _resolver(core.resolver)
 
 
@@ -80,3 +83,21 @@ def _resolver(resolver):
                             "has been down (0 while live)", value=resolver.stale_for())
     yield CounterMetricFamily("adapterfleet_router_store_watch_breaks", "outages of the store's change stream",
                               value=resolver.watch_breaks)
+
+
+def _cross_region(fallback):
+    """Requests handed to other regions' routers (and received from them): cross-region failover."""
+    out = CounterMetricFamily("adapterfleet_router_cross_region", "requests no worker of this region could take, "
+                              "forwarded to a fallback region's router, by router and outcome (answered; failed: "
+                              "the next fallback was tried)", labels=["router", "outcome"])
+    received = CounterMetricFamily("adapterfleet_router_cross_region_received", "requests another region's "
+                                   "router forwarded here, by its region", labels=["region"])
+    if fallback is not None:
+        for address in fallback.routers:
+            out.add_metric([address, "sent"], fallback.sent[address])
+            out.add_metric([address, "answered"], fallback.answered[address])
+            out.add_metric([address, "failed"], fallback.failed[address])
+        for region, n in sorted(fallback.received.items()):
+            received.add_metric([region], n)
+    yield out
+    yield received

@@ -21,15 +21,19 @@ from dataclasses import dataclass
 
 import grpc
 
+from adapterfleet.common import auth
 from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
 from adapterfleet.common.errors import AdapterFleetError, Unavailable
-from adapterfleet.common.grpc_errors import ERROR_TYPE_KEY, error_from_rpc
+from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.security import open_aio_channel
 from adapterfleet.router import faults
 from adapterfleet.router.config import RouterConfig
-from adapterfleet.router.faults import Fault, Verdict
+from adapterfleet.router.fallback import Fallback, HandOff
+from adapterfleet.router.faults import Fault, Verdict, verdict_of
 from adapterfleet.router.membership import Membership
 from adapterfleet.router.placement import Placement, WorkerView
 from adapterfleet.router.resolver import Resolver
+from adapterfleet.router.version_stats import Probe, VersionStats
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("adapterfleet.router")
@@ -48,8 +52,9 @@ class AdapterCounters:
 
 class RouterCore:
     def __init__(self, cfg: RouterConfig, membership: Membership, resolver: Resolver, placement: Placement,
-                 clock=time.monotonic):
+                 clock=time.monotonic, fallback: Fallback | None = None):
         self.cfg = cfg
+        self.fallback = fallback  # other regions' routers, for what no worker here can take (fallback.py)
         self.membership = membership
         self.resolver = resolver
         self.placement = placement
@@ -62,20 +67,23 @@ class RouterCore:
         self.retry_reasons: Counter[str] = Counter()               # attempts retried elsewhere, by reason
         self.failure_reasons: Counter[tuple[str, str]] = Counter()  # failed requests by (fault, reason)
         self.internal: Counter[str] = Counter()                     # INTERNAL answers per worker address
+        self.versions = VersionStats()  # per-version counts for rollout gates and /metrics (version_stats.py)
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=WORKER_CHANNEL_OPTIONS)
+            channel = self._channels[address] = open_aio_channel(address, self.cfg.security, WORKER_CHANNEL_OPTIONS)
         return worker_pb2_grpc.WorkerStub(channel)
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+        if self.fallback is not None:
+            await self.fallback.close()
 
     async def _pick(self, key: str, tried: set[str],
-                    last: tuple[Verdict, AdapterFleetError] | None = None) -> WorkerView:
+                    last: tuple[Verdict, AdapterFleetError] | None = None, sent: list[int] | None = None) -> WorkerView:
         """The next worker for ``key``; the first pick of a request also counts it (heat, hits) once. When nobody
         is left to try, the previous attempt's failure (``last``) is the answer."""
         views = self.membership.views()
@@ -85,6 +93,9 @@ class RouterCore:
                 await self.membership.refresh()
             views = self.membership.views()
             candidates = self.placement.choose(key, views, region=self.cfg.region, exclude=tried)
+        if not candidates and self.fallback is not None and self.fallback.may_hand_off():
+            raise HandOff(key, sent or [], last[1] if last else Unavailable(
+                f"no healthy worker of region {self.cfg.region} can take this request"))
         if not candidates and last is not None:
             self._count_failure(last[0].fault.value, last[0].reason)
             raise last[1]
@@ -94,19 +105,25 @@ class RouterCore:
                               "workers: check that workers run and announce to the store")
         worker = candidates[0]
         if key and not tried:
-            counters = self.adapters[key]
-            if key in worker.resident:
-                counters.hits += 1
-            else:
-                counters.misses += 1
-            self._replicate(key, views)
+            self.count_pick(key, worker, views)
         if key and key not in worker.resident:
             self.membership.expect(worker.id, key)  # it is about to load there: keep routing it there
         return worker
 
-    def _replicate(self, key: str, views: list[WorkerView]) -> None:
+    def count_pick(self, key: str, worker: WorkerView, views: list[WorkerView], n: int = 1) -> None:
+        """``n`` requests for ``key`` go to ``worker`` first (here, or by a direct caller's route): affinity
+        hits/misses, heat, and hot-adapter copies."""
+        counters = self.adapters[key]
+        if key in worker.resident:
+            counters.hits += n
+        else:
+            counters.misses += n
+        self._replicate(key, views, n)
+
+    def _replicate(self, key: str, views: list[WorkerView], n: int = 1) -> None:
         now = self._clock()
-        self.placement.record(key, now)
+        for _ in range(n):
+            self.placement.record(key, now)
         for worker in self.placement.replicas_to_add(key, views, now, region=self.cfg.region):
             if (key, worker.id) in self._loading:
                 continue
@@ -151,7 +168,8 @@ class RouterCore:
         if verdict.fault is Fault.INTERNAL:
             self.internal[worker.address] += 1
             error.message = f"{error.message} (worker {worker.address})"
-        if not verdict.fault.retry or attempt + 1 >= self.cfg.max_attempts:
+        last_try = attempt + 1 >= self.cfg.max_attempts and not (self.fallback and self.fallback.may_hand_off())
+        if not verdict.fault.retry or last_try:
             self._count_failure(verdict.fault.value, verdict.reason)
             raise error
         self.retries += 1
@@ -165,14 +183,52 @@ class RouterCore:
     # --- the API ----------------------------------------------------------------------------------------------------
     async def generate(self, request: worker_pb2.GenerateRequest, *, deadline: float | None,
                        request_id: str = "") -> AsyncIterator[worker_pb2.GenerateResponse]:
+        probe = self.versions.probe()  # counted per version: time to the first message, how it ended
+        try:
+            async for msg in self._generate_anywhere(request, deadline=deadline, request_id=request_id, probe=probe):
+                probe.first()
+                yield msg
+        except AdapterFleetError as err:
+            probe.failed(err)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            probe.cancelled()
+            raise
+        probe.ok()
+
+    async def _generate_anywhere(self, request: worker_pb2.GenerateRequest, *, deadline: float | None,
+                                 request_id: str, probe: Probe) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        """Here, or (HandOff: no worker here can finish it) at a fallback region's router."""
+        if self.fallback is not None:
+            self.fallback.count_received()
+        request_id = request_id or uuid.uuid4().hex  # the same id here and in the other region
+        started = False
+        try:
+            async for msg in self._generate(request, deadline=deadline, request_id=request_id, probe=probe):
+                started = True
+                yield msg
+        except HandOff as hand:
+            assert self.fallback is not None
+            async for msg in self.fallback.generate(request, hand, deadline=deadline, request_id=request_id):
+                yield msg
+        except Unavailable as err:  # before any worker: this region's store cannot resolve the adapter now
+            if started or self.fallback is None or not self.fallback.may_hand_off():
+                raise
+            async for msg in self.fallback.generate(request, HandOff("", [], err), deadline=deadline,
+                                                    request_id=request_id):
+                yield msg
+
+    async def _generate(self, request: worker_pb2.GenerateRequest, *, deadline: float | None, request_id: str,
+                        probe: Probe) -> AsyncIterator[worker_pb2.GenerateResponse]:
         self.requests += 1
-        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
-        key = await self.resolver.key(request.adapter, request.routing_key)
+        # the caller's own token goes on to the worker, which checks it again (defence in depth)
+        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex), *auth.forward_metadata())
+        key = probe.key = await self.resolver.key(request.adapter, request.routing_key)
         sent: list[int] = []
         tried: set[str] = set()
         last: tuple[Verdict, AdapterFleetError] | None = None
         for attempt in range(self.cfg.max_attempts):
-            worker = await self._pick(key, tried, last)
+            worker = await self._pick(key, tried, last, sent)
             tried.add(worker.id)
             forward = worker_pb2.GenerateRequest()
             forward.CopyFrom(request)
@@ -207,13 +263,46 @@ class RouterCore:
                 self.membership.end(worker.id)
             self._failed(worker, verdict, error, attempt)
             last = verdict, error
+        if last is not None and self.fallback is not None and self.fallback.may_hand_off():
+            raise HandOff(key, sent, last[1])
         raise Unavailable(f"no worker finished the request after {self.cfg.max_attempts} attempts")
 
     async def score(self, request: worker_pb2.ScoreRequest, *, deadline: float | None,
                     request_id: str = "") -> worker_pb2.ScoreResponse:
+        probe = self.versions.probe()  # counted per version: time to the answer, how it ended
+        try:
+            result = await self._score_anywhere(request, deadline=deadline, request_id=request_id, probe=probe)
+        except AdapterFleetError as err:
+            probe.failed(err)
+            raise
+        except asyncio.CancelledError:
+            probe.cancelled()
+            raise
+        probe.ok()
+        return result
+
+    async def _score_anywhere(self, request: worker_pb2.ScoreRequest, *, deadline: float | None, request_id: str,
+                              probe: Probe) -> worker_pb2.ScoreResponse:
+        """Here, or (HandOff: no worker here can answer it) at a fallback region's router."""
+        if self.fallback is not None:
+            self.fallback.count_received()
+        request_id = request_id or uuid.uuid4().hex  # the same id here and in the other region
+        try:
+            return await self._score(request, deadline=deadline, request_id=request_id, probe=probe)
+        except HandOff as hand:
+            assert self.fallback is not None
+            return await self.fallback.score(request, hand, deadline=deadline, request_id=request_id)
+        except Unavailable as err:  # this region's store cannot resolve the adapter now (workers fail as HandOff)
+            if self.fallback is None or not self.fallback.may_hand_off():
+                raise
+            return await self.fallback.score(request, HandOff("", [], err), deadline=deadline, request_id=request_id)
+
+    async def _score(self, request: worker_pb2.ScoreRequest, *, deadline: float | None, request_id: str,
+                     probe: Probe) -> worker_pb2.ScoreResponse:
         self.requests += 1
-        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
-        key = await self.resolver.key(request.adapter, request.routing_key)
+        # the caller's own token goes on to the worker, which checks it again (defence in depth)
+        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex), *auth.forward_metadata())
+        key = probe.key = await self.resolver.key(request.adapter, request.routing_key)
         forward = worker_pb2.ScoreRequest()
         forward.CopyFrom(request)
         forward.adapter = key
@@ -239,17 +328,11 @@ class RouterCore:
                 self.membership.end(worker.id)
             self._failed(worker, verdict, error, attempt)
             last = verdict, error
+        if last is not None and self.fallback is not None and self.fallback.may_hand_off():
+            raise HandOff(key, [], last[1])
         raise Unavailable(f"no worker answered after {self.cfg.max_attempts} attempts")
 
     def affinity_hit_rate(self) -> float:
         hits = sum(c.hits for c in self.adapters.values())
         total = hits + sum(c.misses for c in self.adapters.values())
         return hits / total if total else 0.0
-
-
-def verdict_of(err: grpc.RpcError, *, own_deadline: bool = False) -> Verdict:
-    """A failed call's status (and the worker's error type, from trailing metadata) -> whose fault it is."""
-    trailing = dict(err.trailing_metadata() or ())
-    code = err.code().name if err.code() is not None else "UNKNOWN"
-    return faults.classify(code, str(trailing.get(ERROR_TYPE_KEY, "")), err.details() or "",
-                           own_deadline=own_deadline)

@@ -6,9 +6,13 @@ import time
 
 import grpc
 
+from adapterfleet.common import auth
 from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.logs import request_id
+from adapterfleet.common.tiers import tier_to_pb
+from adapterfleet.router import fallback
 from adapterfleet.router.proxy import RouterCore
+from adapterfleet.router.route import Lookaside, Outcome
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2_grpc
 
 
@@ -51,18 +55,40 @@ class RouterWorkerServicer(worker_pb2_grpc.WorkerServicer):
         await _per_worker(context, "Stats")
 
     async def Generate(self, request, context):
-        async for msg in self.core.generate(request, deadline=_deadline(context), request_id=_request_id(context)):
-            yield msg
+        auth.require(auth.SERVE, "generating", auth.ref_name(request.adapter))  # the worker checks again
+        with fallback.receiving(fallback.forwarded_from(context)):  # a call another region forwarded stays here
+            async for msg in self.core.generate(request, deadline=_deadline(context),
+                                                request_id=_request_id(context)):
+                yield msg
 
     async def Score(self, request, context):
-        return await self.core.score(request, deadline=_deadline(context), request_id=_request_id(context))
+        auth.require(auth.SERVE, "scoring", auth.ref_name(request.adapter))
+        with fallback.receiving(fallback.forwarded_from(context)):
+            return await self.core.score(request, deadline=_deadline(context), request_id=_request_id(context))
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, core: RouterCore):
+    def __init__(self, core: RouterCore, lookaside: Lookaside | None = None):
         self.core = core
+        self.lookaside = lookaside or Lookaside(core)
+
+    async def Route(self, request, context):
+        auth.require(auth.SERVE, "routing", auth.ref_name(request.adapter))
+        route = await self.lookaside.route(request.adapter, request.routing_key, frozenset(request.exclude))
+        return router_pb2.RouteResponse(
+            adapter_key=route.key, ttl_seconds=route.ttl_s,
+            candidates=[router_pb2.RouteCandidate(address=w.address, worker_id=w.id, region=w.region, load=w.load,
+                                                  tier=tier_to_pb(w.resident.get(route.key, "")))
+                        for w in route.candidates])
+
+    async def ReportRoutes(self, request, context):
+        auth.require(auth.SERVE, "reporting routes")
+        self.lookaside.report(Outcome(o.adapter_key, o.worker_id, o.requests, o.retries, o.failed, o.finished)
+                              for o in request.outcomes[:10_000])
+        return router_pb2.RouteReportAck()
 
     async def Stats(self, request, context):
+        auth.require_service(auth.ADMIN, "the router's stats")
         core = self.core
         now = core._clock()  # noqa: SLF001 - the same clock the placement heat uses
         views = core.membership.views()

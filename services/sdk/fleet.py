@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from adapterfleet.common.channel import CHANNEL_OPTIONS, REQUEST_ID_HEADER
+from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.common.grpc_errors import error_from_rpc
+from adapterfleet.common.security import ClientSecurity, open_channel
+from adapterfleet.common.security_config import PathLike, client_security
 from adapterfleet.sdk.admin import AdapterState, WorkerStats, load_request, state_of, worker_stats_of, wrong_service
+from adapterfleet.sdk.direct import DirectRouter
 from adapterfleet.sdk.logprobs import TokenLogprobs, logprobs_of
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
@@ -214,17 +217,27 @@ class FleetClient:
     """A blocking client of the router (or one worker). No connection is made until the first call.
 
     At a router: generate, stream, score, stats. At a worker: the same inference calls, and the worker's adapters
-    (load_adapter, unload_adapter, pin, resident, worker_stats)."""
+    (load_adapter, unload_adapter, pin, resident, worker_stats).
+    ``tls_ca`` (the CA that signed the server's certificate) turns TLS on; ``tls_cert``/``tls_key`` add a client
+    certificate (mTLS); ``token`` is sent as ``authorization: Bearer ...``. Or pass one ``security=ClientSecurity``.
+    ``direct=True`` (at a router): ask the router where to go and stream to the worker itself (lookaside routing,
+    :mod:`adapterfleet.sdk.direct`); workers must be reachable from here, with the same security."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, metadata: Metadata = ()):
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, metadata: Metadata = (),
+                 tls_ca: PathLike = None, tls_cert: PathLike = None, tls_key: PathLike = None,
+                 token: str | None = None, security: ClientSecurity | None = None, direct: bool = False):
         self.address = address
         self.timeout = timeout
         self.metadata = tuple(metadata)
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.security = client_security(security, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+        self._channel = open_channel(address, self.security)
         self._worker = worker_pb2_grpc.WorkerStub(self._channel)
         self._router = router_pb2_grpc.RouterStub(self._channel)
+        self._direct = DirectRouter(self._channel, self.security) if direct else None
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._channel.close()
 
     def __enter__(self) -> FleetClient:
@@ -253,8 +266,12 @@ class FleetClient:
                                    stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
                                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                                    frequency_penalty=frequency_penalty)
-        call = self._worker.Generate(request, timeout=self._timeout(timeout),
-                                     metadata=call_metadata(self.metadata, rid))
+        if self._direct is not None:
+            call = self._direct.generate(request, timeout=self._timeout(timeout),
+                                         metadata=call_metadata(self.metadata, rid))
+        else:
+            call = self._worker.Generate(request, timeout=self._timeout(timeout),
+                                         metadata=call_metadata(self.metadata, rid))
         return GenerationStream(call, rid)
 
     def generate(self, prompt: str | Sequence[int], *, adapter: str = "", max_new_tokens: int = 16,
@@ -281,9 +298,9 @@ class FleetClient:
         """Log-probabilities of each token given the ones before it, on ``adapter``."""
         rid = new_request_id(request_id)
         request = score_request(text_or_ids, adapter=adapter, routing_key=routing_key)
+        score = self._direct.score if self._direct is not None else self._worker.Score
         try:
-            reply = self._worker.Score(request, timeout=self._timeout(timeout),
-                                       metadata=call_metadata(self.metadata, rid))
+            reply = score(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
         except grpc.RpcError as err:
             raise typed_error(err, rid) from None
         return Scores(list(reply.logprobs), reply.adapter_key, rid)

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from adapterfleet.common.channel import CHANNEL_OPTIONS
+from adapterfleet.common.security import ClientSecurity, open_aio_channel
+from adapterfleet.common.security_config import PathLike, client_security
 from adapterfleet.sdk.admin import AdapterState, WorkerStats, load_request, state_of, worker_stats_of
+from adapterfleet.sdk.direct_aio import AsyncDirectRouter
 from adapterfleet.sdk.fleet import (
     DEFAULT_ADDRESS,
     Accumulator,
@@ -56,20 +58,34 @@ class AsyncGenerationStream(AsyncIterator[GenerationChunk]):
 
 
 class AsyncFleetClient:
-    """An asyncio client of the router (or one worker); same calls as FleetClient, awaited."""
+    """An asyncio client of the router (or one worker); same calls (and security keywords) as FleetClient,
+    awaited. ``direct=True``: lookaside routing, as for FleetClient."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, metadata: Metadata = ()):
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None, metadata: Metadata = (),
+                 tls_ca: PathLike = None, tls_cert: PathLike = None, tls_key: PathLike = None,
+                 token: str | None = None, security: ClientSecurity | None = None, direct: bool = False):
         self.address = address
         self.timeout = timeout
         self.metadata = tuple(metadata)
+        self.security = client_security(security, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
         self._channel: grpc.aio.Channel | None = None
+        self._direct_on = direct
+        self._direct: AsyncDirectRouter | None = None
+
+    def _direct_router(self) -> AsyncDirectRouter | None:
+        if self._direct_on and self._direct is None:
+            self._direct = AsyncDirectRouter(self._stubs()[1], self.security)
+        return self._direct
 
     def _stubs(self) -> tuple[worker_pb2_grpc.WorkerStub, router_pb2_grpc.RouterStub]:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._channel = open_aio_channel(self.address, self.security)
         return worker_pb2_grpc.WorkerStub(self._channel), router_pb2_grpc.RouterStub(self._channel)
 
     async def close(self) -> None:
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            await direct.close()
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await channel.close()
@@ -98,7 +114,11 @@ class AsyncFleetClient:
                                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                                    frequency_penalty=frequency_penalty)
         worker, _ = self._stubs()
-        call = worker.Generate(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
+        direct = self._direct_router()
+        if direct is not None:
+            call = direct.generate(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
+        else:
+            call = worker.Generate(request, timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
         return AsyncGenerationStream(call, rid)
 
     async def generate(self, prompt: str | Sequence[int], *, adapter: str = "", max_new_tokens: int = 16,
@@ -125,8 +145,10 @@ class AsyncFleetClient:
         """Log-probabilities of each token given the ones before it, on ``adapter``."""
         rid = new_request_id(request_id)
         worker, _ = self._stubs()
+        direct = self._direct_router()
+        score = direct.score if direct is not None else worker.Score
         try:
-            reply = await worker.Score(score_request(text_or_ids, adapter=adapter, routing_key=routing_key),
+            reply = await score(score_request(text_or_ids, adapter=adapter, routing_key=routing_key),
                                        timeout=self._timeout(timeout), metadata=call_metadata(self.metadata, rid))
         except grpc.RpcError as err:
             raise typed_error(err, rid) from None

@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapterfleet.common.errors import ChecksumMismatch
+from adapterfleet.common.errors import ChecksumMismatch, UnsafeFileName
+from adapterfleet.common.security_config import ClientSecurity, PathLike, client_security
 from adapterfleet.store.client import PushOutcome, Resolved, StoreClient, hash_file
+from adapterfleet.store.direct_fetch import DirectFetchConfig
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.listing import AdapterSummary
 from adapterfleet.store.manifest import BaseModelIdentity, Manifest
@@ -60,13 +62,21 @@ def _expectation(expect: TargetsLike | str | None) -> Targets | str | None:
 
 
 class AdapterStore:
-    """A client of the adapter store. No connection is made until the first call; use as a context manager."""
+    """A client of the adapter store. No connection is made until the first call; use as a context manager.
+
+    ``tls_ca`` (the CA that signed the store's certificate) turns TLS on; ``tls_cert``/``tls_key`` add a client
+    certificate (mTLS); ``token`` is sent as ``authorization: Bearer ...``. Or pass one ``security=ClientSecurity``."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = None,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, tls_ca: PathLike = None, tls_cert: PathLike = None,
+                 tls_key: PathLike = None, token: str | None = None, security: ClientSecurity | None = None,
+                 direct: DirectFetchConfig | None = None):
         self.address = address
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache/adapterfleet/adapters"
-        self.client = StoreClient(address, timeout=timeout)  # the underlying blocking client (grpc connects lazily)
+        self.security = client_security(security, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+        # the underlying blocking client (grpc connects lazily)
+        # ``direct``: how blobs are read by presigned URL straight from S3 (default on; the store's stream otherwise)
+        self.client = StoreClient(address, timeout=timeout, security=self.security, direct=direct)
 
     def close(self) -> None:
         self.client.close()
@@ -79,21 +89,24 @@ class AdapterStore:
 
     # --- push / pull -------------------------------------------------------------------------------------------
     def push(self, directory: str | os.PathLike, name: str, *, alias: str = "", parent: str = "",
-             base_model: BaseModelIdentity | None = None) -> PushOutcome:
+             base_model: BaseModelIdentity | None = None, sign_key: str | os.PathLike | None = None) -> PushOutcome:
         """Push a PEFT adapter directory as the next version of ``name`` (identical content: the same version).
-        ``base_model`` records what it was trained on; workers whose base has another fingerprint refuse it."""
-        return self.client.push_dir(directory, name, alias=alias, parent=parent, base_model=base_model)
+        ``base_model`` records what it was trained on; workers whose base has another fingerprint refuse it.
+        ``sign_key`` (a PEM EC private key) signs the files (OpenSSF Model Signing; ``adapterfleet[signing]``)."""
+        return self.client.push_dir(directory, name, alias=alias, parent=parent, base_model=base_model,
+                                    sign_key=sign_key)
 
-    def pull(self, ref: str, dest: str | os.PathLike | None = None) -> Path:
+    def pull(self, ref: str, dest: str | os.PathLike | None = None, *, force: bool = False) -> Path:
         """Download ``ref`` (verified) into ``dest``, or into the local cache when ``dest`` is None; the path.
 
-        An existing ``dest`` is replaced, whole, once every byte has been verified."""
-        return self.pull_adapter(ref, dest).path
+        An existing ``dest`` must be empty or an earlier pull of the same adapter name, unless ``force``; only the
+        adapter's own files in it are replaced (other files are kept). Nothing is written outside ``dest``."""
+        return self.pull_adapter(ref, dest, force=force).path
 
-    def pull_adapter(self, ref: str, dest: str | os.PathLike | None = None) -> LocalAdapter:
+    def pull_adapter(self, ref: str, dest: str | os.PathLike | None = None, *, force: bool = False) -> LocalAdapter:
         """Like :meth:`pull`, also returning the manifest (and so the canonical key) of what was pulled."""
         if dest is not None:
-            return LocalAdapter(Path(dest), self.client.pull(ref, dest))
+            return LocalAdapter(Path(dest), self.client.pull(ref, dest, force=force))
         parsed = Ref.parse(ref)
         manifest = self._cached_manifest(parsed) if parsed.digest else None
         if manifest is None:
@@ -105,7 +118,7 @@ class AdapterStore:
         with self._lock(hexdigest):
             if _intact(directory, manifest):  # another process pulled it while we waited
                 return LocalAdapter(directory, manifest)
-            pulled = self.client.pull(str(manifest.key), directory)
+            pulled = self.client.pull(str(manifest.key), directory, force=True)  # the cache's own directory
             if pulled.digest != manifest.digest:
                 raise ChecksumMismatch(f"asked the store for {manifest.key}, it sent {pulled.key}")
             write_atomic(self._root / f"{hexdigest}.manifest.json", pulled.to_json())
@@ -121,7 +134,7 @@ class AdapterStore:
         path = self._root / f"{ref.digest[len(DIGEST_PREFIX):]}.manifest.json"
         try:
             manifest = Manifest.from_json(path.read_text())
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, UnsafeFileName):
             return None
         return manifest if manifest.name == ref.name and manifest.digest == ref.digest else None
 

@@ -18,18 +18,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_safetensors
 
-from adapterfleet.common.errors import ChecksumMismatch, Incompatible, InvalidAdapter
+from adapterfleet.common.errors import ChecksumMismatch, Incompatible, InvalidAdapter, UnsafeFileName
+from adapterfleet.common.signing import TrustPolicy
 from adapterfleet.store.adapter_config import parse_adapter_config
 from adapterfleet.store.client import StoreClient
+from adapterfleet.store.filenames import inside
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.refs import AdapterKey
 from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.tensor_bytes import load_tensors
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
+META = ".manifest.json"  # inside an entry, beside the adapter's files (whose names never start with '.')
 
 
 def verify_files(manifest: Manifest, files: dict[str, bytes]) -> None:
@@ -43,8 +46,9 @@ def verify_files(manifest: Manifest, files: dict[str, bytes]) -> None:
 
 class WorkerBackend:
     def __init__(self, store: StoreClient, lora: LoraModel, *, fingerprint: str, disk_dir: str | Path,
-                 dtype: torch.dtype, device: torch.device, max_rank: int = 256):
+                 dtype: torch.dtype, device: torch.device, max_rank: int = 256, trust: TrustPolicy | None = None):
         self._store = store
+        self._trust = trust or TrustPolicy()
         self._lora = lora
         self._fingerprint = fingerprint
         self._disk = Path(disk_dir)
@@ -57,7 +61,14 @@ class WorkerBackend:
         manifest, files = self._store.fetch(key)  # every byte checked against the manifest's sha256
         if str(manifest.key) != key:
             raise ChecksumMismatch(f"asked the store for {key} but got {manifest.key}")
+        self.check_signature(manifest)
         return manifest, files
+
+    def check_signature(self, manifest: Manifest) -> None:
+        """With trusted keys: the version's signature verifies with one trusted for its tenant and covers exactly
+        its files, whose sha256 are those of the bytes held (checked on arrival, or on reading the disk copy);
+        SignatureRejected (FAILED_PRECONDITION) before anything is parsed, installed or saved."""
+        self._trust.verify(manifest.key, manifest.signature, {e.name: e.sha256 for e in manifest.files})
 
     def parse(self, manifest: Manifest, files: dict[str, bytes]) -> AdapterWeights:
         """``files`` come verified from ``fetch`` or ``load_disk``; hashing them again here would only add time."""
@@ -69,9 +80,9 @@ class WorkerBackend:
                 "that base model")
         spec = parse_adapter_config(files[CONFIG], max_rank=self._max_rank)
         raw = files[WEIGHTS]
-        parse_header(raw[:header_bytes_needed(raw[:8]) or 8], len(raw))  # bounds-checked before safetensors
+        header = parse_header(raw[:header_bytes_needed(raw[:8]) or 8], len(raw))  # bounds-checked before any read
         try:
-            tensors = load_safetensors(raw)
+            tensors = load_tensors(raw, header)  # views of the verified bytes (a direct read's bytearray): no copy
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise InvalidAdapter(f"{manifest.key}: {WEIGHTS} cannot be read: {err}") from None
         weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()})
@@ -120,9 +131,9 @@ class WorkerBackend:
             tmp = Path(tempfile.mkdtemp(dir=self._disk, prefix=TMP_PREFIX))
             try:
                 for name, data in files.items():
-                    (tmp / name).write_bytes(data)
+                    inside(tmp, name).write_bytes(data)  # names checked on arrival; proven inside tmp again
                 meta = json.dumps({"json": manifest.to_json(), "version": manifest.version})
-                (tmp / "manifest.json").write_text(meta)
+                (tmp / META).write_text(meta)  # a dot name: never one of the adapter's files
                 os.replace(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -133,16 +144,17 @@ class WorkerBackend:
         """The files as saved, re-verified (digest of the manifest and sha256 of every file), or None."""
         with self._locked(key) as directory:
             try:
-                meta = json.loads((directory / "manifest.json").read_text())
+                meta = json.loads((directory / META).read_text())
                 manifest = Manifest.from_json(meta["json"], version=meta["version"])
                 if str(manifest.key) != key:
                     raise ChecksumMismatch("manifest on disk does not match its key")
-                files = {e.name: (directory / e.name).read_bytes() for e in manifest.files}
+                files = {e.name: inside(directory, e.name).read_bytes() for e in manifest.files}
                 verify_files(manifest, files)
-                return manifest, files
-            except (OSError, ValueError, KeyError, ChecksumMismatch):
+            except (OSError, ValueError, KeyError, ChecksumMismatch, UnsafeFileName):
                 shutil.rmtree(directory, ignore_errors=True)
                 return None
+        self.check_signature(manifest)  # the disk may be shared with a worker that trusts other keys
+        return manifest, files
 
     def drop_disk(self, key: str) -> None:
         with self._locked(key) as directory:

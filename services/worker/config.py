@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapterfleet.common.auth_config import AuthConfig
 from adapterfleet.common.metrics_config import MetricsConfig
+from adapterfleet.common.security_config import INSECURE, ClientSecurity, ServerTLS
+from adapterfleet.store.direct_fetch import DirectFetchConfig
 
 PORT = 50061  # where `adapterfleet worker serve` listens unless told otherwise (WorkerConfig's 0: any free port)
 
@@ -34,3 +37,11 @@ class WorkerConfig:
     announce_ttl_s: float = 3.0      # a worker that stops announcing is out after this
     drain_s: float = 10.0            # on SIGTERM: in-flight requests get this long to finish
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # blobs by presigned URL straight from S3 when the store gives them (no S3 credentials needed here)
+    direct: DirectFetchConfig = field(default_factory=DirectFetchConfig)
+    # signed adapters: "PEM" (every tenant) or "TENANT=PEM" public keys; any set -> only signed adapters install
+    trust_keys: tuple[str, ...] = ()
+    tls: ServerTLS | None = None      # None: a plaintext port (the CLI allows that only with --insecure)
+    security: ClientSecurity = INSECURE  # what this service presents when it calls other services (TLS, token)
+    reflection: bool = False          # serve grpc.reflection (off: it lists the whole API to anyone)
+    auth: AuthConfig = field(default_factory=AuthConfig)  # tokens verified here (no public key: auth off)

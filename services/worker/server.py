@@ -8,9 +8,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from adapterfleet.common.auth import make_authenticator, server_interceptors
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.server import create_server, drain_when_signalled, mark_draining, mark_serving, metrics_note
+from adapterfleet.common.signing import TrustPolicy
+from adapterfleet.common.tokens import worker_id_of
+from adapterfleet.store.aio_client import AsyncStoreClient
 from adapterfleet.store.client import StoreClient
+from adapterfleet.store.revocation_follow import RevocationFollower
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.announcer import Announcer
 from adapterfleet.worker.backend import WorkerBackend
@@ -35,8 +40,16 @@ class WorkerServer:
     announcer: Announcer
     _health: object
     metrics_port: int = 0  # the /metrics endpoint once started (0: none)
+    revocations: RevocationFollower | None = None  # with auth on: revoked token ids, followed from the store
+    revocation_store: AsyncStoreClient | None = None
 
     async def start(self) -> None:
+        if self.revocations is not None:  # a store that is down must not keep the worker from serving
+            try:
+                await asyncio.wait_for(self.revocations.sync(), 5.0)
+            except Exception as err:  # noqa: BLE001 - the follower keeps trying
+                log.warning("revoked tokens not known yet (%s); following the store for them", str(err)[:200])
+            self.revocations.start()
         self.core.engine.start()
         await self.server.start()
         await mark_serving(self._health, [SERVICE_NAME])
@@ -49,6 +62,10 @@ class WorkerServer:
         await mark_draining(self._health, [SERVICE_NAME])
         await self.announcer.stop()
         await self.server.stop(grace)
+        if self.revocations is not None:
+            await self.revocations.stop()
+        if self.revocation_store is not None:
+            await self.revocation_store.close()
         self.core.engine.stop()
         self.core.metrics.close()
 
@@ -57,9 +74,9 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
     host = host or ModelHost.load(cfg.base_model, cfg.device, cfg.dtype)
     metrics = metrics or ServiceMetrics("worker", cfg.metrics)
     lora = LoraModel(host.model, max_slots=cfg.max_slots)
-    store = StoreClient(cfg.store)
+    store = StoreClient(cfg.store, security=cfg.security, direct=cfg.direct)
     backend = WorkerBackend(store, lora, fingerprint=host.fingerprint, disk_dir=cfg.disk_dir, dtype=host.dtype,
-                            device=host.device, max_rank=cfg.max_rank)
+                            device=host.device, max_rank=cfg.max_rank, trust=TrustPolicy.from_specs(cfg.trust_keys))
     cache = AdapterCache(backend, max_slots=cfg.max_slots, host_bytes=cfg.host_bytes, disk_bytes=cfg.disk_bytes,
                          slot_wait_s=cfg.slot_wait_s, on_load=load_histogram(metrics).observe)
     engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch,
@@ -71,12 +88,20 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
 
 def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:
     servicer = WorkerServicer(core)
+    authenticator = make_authenticator(cfg.auth)
+    follower = revocation_store = None
+    if authenticator is not None:  # workers follow revocations from the store's event stream themselves
+        revocation_store = AsyncStoreClient(cfg.store, security=cfg.security, timeout=10.0)
+        follower = RevocationFollower(revocation_store, authenticator.revocations)
     server, port, health = create_server(
         f"{cfg.host}:{cfg.port}", [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s)],
-        [SERVICE_NAME], core.metrics)
+        [SERVICE_NAME], core.metrics, tls=cfg.tls, reflection=cfg.reflection,
+        interceptors=server_interceptors(authenticator))
     announcer = Announcer(core, cfg.store, cfg.advertise or f"{cfg.host}:{port}", every_s=cfg.announce_every_s,
-                          ttl_s=cfg.announce_ttl_s)
-    return WorkerServer(server, port, core, announcer, health)
+                          ttl_s=cfg.announce_ttl_s, security=cfg.security,
+                          worker_id=worker_id_of(cfg.security.token) or "")  # a worker token names its worker
+    return WorkerServer(server, port, core, announcer, health, revocations=follower,
+                        revocation_store=revocation_store)
 
 
 async def serve(cfg: WorkerConfig, on_ready=None) -> None:

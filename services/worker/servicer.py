@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from adapterfleet.common import auth
 from adapterfleet.common.tiers import ACTIVE, DISK, HOST, LOADING, tier_from_pb, tier_to_pb
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.cache import Entry
@@ -31,10 +32,14 @@ def logprobs_pb(lp: TokenLogprobs) -> worker_pb2.TokenLogprobs:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    """Authorization (adapterfleet.common.auth) first: serving needs `serve` on the adapter's tenant; Unload and Pin
+    are an operator's (`admin`); Stats and ListResident show every tenant's adapters (service identities)."""
+
     def __init__(self, core: WorkerCore):
         self.core = core
 
     async def Generate(self, request, context):
+        auth.require(auth.SERVE, "generating", auth.ref_name(request.adapter))
         params = GenerateParams(
             adapter=request.adapter, prompt=request.prompt, prompt_ids=tuple(request.prompt_ids),
             max_new_tokens=request.max_new_tokens or 16, sampling=sampling_from_pb(request.sampling),
@@ -48,23 +53,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                                               completion_tokens=c.completion_tokens)
 
     async def Score(self, request, context):
+        auth.require(auth.SERVE, "scoring", auth.ref_name(request.adapter))
         key, logprobs = await self.core.score(request.adapter, tuple(request.token_ids), request.text,
                                               request.routing_key)
         return worker_pb2.ScoreResponse(logprobs=logprobs, adapter_key=key)
 
     async def LoadAdapter(self, request, context):
+        auth.require(auth.SERVE, "loading an adapter", auth.ref_name(request.ref) or "")
         return state_pb(await self.core.load(request.ref, request.pin, tier_from_pb(request.tier)), self.core)
 
     async def UnloadAdapter(self, request, context):
+        auth.require(auth.ADMIN, "unloading an adapter", auth.ref_name(request.ref) or "")
         return worker_pb2.UnloadAdapterResponse(unloaded=await self.core.unload(request.ref))
 
     async def Pin(self, request, context):
+        auth.require(auth.ADMIN, "pinning an adapter", auth.ref_name(request.ref) or "")
         return state_pb(await self.core.pin(request.ref, request.pinned), self.core)
 
     async def ListResident(self, request, context):
+        auth.require_service(auth.ADMIN, "listing a worker's adapters")
         return worker_pb2.ListResidentResponse(adapters=[state_pb(e, self.core) for e in self.core.cache.entries()])
 
     async def Stats(self, request, context):
+        auth.require_service(auth.ADMIN, "a worker's stats")
         core, cache, engine = self.core, self.core.cache, self.core.engine
         return worker_pb2.WorkerStats(
             base_model=core.host.path, fingerprint=core.host.fingerprint, queue_depth=engine.queue_depth,

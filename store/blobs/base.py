@@ -97,5 +97,10 @@ class BlobStore(abc.ABC):
         """Abort half-finished uploads started before the unix time ``older_than``; returns how many."""
         return 0
 
+    def presign(self, sha256: str) -> tuple[str, float] | None:
+        """A URL a client can GET the blob from without credentials, and how many seconds it stays valid; None
+        when the backend cannot give one (then its bytes stream through the store). Costs no round trip."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to close
         """Release what the backend holds (threads, connections); the default holds nothing."""

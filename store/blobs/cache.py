@@ -124,5 +124,8 @@ class CachedBlobStore(BlobStore):
     def abort_stale_uploads(self, older_than: float) -> int:
         return self.inner.abort_stale_uploads(older_than)
 
+    def presign(self, sha256: str) -> tuple[str, float] | None:
+        return self.inner.presign(sha256)
+
     def close(self) -> None:
         self.inner.close()

@@ -1,19 +1,23 @@
 """Blobs in S3 (or any S3-wire server) through boto3, under ``<prefix>sha256/<hex>``.
 
-Small blobs are one PutObject after their hash checked out. Large blobs stream into a multipart upload whose
-parts go up concurrently while later bytes are still arriving; CompleteMultipartUpload (the moment the object
-becomes visible) happens only after the whole stream hashed to the promised digest, otherwise the upload is
-aborted. So nothing that is not exactly the promised bytes is ever visible under a digest key.
+Small blobs (under ``part_size``) are one PutObject after their hash checked out. Blobs up to ``single_put_max``
+stream into one PutObject whose last byte is held back until the push is verified (``s3_put.py``). Larger blobs
+stream into a multipart upload whose parts go up concurrently while later bytes are still arriving;
+CompleteMultipartUpload (the moment the object becomes visible) happens only after the whole stream hashed to the
+promised digest, otherwise the upload is aborted. So nothing that is not exactly the promised bytes is ever visible
+under a digest key.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import boto3
 import urllib3.exceptions
@@ -35,8 +39,10 @@ from adapterfleet.common.errors import (
     Unavailable,
 )
 from adapterfleet.store.blobs.base import BlobInfo, BlobStore, BlobWriter
+from adapterfleet.store.blobs.s3_put import StreamingPutWriter
 from adapterfleet.store.config import S3Config
 
+log = logging.getLogger("adapterfleet.store.s3")
 CONNECT_TIMEOUT_S = 5.0  # a dead endpoint fails in seconds (botocore's default waits 60 s per attempt)
 READ_TIMEOUT_S = 60.0
 
@@ -153,11 +159,25 @@ def make_s3_client(cfg: S3Config):
     )
 
 
+def make_presign_client(cfg: S3Config):
+    """A client only for presigning (no request is ever sent through it): SigV4, and the endpoint as clients
+    reach it, which may differ from the store's own (a public name in front of an internal one)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg.presign_endpoint_url or cfg.endpoint_url,
+        region_name=cfg.region,
+        aws_access_key_id=cfg.access_key_id,
+        aws_secret_access_key=cfg.secret_access_key,
+        config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+
+
 class _MultipartWriter(BlobWriter):
     def __init__(self, store: S3BlobStore, sha256: str, size: int):
         super().__init__(sha256, size)
         self._s3 = store
-        self._buf = bytearray()
+        self._chunks: list[bytes | memoryview] = []  # received, not yet sent; joined once per part (one copy)
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[Future] = []
         self._slots = threading.Semaphore(store.cfg.max_concurrency)
@@ -166,14 +186,33 @@ class _MultipartWriter(BlobWriter):
         return f"storing blob {self.sha256}"
 
     def _write(self, data: bytes) -> None:
-        self._buf += data
+        self._chunks.append(data)
+        self._buffered += len(data)
         part = self._s3.cfg.part_size
         try:
-            while len(self._buf) >= part and self.received < self.size:
-                self._send_part(bytes(self._buf[:part]))
-                del self._buf[:part]
+            while self._buffered >= part and self.received < self.size:
+                self._send_part(self._take(part))
         except (BotoCoreError, ClientError) as err:
             raise self._s3.translate(err, self._what()) from err
+
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes (all of them when n < 0), copied once into one body."""
+        if n < 0 or n >= self._buffered:
+            taken, self._chunks, self._buffered = self._chunks, [], 0
+            return b"".join(taken)
+        taken, need = [], n
+        while need:
+            chunk = self._chunks[0]
+            if len(chunk) <= need:
+                taken.append(self._chunks.pop(0))
+                need -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                taken.append(view[:need])
+                self._chunks[0] = view[need:]
+                need = 0
+        self._buffered -= n
+        return b"".join(taken)
 
     def _send_part(self, body: bytes) -> None:
         for f in self._parts:  # a part that already failed fails the upload now, not at the end
@@ -200,10 +239,10 @@ class _MultipartWriter(BlobWriter):
         s3, key = self._s3, self._s3.key(self.sha256)
         try:
             if self._upload_id is None:
-                s3.client.put_object(Bucket=s3.cfg.bucket, Key=key, Body=bytes(self._buf))
+                s3.client.put_object(Bucket=s3.cfg.bucket, Key=key, Body=self._take(-1))
                 return
-            if self._buf:
-                self._send_part(bytes(self._buf))
+            if self._buffered:
+                self._send_part(self._take(-1))
             parts = [f.result() for f in self._parts]
             s3.client.complete_multipart_upload(
                 Bucket=s3.cfg.bucket, Key=key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
@@ -212,10 +251,10 @@ class _MultipartWriter(BlobWriter):
             self.abort()
             raise s3.translate(err, self._what()) from err
         finally:
-            self._buf = bytearray()
+            self._chunks, self._buffered = [], 0
 
     def abort(self) -> None:
-        self._buf = bytearray()
+        self._chunks, self._buffered = [], 0
         if self._upload_id is None:
             return
         for f in self._parts:
@@ -234,6 +273,8 @@ class S3BlobStore(BlobStore):
         self.cfg = cfg
         self.client = client if client is not None else make_s3_client(cfg)
         self.pool = pool if pool is not None else ThreadPoolExecutor(max_workers=2 * cfg.max_concurrency)
+        self._presigner: Any = None  # a boto3 client, made on first use (presigning off: never)
+        self._presign_lock = threading.Lock()
 
     def key(self, sha256: str) -> str:
         return f"{self.cfg.prefix}sha256/{sha256}"
@@ -268,7 +309,9 @@ class S3BlobStore(BlobStore):
             raise self.translate(err, f"looking up blob {sha256}") from err
 
     def writer(self, sha256: str, size: int) -> BlobWriter:
-        return _MultipartWriter(self, sha256, size)
+        if self.cfg.part_size <= size <= self.cfg.single_put_max:
+            return StreamingPutWriter(self, sha256, size)  # one PUT, streamed, completed after verification
+        return _MultipartWriter(self, sha256, size)  # small: one PutObject after verification; huge: multipart
 
     def read(self, sha256: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         what = f"reading blob {sha256}"
@@ -320,6 +363,23 @@ class S3BlobStore(BlobStore):
         except (BotoCoreError, ClientError) as err:
             raise self.translate(err, "aborting stale uploads") from err
         return count
+
+    def presign(self, sha256: str) -> tuple[str, float] | None:
+        expiry = self.cfg.presign_expiry_s
+        if expiry <= 0:
+            return None
+        seconds = max(1, int(expiry))
+        with self._presign_lock:
+            if self._presigner is None:
+                self._presigner = make_presign_client(self.cfg)
+            presigner = self._presigner
+        try:
+            url = presigner.generate_presigned_url(
+                "get_object", Params={"Bucket": self.cfg.bucket, "Key": self.key(sha256)}, ExpiresIn=seconds)
+        except (BotoCoreError, ClientError) as err:  # e.g. no credentials to sign with: stream through the store
+            log.warning("cannot presign S3 URLs (%s); blobs stream through the store", _short(err))
+            return None
+        return url, float(seconds)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -28,13 +28,13 @@ def fleet(tmp_path_factory):
     store = StoreProcess("--data-dir", str(root / "store"), cwd=root)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'protos'}", "ADAPTERFLEET_STORE": store.address}
-    worker = subprocess.Popen([*CLI, "worker", "serve", "--port", str(port), "--base-model", str(base),
+    worker = subprocess.Popen([*CLI, "worker", "serve", "--insecure", "--port", str(port), "--base-model", str(base),
                                "--disk-cache-dir", str(root / "wcache"), "--log-level", "WARNING"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
     line = worker.stdout.readline()
     assert "worker listening" in line and "fingerprint=sha256:" in line, worker.stderr.read()
     rport = free_port()
-    router = subprocess.Popen([*CLI, "router", "serve", "--port", str(rport), "--log-level", "WARNING"],
+    router = subprocess.Popen([*CLI, "router", "serve", "--insecure", "--port", str(rport), "--log-level", "WARNING"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
     assert "router listening" in router.stdout.readline(), router.stderr.read()
     yield store, f"127.0.0.1:{port}", adapter, f"127.0.0.1:{rport}"

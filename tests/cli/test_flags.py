@@ -28,7 +28,8 @@ def test_flags_beat_environment_beat_file_beat_defaults(config_file):
                  {"ADAPTERFLEET_MAX_SLOTS": "4", "ADAPTERFLEET_REGION": "eu-west-1"})
     assert (args.port, args.max_slots, args.region, args.base_model) == (7, 4, "eu-west-1", "/models/from-file")
     assert args.metrics_port == 9100 and args.max_batch == 32  # file; default
-    args = parse(["--config", config_file, "worker", "serve", "--max-slots", "2"], {"ADAPTERFLEET_MAX_SLOTS": "4"})
+    args = parse(["--config", config_file, "worker", "serve", "--max-slots", "2", "--insecure"],
+                 {"ADAPTERFLEET_MAX_SLOTS": "4"})
     assert args.max_slots == 2
     cfg = config_from_args(args, "store:1")
     assert cfg.max_slots == 2 and cfg.metrics.port == 9100 and cfg.drain_s == 10.0

@@ -15,7 +15,7 @@ def test_a_router_on_a_taken_port_is_explained_by_the_bind_failure(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([*CLI, "router", "serve", "--port", str(port), "--store", "127.0.0.1:1"],
+        out = subprocess.run([*CLI, "router", "serve", "--insecure", "--port", str(port), "--store", "127.0.0.1:1"],
                              capture_output=True, text=True, cwd=REPO, timeout=120,
                              env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'protos'}"})
     assert out.returncode != 0
@@ -30,9 +30,10 @@ def test_a_taken_metrics_port_is_explained_by_it_not_by_the_closed_event_loop(tm
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([*CLI, "router", "serve", "--port", "0", "--store", "127.0.0.1:1", "--metrics-port",
-                              str(port), "--metrics-host", "127.0.0.1"], capture_output=True, text=True, cwd=REPO,
-                             timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'protos'}"})
+        out = subprocess.run([*CLI, "router", "serve", "--insecure", "--port", "0", "--store", "127.0.0.1:1",
+                              "--metrics-port", str(port), "--metrics-host", "127.0.0.1"], capture_output=True,
+                             text=True, cwd=REPO, timeout=120,
+                             env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'protos'}"})
     assert out.returncode != 0
     assert "Address already in use" in explain(out.stderr) and "Event loop is closed" not in explain(out.stderr)
 

@@ -29,7 +29,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 CLI = Path(sys.executable).with_name("adapterfleet")  # the console script pip installed beside this Python
 # every module an extra brings; none may be needed by the base install
 BLOCKED = ("torch", "transformers", "boto3", "botocore", "redis", "safetensors", "numpy", "peft",
-           "prometheus_client", "grpc_health", "grpc_reflection")
+           "prometheus_client", "grpc_health", "grpc_reflection", "jwt", "cryptography")
 BLOCKER = f"""
 import sys
 
@@ -231,7 +231,9 @@ def test_admin_commands_run_without_extras(base_env, tmp_path, argv, role):
 
 
 COMMANDS = {what: extra for what, (extra, _) in extras.NEEDS.items() if what.startswith("adapterfleet ")}
-FLAGS = {"adapterfleet worker serve": ["--base-model", "/nonexistent/model", "--port", "0"]}
+FLAGS = {"adapterfleet worker serve": ["--base-model", "/nonexistent/model", "--port", "0"],
+         "adapterfleet auth init": ["DIR"],
+         "adapterfleet token create": ["--key", "issuer.key", "--tenant", "t", "--scopes", "read"]}
 
 
 @pytest.mark.parametrize("what", sorted(COMMANDS))

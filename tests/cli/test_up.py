@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import urllib.request
+from pathlib import Path
 
 from adapterfleet.common.embedded_redis import free_port
 from adapterfleet.common.ports import reserve
@@ -24,9 +25,15 @@ def test_up_answers_through_the_router_and_stops_cleanly(tmp_path):
         assert line, up.stderr.read()
         fleet = json.loads(line)  # --port 0: every port chosen free
         assert set(fleet["metrics"]) == {"store", "router", "worker-0", "worker-1"} and len(fleet["workers"]) == 2
-        out = subprocess.run([*CLI, "generate", "--router", fleet["router"], "--prompt", "hello", "--json",
-                              "--max-new-tokens", "4"], capture_output=True, text=True, env=ENV, cwd=REPO,
-                             timeout=60)
+        generate = [*CLI, "generate", "--router", fleet["router"], "--prompt", "hello", "--json",
+                    "--max-new-tokens", "4"]
+        plain = subprocess.run(generate, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
+        assert plain.returncode == 1 and "TLS" in plain.stderr, plain.stderr  # mTLS is on by default
+        sec = fleet["security"]  # made on the first run in the data directory
+        env = {**ENV, "ADAPTERFLEET_TLS_CA": sec["ca"], "ADAPTERFLEET_TLS_CERT": sec["cert"],
+               "ADAPTERFLEET_TLS_KEY": sec["key"],
+               "ADAPTERFLEET_TOKEN": Path(sec["admin_token_file"]).read_text().strip()}
+        out = subprocess.run(generate, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
         assert out.returncode == 0, out.stderr
         assert len(json.loads(out.stdout)["token_ids"]) >= 1
         # every part serves Prometheus metrics on the port the fleet printed

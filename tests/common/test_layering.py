@@ -25,14 +25,15 @@ CLIENT = ["adapterfleet.sdk", "adapterfleet.sdk.*",
           *(f"adapterfleet.store.{m}" for m in (
               "client", "aio_client", "proto_convert", "targets", "refs", "manifest", "events", "resolved", "workers",
               "listing", "base_model", "safetensors_header", "strict_json", "adapter_config", "validation",
-              "peft_keys")),
+              "peft_keys", "direct_fetch", "rollout_figures", "rollout_record")),
           *(f"adapterfleet.common.{m}" for m in ("channel", "errors", "grpc_errors", "interceptors", "tiers")),
           "adapterfleet.cli.commands", "adapterfleet.cli.inference"]
 SERVER = ["adapterfleet.*.server", "adapterfleet.*.servicer", "adapterfleet.*_servicer", "adapterfleet.*.service",
           "adapterfleet.store.index", "adapterfleet.store.push", "adapterfleet.store.registry",
           "adapterfleet.store.blobs", "adapterfleet.store.blobs.*", "adapterfleet.store.scripts",
           "adapterfleet.worker", "adapterfleet.worker.*", "adapterfleet.router", "adapterfleet.router.*",
-          "adapterfleet.common.server"]
+          "adapterfleet.common.server",
+          *(f"adapterfleet.store.rollout_{m}" for m in ("redis", "controller", "warm", "regions", "assembly"))]
 # The CLI's launchers (`adapterfleet store serve`, `worker serve`, `up`, `demo`, ...): assemblies that the client
 # commands hand over to, behind the extras they need. The transitive check does not follow imports through them.
 LAUNCHERS = ["adapterfleet.cli.*"]

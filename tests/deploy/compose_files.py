@@ -97,11 +97,14 @@ def environment(svc: dict) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
-def fleet(compose: dict, cli) -> dict[str, tuple[str, object]]:
+def fleet(compose: dict, cli, profile: str | None = None) -> dict[str, tuple[str, object]]:
     """{service: (store|worker|router, settings)} for every service that runs `adapterfleet ... serve`, read as
-    `main` reads them (flags > the container's ADAPTERFLEET_* environment > --config)."""
+    `main` reads them (flags > the container's ADAPTERFLEET_* environment > --config). Services of a compose
+    profile count only when that ``profile`` is asked for (`docker compose up` alone starts none of them)."""
     out = {}
     for name, svc in compose["services"].items():
+        if svc.get("profiles") and profile not in svc["profiles"]:
+            continue
         words = argv(svc, compose)
         if words[:1] == ["adapterfleet"]:
             try:

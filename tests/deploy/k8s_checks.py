@@ -154,17 +154,25 @@ def hpa_problems(docs, cli) -> list[str]:
 
 
 def probe_problems(docs, cli) -> list[str]:
-    """Readiness and liveness (and startup, if any) are gRPC health checks on the service's own --port."""
+    """Readiness and liveness (and startup, if any) are gRPC health checks on the service's own --port: the
+    kubelet's `grpc:` probe for a plaintext port, `python -m adapterfleet.common.healthcheck 127.0.0.1:PORT` (which
+    reads ADAPTERFLEET_TLS_*) for a TLS one, since the kubelet's gRPC probes speak no TLS."""
     problems = []
     for s in resolved(docs, cli):
         declared = {p["containerPort"] for p in s.container.get("ports", [])}
         if s.args.port not in declared:
             problems.append(f"{s.name}: --port {s.args.port} is not a declared containerPort")
+        tls = bool(getattr(s.args, "tls_cert", None))
+        exec_probe = ["python", "-m", "adapterfleet.common.healthcheck", f"127.0.0.1:{s.args.port}"]
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             spec = s.container.get(probe)
-            if spec is None and probe != "startupProbe":
-                problems.append(f"{s.name}: no {probe}")
-            elif spec is not None and spec.get("grpc", {}).get("port") != s.args.port:
+            if spec is None:
+                if probe != "startupProbe":
+                    problems.append(f"{s.name}: no {probe}")
+            elif tls and ("grpc" in spec or spec.get("exec", {}).get("command") != exec_probe):
+                problems.append(f"{s.name}: {probe} must run {exec_probe} (the port speaks TLS; the kubelet's "
+                                f"grpc probes do not): {spec}")
+            elif not tls and spec.get("grpc", {}).get("port") != s.args.port:
                 problems.append(f"{s.name}: {probe} is not a grpc probe on --port {s.args.port}: {spec}")
     return problems
 

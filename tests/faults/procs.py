@@ -51,7 +51,7 @@ class WorkerProcess:
         self.name = name
         self.log = Path(log_dir) / f"{name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-u", "-m", "adapterfleet.cli.main", "worker", "serve", "--port", "0",
+        args = [sys.executable, "-u", "-m", "adapterfleet.cli.main", "worker", "serve", "--insecure", "--port", "0",
                 "--store", store, "--base-model", str(base_model), "--disk-cache-dir", str(disk_dir),
                 "--max-slots", str(max_slots), "--drain-seconds", str(drain_s), "--metrics-port", "0",
                 "--log-format", "text", *extra]

@@ -91,7 +91,7 @@ def healthy(fleet: Fleet) -> bool:
 
 def same_files(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.iterdir())
-    return names == sorted(p.name for p in b.iterdir()) and all(
+    return names == sorted(p.name for p in b.iterdir() if not p.name.startswith(".")) and all(  # not the marker
         (a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 

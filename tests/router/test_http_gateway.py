@@ -330,8 +330,9 @@ def test_no_worker_is_503(redis_server, s3_server, tmp_path, fleet):
 def test_router_serve_http_port_from_the_command_line(fleet):
     """`adapterfleet router serve --http-port 0 --tokenizer DIR`: the ready line names the HTTP URL, which serves."""
     router = subprocess.Popen([sys.executable, "-m", "adapterfleet.cli.main", "router", "serve", "--port", "0",
-                               "--store", fleet.store, "--http-port", "0", "--tokenizer", str(fleet.root / "base"),
-                               "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--insecure", "--store", fleet.store, "--http-port", "0", "--tokenizer",
+                               str(fleet.root / "base"), "--log-level", "WARNING"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = router.stdout.readline()
         assert "router listening on 127.0.0.1:" in line and "OpenAI-compatible HTTP on http://" in line, \

@@ -15,8 +15,9 @@ def cached_store(store_config):
     cfg = replace(store_config, blob_cache_bytes=64 << 10, blob_cache_max_item=32 << 10)
     address, core, stop = start_store(cfg)
     from adapterfleet.store.client import StoreClient
+    from adapterfleet.store.direct_fetch import DirectFetchConfig
 
-    client = StoreClient(address)
+    client = StoreClient(address, direct=DirectFetchConfig(enabled=False))  # the cache serves the store's stream
     yield client, core, cfg
     client.close()
     stop()

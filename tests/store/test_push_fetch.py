@@ -113,17 +113,25 @@ def test_unknown_refs_are_not_found_and_bad_refs_invalid(store):
         assert err.value.code == code, ref
 
 
-def test_store_reports_health_and_reflection(store):
+def test_store_reports_health_and_reflection(store_config):
+    """Reflection is off unless asked for (``--reflection``); tests/security_tls checks that it is off by default."""
+    from dataclasses import replace
+
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    channel = grpc.insecure_channel(store.address)
+    from tests.helpers.servers import start_store
+
+    address, _, stop = start_store(replace(store_config, reflection=True))
+    channel = grpc.insecure_channel(address)
     status = health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service="adapterfleet.v1.AdapterStore")).status
     assert status == health_pb2.HealthCheckResponse.SERVING
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
     reply = next(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in reply.list_services_response.service}
+    channel.close()
+    stop()
     assert "adapterfleet.v1.AdapterStore" in names
 
 

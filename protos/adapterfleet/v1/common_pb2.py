@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61pterfleet/v1/common.proto\x12\x0f\x61\x64\x61pterfleet.v1\"7\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\">\n\x11\x42\x61seModelIdentity\x12\x14\n\x0cname_or_path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\xf1\x01\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12)\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1a.adapterfleet.v1.FileEntry\x12\x36\n\nbase_model\x18\x05 \x01(\x0b\x32\".adapterfleet.v1.BaseModelIdentity\x12\x11\n\tpeft_type\x18\x06 \x01(\t\x12\x0c\n\x04rank\x18\x07 \x01(\r\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x0e\n\x06parent\x18\t \x01(\t\x12\x0e\n\x06yanked\x18\n \x01(\x08\".\n\x0b\x41liasTarget\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06weight\x18\x02 \x01(\r*]\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTIER_ACTIVE\x10\x01\x12\r\n\tTIER_HOST\x10\x02\x12\r\n\tTIER_DISK\x10\x03\x12\x10\n\x0cTIER_LOADING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61pterfleet/v1/common.proto\x12\x0f\x61\x64\x61pterfleet.v1\"7\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\">\n\x11\x42\x61seModelIdentity\x12\x14\n\x0cname_or_path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\x84\x02\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12)\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1a.adapterfleet.v1.FileEntry\x12\x36\n\nbase_model\x18\x05 \x01(\x0b\x32\".adapterfleet.v1.BaseModelIdentity\x12\x11\n\tpeft_type\x18\x06 \x01(\t\x12\x0c\n\x04rank\x18\x07 \x01(\r\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x0e\n\x06parent\x18\t \x01(\t\x12\x0e\n\x06yanked\x18\n \x01(\x08\x12\x11\n\tsignature\x18\x0b \x01(\t\".\n\x0b\x41liasTarget\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06weight\x18\x02 \x01(\r*]\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTIER_ACTIVE\x10\x01\x12\r\n\tTIER_HOST\x10\x02\x12\r\n\tTIER_DISK\x10\x03\x12\x10\n\x0cTIER_LOADING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'adapterfleet.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=462
-  _globals['_TIER']._serialized_end=555
+  _globals['_TIER']._serialized_start=481
+  _globals['_TIER']._serialized_end=574
   _globals['_FILEENTRY']._serialized_start=49
   _globals['_FILEENTRY']._serialized_end=104
   _globals['_BASEMODELIDENTITY']._serialized_start=106
   _globals['_BASEMODELIDENTITY']._serialized_end=168
   _globals['_MANIFEST']._serialized_start=171
-  _globals['_MANIFEST']._serialized_end=412
-  _globals['_ALIASTARGET']._serialized_start=414
-  _globals['_ALIASTARGET']._serialized_end=460
+  _globals['_MANIFEST']._serialized_end=431
+  _globals['_ALIASTARGET']._serialized_start=433
+  _globals['_ALIASTARGET']._serialized_end=479
 # @@protoc_insertion_point(module_scope)

@@ -39,7 +39,7 @@ class BaseModelIdentity(_message.Message):
     def __init__(self, name_or_path: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("name", "version", "digest", "files", "base_model", "peft_type", "rank", "created_at", "parent", "yanked")
+    __slots__ = ("name", "version", "digest", "files", "base_model", "peft_type", "rank", "created_at", "parent", "yanked", "signature")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Manifest(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     YANKED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     digest: str
@@ -60,7 +61,8 @@ class Manifest(_message.Message):
     created_at: float
     parent: str
     yanked: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base_model: _Optional[_Union[BaseModelIdentity, _Mapping]] = ..., peft_type: _Optional[str] = ..., rank: _Optional[int] = ..., created_at: _Optional[float] = ..., parent: _Optional[str] = ..., yanked: _Optional[bool] = ...) -> None: ...
+    signature: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base_model: _Optional[_Union[BaseModelIdentity, _Mapping]] = ..., peft_type: _Optional[str] = ..., rank: _Optional[int] = ..., created_at: _Optional[float] = ..., parent: _Optional[str] = ..., yanked: _Optional[bool] = ..., signature: _Optional[str] = ...) -> None: ...
 
 class AliasTarget(_message.Message):
     __slots__ = ("version", "weight")

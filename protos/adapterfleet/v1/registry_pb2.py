@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from adapterfleet.v1 import common_pb2 as adapterfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61\x64\x61pterfleet/v1/registry.proto\x12\x0f\x61\x64\x61pterfleet.v1\x1a\x1c\x61\x64\x61pterfleet/v1/common.proto\"I\n\x0fResidentAdapter\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x04tier\x18\x03 \x01(\x0e\x32\x15.adapterfleet.v1.TierJ\x04\x08\x02\x10\x03\"\xdd\x01\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12\x32\n\x08\x61\x64\x61pters\x18\x06 \x03(\x0b\x32 .adapterfleet.v1.ResidentAdapter\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\x12\x12\n\nbase_model\x18\x08 \x01(\t\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x10\n\x08\x64raining\x18\n \x01(\x08\"+\n\x10\x41nnounceResponse\x12\x17\n\x0fnext_in_seconds\x18\x01 \x01(\x01\"$\n\x12ListWorkersRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"C\n\x13ListWorkersResponse\x12,\n\x07workers\x18\x01 \x03(\x0b\x32\x1b.adapterfleet.v1.WorkerInfo2\xb0\x01\n\x08Registry\x12J\n\x08\x41nnounce\x12\x1b.adapterfleet.v1.WorkerInfo\x1a!.adapterfleet.v1.AnnounceResponse\x12X\n\x0bListWorkers\x12#.adapterfleet.v1.ListWorkersRequest\x1a$.adapterfleet.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61\x64\x61pterfleet/v1/registry.proto\x12\x0f\x61\x64\x61pterfleet.v1\x1a\x1c\x61\x64\x61pterfleet/v1/common.proto\"I\n\x0fResidentAdapter\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x04tier\x18\x03 \x01(\x0e\x32\x15.adapterfleet.v1.TierJ\x04\x08\x02\x10\x03\"\xf3\x01\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12\x32\n\x08\x61\x64\x61pters\x18\x06 \x03(\x0b\x32 .adapterfleet.v1.ResidentAdapter\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\x12\x12\n\nbase_model\x18\x08 \x01(\t\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x12\x14\n\x0c\x61nnounced_by\x18\x14 \x01(\t\"+\n\x10\x41nnounceResponse\x12\x17\n\x0fnext_in_seconds\x18\x01 \x01(\x01\"$\n\x12ListWorkersRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"C\n\x13ListWorkersResponse\x12,\n\x07workers\x18\x01 \x03(\x0b\x32\x1b.adapterfleet.v1.WorkerInfo2\xb0\x01\n\x08Registry\x12J\n\x08\x41nnounce\x12\x1b.adapterfleet.v1.WorkerInfo\x1a!.adapterfleet.v1.AnnounceResponse\x12X\n\x0bListWorkers\x12#.adapterfleet.v1.ListWorkersRequest\x1a$.adapterfleet.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESIDENTADAPTER']._serialized_start=81
   _globals['_RESIDENTADAPTER']._serialized_end=154
   _globals['_WORKERINFO']._serialized_start=157
-  _globals['_WORKERINFO']._serialized_end=378
-  _globals['_ANNOUNCERESPONSE']._serialized_start=380
-  _globals['_ANNOUNCERESPONSE']._serialized_end=423
-  _globals['_LISTWORKERSREQUEST']._serialized_start=425
-  _globals['_LISTWORKERSREQUEST']._serialized_end=461
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=463
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=530
-  _globals['_REGISTRY']._serialized_start=533
-  _globals['_REGISTRY']._serialized_end=709
+  _globals['_WORKERINFO']._serialized_end=400
+  _globals['_ANNOUNCERESPONSE']._serialized_start=402
+  _globals['_ANNOUNCERESPONSE']._serialized_end=445
+  _globals['_LISTWORKERSREQUEST']._serialized_start=447
+  _globals['_LISTWORKERSREQUEST']._serialized_end=483
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=485
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=552
+  _globals['_REGISTRY']._serialized_start=555
+  _globals['_REGISTRY']._serialized_end=731
 # @@protoc_insertion_point(module_scope)

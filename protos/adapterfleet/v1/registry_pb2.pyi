@@ -16,7 +16,7 @@ class ResidentAdapter(_message.Message):
     def __init__(self, key: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("id", "address", "region", "capacity", "load", "adapters", "fingerprint", "base_model", "ttl_seconds", "draining")
+    __slots__ = ("id", "address", "region", "capacity", "load", "adapters", "fingerprint", "base_model", "ttl_seconds", "draining", "announced_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class WorkerInfo(_message.Message):
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     region: str
@@ -37,7 +38,8 @@ class WorkerInfo(_message.Message):
     base_model: str
     ttl_seconds: float
     draining: bool
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., capacity: _Optional[int] = ..., load: _Optional[float] = ..., adapters: _Optional[_Iterable[_Union[ResidentAdapter, _Mapping]]] = ..., fingerprint: _Optional[str] = ..., base_model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    announced_by: str
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., capacity: _Optional[int] = ..., load: _Optional[float] = ..., adapters: _Optional[_Iterable[_Union[ResidentAdapter, _Mapping]]] = ..., fingerprint: _Optional[str] = ..., base_model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., draining: _Optional[bool] = ..., announced_by: _Optional[str] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("next_in_seconds",)

@@ -41,6 +41,16 @@ class RouterStub:
                 request_serializer=adapterfleet_dot_v1_dot_router__pb2.RouterStatsRequest.SerializeToString,
                 response_deserializer=adapterfleet_dot_v1_dot_router__pb2.RouterStats.FromString,
                 _registered_method=True)
+        self.Route = channel.unary_unary(
+                '/adapterfleet.v1.Router/Route',
+                request_serializer=adapterfleet_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
+                response_deserializer=adapterfleet_dot_v1_dot_router__pb2.RouteResponse.FromString,
+                _registered_method=True)
+        self.ReportRoutes = channel.unary_unary(
+                '/adapterfleet.v1.Router/ReportRoutes',
+                request_serializer=adapterfleet_dot_v1_dot_router__pb2.RouteReport.SerializeToString,
+                response_deserializer=adapterfleet_dot_v1_dot_router__pb2.RouteReportAck.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -54,6 +64,22 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Route(self, request, context):
+        """Lookaside routing: where to send a request for a ref, for callers that stream to workers themselves
+        (FleetClient(direct=True)). Unknown adapter: NOT_FOUND; no healthy worker: UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportRoutes(self, request, context):
+        """Direct callers tell the router, asynchronously and in batches, what they sent where: it keeps the heat of
+        adapters (hot-adapter copies) and its estimate of each worker's load current between announcements.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +87,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=adapterfleet_dot_v1_dot_router__pb2.RouterStatsRequest.FromString,
                     response_serializer=adapterfleet_dot_v1_dot_router__pb2.RouterStats.SerializeToString,
+            ),
+            'Route': grpc.unary_unary_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=adapterfleet_dot_v1_dot_router__pb2.RouteRequest.FromString,
+                    response_serializer=adapterfleet_dot_v1_dot_router__pb2.RouteResponse.SerializeToString,
+            ),
+            'ReportRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRoutes,
+                    request_deserializer=adapterfleet_dot_v1_dot_router__pb2.RouteReport.FromString,
+                    response_serializer=adapterfleet_dot_v1_dot_router__pb2.RouteReportAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +128,60 @@ class Router:
             '/adapterfleet.v1.Router/Stats',
             adapterfleet_dot_v1_dot_router__pb2.RouterStatsRequest.SerializeToString,
             adapterfleet_dot_v1_dot_router__pb2.RouterStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adapterfleet.v1.Router/Route',
+            adapterfleet_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
+            adapterfleet_dot_v1_dot_router__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adapterfleet.v1.Router/ReportRoutes',
+            adapterfleet_dot_v1_dot_router__pb2.RouteReport.SerializeToString,
+            adapterfleet_dot_v1_dot_router__pb2.RouteReportAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class AdapterStoreStub:
                 request_serializer=adapterfleet_dot_v1_dot_store__pb2.MissingBlobsRequest.SerializeToString,
                 response_deserializer=adapterfleet_dot_v1_dot_store__pb2.MissingBlobsResponse.FromString,
                 _registered_method=True)
+        self.ReportCorrupt = channel.unary_unary(
+                '/adapterfleet.v1.AdapterStore/ReportCorrupt',
+                request_serializer=adapterfleet_dot_v1_dot_store__pb2.ReportCorruptRequest.SerializeToString,
+                response_deserializer=adapterfleet_dot_v1_dot_store__pb2.ReportCorruptResponse.FromString,
+                _registered_method=True)
         self.Fetch = channel.unary_stream(
                 '/adapterfleet.v1.AdapterStore/Fetch',
                 request_serializer=adapterfleet_dot_v1_dot_store__pb2.FetchRequest.SerializeToString,
@@ -91,6 +96,21 @@ class AdapterStoreStub:
                 request_serializer=adapterfleet_dot_v1_dot_store__pb2.WatchRequest.SerializeToString,
                 response_deserializer=adapterfleet_dot_v1_dot_store__pb2.Event.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/adapterfleet.v1.AdapterStore/Status',
+                request_serializer=adapterfleet_dot_v1_dot_store__pb2.StatusRequest.SerializeToString,
+                response_deserializer=adapterfleet_dot_v1_dot_store__pb2.StoreStatus.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/adapterfleet.v1.AdapterStore/RevokeToken',
+                request_serializer=adapterfleet_dot_v1_dot_store__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=adapterfleet_dot_v1_dot_store__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.ListRevokedTokens = channel.unary_unary(
+                '/adapterfleet.v1.AdapterStore/ListRevokedTokens',
+                request_serializer=adapterfleet_dot_v1_dot_store__pb2.ListRevokedTokensRequest.SerializeToString,
+                response_deserializer=adapterfleet_dot_v1_dot_store__pb2.ListRevokedTokensResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterStoreServicer:
@@ -106,6 +126,14 @@ class AdapterStoreServicer:
 
     def MissingBlobs(self, request, context):
         """Which of these blobs would a push have to send? (dedupe before streaming)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportCorrupt(self, request, context):
+        """A receiver found blobs whose bytes do not hash to their digests: the store re-reads them and quarantines the
+        bad ones (fetches refuse them; MissingBlobs asks for them again, so a re-push repairs them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +195,27 @@ class AdapterStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """Where this store stands: its role, its event stream and, for a secondary region, its replication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Refuse a token id from now on, in the store and in every service that follows its events (admin, tenant '*').
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevokedTokens(self, request, context):
+        """The revoked token ids, and the event cursor to follow from so that none is missed (service identities).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +228,11 @@ def add_AdapterStoreServicer_to_server(servicer, server):
                     servicer.MissingBlobs,
                     request_deserializer=adapterfleet_dot_v1_dot_store__pb2.MissingBlobsRequest.FromString,
                     response_serializer=adapterfleet_dot_v1_dot_store__pb2.MissingBlobsResponse.SerializeToString,
+            ),
+            'ReportCorrupt': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportCorrupt,
+                    request_deserializer=adapterfleet_dot_v1_dot_store__pb2.ReportCorruptRequest.FromString,
+                    response_serializer=adapterfleet_dot_v1_dot_store__pb2.ReportCorruptResponse.SerializeToString,
             ),
             'Fetch': grpc.unary_stream_rpc_method_handler(
                     servicer.Fetch,
@@ -224,6 +278,21 @@ def add_AdapterStoreServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=adapterfleet_dot_v1_dot_store__pb2.WatchRequest.FromString,
                     response_serializer=adapterfleet_dot_v1_dot_store__pb2.Event.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=adapterfleet_dot_v1_dot_store__pb2.StatusRequest.FromString,
+                    response_serializer=adapterfleet_dot_v1_dot_store__pb2.StoreStatus.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=adapterfleet_dot_v1_dot_store__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=adapterfleet_dot_v1_dot_store__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ListRevokedTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevokedTokens,
+                    request_deserializer=adapterfleet_dot_v1_dot_store__pb2.ListRevokedTokensRequest.FromString,
+                    response_serializer=adapterfleet_dot_v1_dot_store__pb2.ListRevokedTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -281,6 +350,33 @@ class AdapterStore:
             '/adapterfleet.v1.AdapterStore/MissingBlobs',
             adapterfleet_dot_v1_dot_store__pb2.MissingBlobsRequest.SerializeToString,
             adapterfleet_dot_v1_dot_store__pb2.MissingBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCorrupt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adapterfleet.v1.AdapterStore/ReportCorrupt',
+            adapterfleet_dot_v1_dot_store__pb2.ReportCorruptRequest.SerializeToString,
+            adapterfleet_dot_v1_dot_store__pb2.ReportCorruptResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -524,6 +620,87 @@ class AdapterStore:
             '/adapterfleet.v1.AdapterStore/Watch',
             adapterfleet_dot_v1_dot_store__pb2.WatchRequest.SerializeToString,
             adapterfleet_dot_v1_dot_store__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adapterfleet.v1.AdapterStore/Status',
+            adapterfleet_dot_v1_dot_store__pb2.StatusRequest.SerializeToString,
+            adapterfleet_dot_v1_dot_store__pb2.StoreStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adapterfleet.v1.AdapterStore/RevokeToken',
+            adapterfleet_dot_v1_dot_store__pb2.RevokeTokenRequest.SerializeToString,
+            adapterfleet_dot_v1_dot_store__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevokedTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adapterfleet.v1.AdapterStore/ListRevokedTokens',
+            adapterfleet_dot_v1_dot_store__pb2.ListRevokedTokensRequest.SerializeToString,
+            adapterfleet_dot_v1_dot_store__pb2.ListRevokedTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from adapterfleet.common import auth
 from adapterfleet.common.channel import REQUEST_ID_HEADER
 from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, NotFound
 from adapterfleet.router.http import schemas
@@ -48,6 +49,7 @@ class Gateway:
         try:
             req = schemas.parse(schemas.CompletionRequest, await _body(request))
             adapter = self.catalog.adapter_for(req.model)
+            auth.require(auth.SERVE, "generating", auth.ref_name(adapter))
             calls = generate_requests(req, adapter, req.prompts)
         except Exception as err:  # noqa: BLE001 - every failure becomes OpenAI's error JSON
             return _error(err, rid)
@@ -58,6 +60,7 @@ class Gateway:
         try:
             req = schemas.parse(schemas.ChatCompletionRequest, await _body(request))
             adapter = self.catalog.adapter_for(req.model)
+            auth.require(auth.SERVE, "generating", auth.ref_name(adapter))
             messages = [m.as_template_input() for m in req.messages]
             ids = await asyncio.to_thread(self.chat.prompt_ids, messages)  # a long chat takes a while to encode
             calls = generate_requests(req, adapter, [ids])

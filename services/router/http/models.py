@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import PurePath
 
+from adapterfleet.common import auth
 from adapterfleet.common.errors import InvalidArgument
 from adapterfleet.router.http.errors import ModelNotFound
 from adapterfleet.router.membership import Membership
@@ -59,8 +60,8 @@ class ModelCatalog:
                 "parent": None} for name in sorted(set(self.base_models().values()))]
         parent = out[0]["id"] if out else None
         for adapter in await self._store.list_adapters():
-            if not adapter.latest_version:
-                continue  # every version yanked: nothing to serve
+            if not adapter.latest_version or not auth.visible(adapter.name):
+                continue  # every version yanked: nothing to serve; or another tenant's
             owner = adapter.name.split("/", 1)[0] if "/" in adapter.name else "adapterfleet"
             for ref in [adapter.name, *(f"{adapter.name}@{alias}" for alias in sorted(adapter.aliases))]:
                 out.append({"id": ref, "object": "model", "created": created, "owned_by": owner, "root": ref,

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from adapterfleet.common.auth import Authenticator
 from adapterfleet.common.errors import Unavailable
 from adapterfleet.router.http.app import create_app
+from adapterfleet.router.http.bearer import BearerAuth
 from adapterfleet.router.http.chat import load_chat_template
 from adapterfleet.router.http.models import ModelCatalog
 from adapterfleet.router.proxy import RouterCore
@@ -35,14 +37,16 @@ class HttpGateway:
     """The OpenAI-compatible front door: ``start`` binds and serves, ``stop`` drains. No side effects before start."""
 
     def __init__(self, core: RouterCore, store: AsyncStoreClient, *, host: str, port: int,
-                 tokenizer: str | None = None):
+                 tokenizer: str | None = None, authenticator: Authenticator | None = None):
         self.core, self.store, self.host, self.port, self.tokenizer = core, store, host, port, tokenizer
+        self.authenticator = authenticator  # set: every path but /health needs the caller's bearer token
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         chat = await asyncio.to_thread(load_chat_template, self.tokenizer)
-        app = create_app(self.core, ModelCatalog(self.core.membership, self.store), chat)
+        starlette = create_app(self.core, ModelCatalog(self.core.membership, self.store), chat)
+        app = starlette if self.authenticator is None else BearerAuth(starlette, self.authenticator)
         try:
             sock = socket.create_server((self.host, self.port))
         except OSError as err:

@@ -116,8 +116,9 @@ class LoraLinear(SlotWrapper):
                 s = m.magnitude.to(device=device, dtype=torch.float32) / norm  # [out]
                 entries["scale"] = s.to(dtype)
             b = b * m.scaling
-            entries["A"] = a.T.contiguous().to(dtype)
-            entries["B"] = b.T.contiguous().to(dtype)
+            # transposed views (copies only where the dtype changes): the slot stack copies them into its row
+            entries["A"] = a.T.to(dtype)
+            entries["B"] = b.T.to(dtype)
         if m.bias is not None or (s is not None and b0 is not None):
             if b0 is None:  # then m.bias is set: a DoRA scale alone needs b0 to get here
                 raise Incompatible(

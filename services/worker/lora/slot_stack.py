@@ -10,7 +10,11 @@ every add/remove builds new tensors of exactly the needed size: removing the las
 tensors, so unloading really frees memory.
 
 A :class:`SlotStack` is immutable; wrappers swap in a new one with a single attribute assignment, so a forward
-running in another thread sees either the old or the new stack, never a half-written one. Its :class:`Layout` (slot
+running in another thread sees either the old or the new stack, never a half-written one. Each stacked tensor is a
+view of the first rows of a storage with room to spare (grown about twice over when full): an install whose rank fits
+writes its row past the end of every existing view of that storage and publishes a longer view, copying nothing
+else (a cold load does not pay for the adapters already installed). A removal builds exact new tensors, so
+unloading still frees memory. Its :class:`Layout` (slot
 order and which slots carry which field) is what a forward's row plan depends on; wrappers whose stacks share a
 layout (every module of an all-linear adapter) share one plan per batch.
 """
@@ -62,6 +66,7 @@ class SlotStack:
         has: dict[str, frozenset[int]] | None = None,
         tensors: dict[str, torch.Tensor | None] | None = None,
         slot_map: torch.Tensor | None = None,
+        storage: dict[str, torch.Tensor | None] | None = None,
     ):
         self.fields = fields
         self.max_slots = max_slots
@@ -70,6 +75,8 @@ class SlotStack:
         self.ranks = dict(ranks or {})  # slot -> rank in this module (0: no low-rank part)
         self.has = has or {name: frozenset() for name in fields}  # slots that carry each field
         self.tensors = tensors or {name: None for name in fields}  # name -> [L + 1, *entry_shape] or None
+        # name -> [capacity >= L + 1, *entry_shape]: what ``tensors`` are the first rows of
+        self.storage = storage if storage is not None else dict(self.tensors)
         self.slot_map = slot_map  # [max_slots + 1] long: slot + 1 -> local row, 0 = none
         self.slots = frozenset(order)
         self.rank = max(self.ranks.values(), default=0)
@@ -87,7 +94,7 @@ class SlotStack:
 
     def nbytes(self) -> int:
         total = 0 if self.slot_map is None else self.slot_map.nbytes
-        return total + sum(t.nbytes for t in self.tensors.values() if t is not None)
+        return total + sum(t.nbytes for t in self.storage.values() if t is not None)
 
     def _padded_shape(self, name: str, shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
         dim = self.fields[name].rank_dim
@@ -109,6 +116,7 @@ class SlotStack:
         new_rank = max(self.rank, rank)
         n_rows = len(self.order) + 2
         tensors: dict[str, torch.Tensor | None] = {}
+        storage: dict[str, torch.Tensor | None] = {}
         has: dict[str, frozenset[int]] = {}
         for name, spec in self.fields.items():
             old, new = self.tensors[name], entries.get(name)
@@ -118,19 +126,30 @@ class SlotStack:
             elif old is not None:
                 ref = old[0]
             else:
-                tensors[name] = None
+                tensors[name] = storage[name] = None
                 continue
             shape = self._padded_shape(name, tuple(ref.shape), new_rank)
-            out = torch.full((n_rows, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
-            if old is not None:
-                out[tuple(slice(0, n) for n in old.shape)].copy_(old)
+            room = self.storage[name]
+            if (room is not None and room.shape[0] >= n_rows and tuple(room.shape[1:]) == shape
+                    and room.dtype == ref.dtype and room.device == ref.device):
+                out = room  # row n_rows - 1 lies past every view published so far: written in place
+                if new is None or tuple(new.shape) != shape:  # padding (or no entry): the rest of the row too
+                    out[n_rows - 1].fill_(spec.fill)
+            else:
+                capacity = min(self.max_slots + 1, 2 * n_rows - 1)
+                # spare rows are written now (their memory faulted in once, at growth) so that later installs
+                # only copy their own weights into memory that is already there
+                out = torch.full((capacity, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
+                if old is not None:
+                    out[tuple(slice(0, n) for n in old.shape)].copy_(old)
             if new is not None:
                 last: tuple[int | slice, ...] = (n_rows - 1, *(slice(0, n) for n in new.shape))
                 out[last].copy_(new)
-            tensors[name] = out
+            storage[name] = out
+            tensors[name] = out[:n_rows]
         ranks = {**self.ranks, slot: rank}
         order = (*self.order, slot)
-        return self._with(order, ranks, has, tensors)
+        return self._with(order, ranks, has, tensors, storage)
 
     def removed(self, slot: int) -> SlotStack:
         """A new stack without ``slot``; tensors shrink to the remaining slots and rank (or go away)."""
@@ -159,6 +178,7 @@ class SlotStack:
         ranks: dict[int, int],
         has: dict[str, frozenset[int]],
         tensors: dict[str, torch.Tensor | None],
+        storage: dict[str, torch.Tensor | None] | None = None,
     ) -> SlotStack:
         slot_map: torch.Tensor | None = None
         if order:
@@ -168,5 +188,5 @@ class SlotStack:
             slot_map = slot_map.to(self.device)
         return SlotStack(
             self.fields, self.max_slots, self.device, order=order, ranks=ranks, has=has, tensors=tensors,
-            slot_map=slot_map,
+            slot_map=slot_map, storage=storage,
         )

@@ -161,9 +161,12 @@ class AdapterWeights:
 def _check_finite(key: str, t: torch.Tensor) -> None:
     if not t.is_floating_point():
         raise InvalidAdapter(f"{key} has dtype {t.dtype}; adapter tensors must be floating point")
-    if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise InvalidAdapter(
-            f"{key} holds {bad} non-finite value(s) (NaN or Inf); the adapter diverged in training or the file is "
-            "corrupt; re-export it from a good checkpoint"
-        )
+    # fast path: a float64 sum of float32/16 values cannot overflow, and any NaN or Inf makes it non-finite; only a
+    # non-finite sum (or a float64 tensor's overflow) pays for the elementwise check and its [numel] bool temporary
+    if bool(torch.isfinite(t.sum(dtype=torch.float64))) or bool(torch.isfinite(t).all()):
+        return
+    bad = int((~torch.isfinite(t)).sum())
+    raise InvalidAdapter(
+        f"{key} holds {bad} non-finite value(s) (NaN or Inf); the adapter diverged in training or the file is "
+        "corrupt; re-export it from a good checkpoint"
+    )
