@@ -6,14 +6,16 @@ that mTLS and tokens apply everywhere at once. With the default ``ClientSecurity
 
 The PEM files are read each time a channel is opened, so a channel opened after the files were replaced
 (certificate rotation) presents the new client certificate and trusts the new CA; open channels keep theirs.
-The token travels as call metadata added by a client interceptor, not as gRPC call credentials: those are refused
-on plaintext channels, and ``--insecure`` fleets with tokens are legitimate (tests, a mesh that does TLS itself).
+The token travels as call metadata added when a call is made (a thin channel wrapper), not as gRPC call
+credentials: those are refused on plaintext channels, and ``--insecure`` fleets with tokens are legitimate (tests, a
+mesh that does TLS itself).
 A call that already carries ``authorization`` (a router forwarding its caller's identity) keeps it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import grpc
 
@@ -38,66 +40,60 @@ def _with_token(metadata, header: tuple[str, str]):
     if any(k == AUTHORIZATION_HEADER for k, _ in md):
         return metadata
     md.append(header)
-    return md
+    return tuple(md)
 
 
-class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                        grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds ``authorization: Bearer <token>`` to every call on a blocking channel."""
+class _TokenMultiCallable:
+    """A channel's multi-callable whose calls carry the token unless they carry ``authorization`` already."""
 
-    def __init__(self, token: str):
+    def __init__(self, inner, header: tuple[str, str]):
+        self._inner, self._header = inner, header
+
+    def __call__(self, request, *args, metadata=None, **kwargs):
+        return self._inner(request, *args, metadata=_with_token(metadata, self._header), **kwargs)
+
+    def __getattr__(self, name: str):  # with_call, future (blocking channels)
+        attr = getattr(self._inner, name)
+        if name in ("with_call", "future"):
+            header = self._header
+            return lambda request, *a, metadata=None, **kw: attr(request, *a, metadata=_with_token(metadata, header),
+                                                                 **kw)
+        return attr
+
+
+class _TokenChannel:
+    """Wraps a blocking or asyncio channel so that every call carries ``authorization: Bearer <token>``.
+
+    Not a client interceptor: grpc.aio wraps every intercepted call in Python objects that every streamed message
+    then crosses (measured in benchmarks/router_overhead.py --secure), while the metadata is needed once per call.
+    The calls returned are the channel's own."""
+
+    _FACTORIES = frozenset({"unary_unary", "unary_stream", "stream_unary", "stream_stream"})
+
+    def __init__(self, inner, token: str):
+        self._inner = inner
         self._header = bearer(token)
 
-    def _details(self, details):
-        return _CallDetails(details.method, details.timeout, _with_token(details.metadata, self._header),
-                            details.credentials, getattr(details, "wait_for_ready", None),
-                            getattr(details, "compression", None))
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if name in self._FACTORIES:
+            header = self._header
+            return lambda *args, **kwargs: _TokenMultiCallable(attr(*args, **kwargs), header)
+        return attr
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
+    def __enter__(self):
+        self._inner.__enter__()
+        return self
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc)
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
+    async def __aenter__(self):
+        await self._inner.__aenter__()
+        return self
 
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
-
-
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
-        self.method, self.timeout, self.metadata = method, timeout, metadata
-        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
-
-
-def _aio_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
-    header = bearer(token)
-
-    def details(d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = d.metadata if d.metadata is not None else grpc.aio.Metadata()
-        if AUTHORIZATION_HEADER not in metadata:
-            metadata = grpc.aio.Metadata(*metadata, header)
-        return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
-
-    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-        async def intercept_unary_unary(self, continuation, client_call_details, request):
-            return await continuation(details(client_call_details), request)
-
-    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-        async def intercept_unary_stream(self, continuation, client_call_details, request):
-            return await continuation(details(client_call_details), request)
-
-    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-        async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-            return await continuation(details(client_call_details), request_iterator)
-
-    class StreamStream(grpc.aio.StreamStreamClientInterceptor):
-        async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-            return await continuation(details(client_call_details), request_iterator)
-
-    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+    async def __aexit__(self, *exc):
+        return await self._inner.__aexit__(*exc)
 
 
 def open_channel(address: str, security: ClientSecurity = INSECURE,
@@ -108,16 +104,15 @@ def open_channel(address: str, security: ClientSecurity = INSECURE,
         channel = grpc.secure_channel(address, _credentials(security), options=opts)
     else:
         channel = grpc.insecure_channel(address, options=opts)
-    if security.token:
-        channel = grpc.intercept_channel(channel, _TokenInterceptor(security.token))
-    return channel
+    return cast(grpc.Channel, _TokenChannel(channel, security.token)) if security.token else channel
 
 
 def open_aio_channel(address: str, security: ClientSecurity = INSECURE,
                      options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS) -> grpc.aio.Channel:
     """An asyncio channel to ``address`` under ``security``."""
     opts = security.channel_options(options)
-    interceptors = _aio_interceptors(security.token) if security.token else None
     if security.tls:
-        return grpc.aio.secure_channel(address, _credentials(security), options=opts, interceptors=interceptors)
-    return grpc.aio.insecure_channel(address, options=opts, interceptors=interceptors)
+        channel = grpc.aio.secure_channel(address, _credentials(security), options=opts)
+    else:
+        channel = grpc.aio.insecure_channel(address, options=opts)
+    return cast(grpc.aio.Channel, _TokenChannel(channel, security.token)) if security.token else channel
