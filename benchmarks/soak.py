@@ -263,9 +263,10 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def growth(series: list[tuple[float, float]], warm_until: float, since: float = 0.0) -> tuple[float, float, float]:
-    """(MiB at the end of the warm-up, MiB at the end, growth) over the samples taken after ``since``."""
-    own = [(t, v) for t, v in series if t >= since]
+def growth(series: list[tuple[float, float]], warm_until: float, since: float = 0.0,
+           until: float = float("inf")) -> tuple[float, float, float]:
+    """(MiB at the end of the warm-up, MiB at the end, growth) over the samples taken in [``since``, ``until``)."""
+    own = [(t, v) for t, v in series if since <= t < until]
     warm = [v for t, v in own if t >= warm_until] or [v for _, v in own]
     return warm[0], own[-1][1], (own[-1][1] - warm[0]) / warm[0]
 
@@ -434,15 +435,17 @@ def report(calls: list[Call], errors: Counter, log: list[str], rss: dict[str, li
     idle = [w for w in windows(calls, 5.0, end) if w[1] == 0]
     if idle:
         print(f"{len(idle)} windows of 5 s with no request finished (a stall), from {idle[0][0] - 2.5:.0f}s")
-    print(f"\nRSS (MiB) from the end of the warm-up ({warm_until:.0f}s) to the end; restarted workers from their last "
-          "start (after its own warm-up)")
+    print(f"\nRSS (MiB) from the end of the warm-up ({warm_until:.0f}s) to the end; a restarted worker over its "
+          "longest (then latest) life between restarts, from the end of that life's first fifth")
     print(f"{'process':10}{'warm':>9}{'end':>9}{'max':>9}{'growth':>9}")
     for name, series in sorted(rss.items()):
-        since = max([at for at, who in restarts if who == name], default=0.0)
-        warm_at = warm_until if since == 0.0 else since + min(20.0, (end - since) / 4)
-        warm, last, g = growth(series, warm_at, since)
-        peak = max(v for t, v in series if t >= since)
-        note = f"  (since the restart at {since:.0f}s)" if since else ""
+        starts = [0.0, *sorted(at for at, who in restarts if who == name)]
+        lives = list(zip(starts, [*starts[1:], end], strict=True))
+        since, until = max(lives, key=lambda life: (life[1] - life[0], life[0]))
+        warm_at = warm_until if since == 0.0 else since + (until - since) / 5
+        warm, last, g = growth(series, warm_at, since, until)
+        peak = max(v for t, v in series if since <= t < until)
+        note = f"  (its life from {since:.0f}s to {until:.0f}s)" if len(lives) > 1 else ""
         print(f"{name:10}{warm:>9.1f}{last:>9.1f}{peak:>9.1f}{g:>+9.1%}{note}")
 
 
