@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
                    help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
     s.add_argument("--advertise", default=WorkerConfig.advertise, help="address routers should use (default HOST:PORT)")
+    s.add_argument("--no-direct-blobs", action="store_true",
+                   help="always read adapter bytes through the store's stream, never from the presigned S3 URLs it "
+                        "offers (for a worker that cannot reach S3; it falls back by itself, after a connect timeout)")
     add_trust_key_flag(s)
     _serve_flags(s, WorkerConfig.drain_s)
 

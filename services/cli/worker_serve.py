@@ -8,6 +8,7 @@ from adapterfleet.cli.auth_flags import auth_config
 from adapterfleet.cli.flags import metrics_config, service_security
 from adapterfleet.cli.signing_flags import trust_keys
 from adapterfleet.common.logs import configure_logging
+from adapterfleet.store.direct_fetch import DirectFetchConfig
 from adapterfleet.worker.config import WorkerConfig
 
 
@@ -20,7 +21,7 @@ def config_from_args(args, store_addr: str) -> WorkerConfig:
         prefill_chunk_tokens=args.prefill_chunk_tokens,
         advertise=args.advertise, drain_s=args.drain_seconds, metrics=metrics_config(args),
         tls=tls, security=security, reflection=args.reflection, trust_keys=trust_keys(args),
-        auth=auth_config(args),
+        auth=auth_config(args), direct=DirectFetchConfig(enabled=not args.no_direct_blobs),
     )
 
 

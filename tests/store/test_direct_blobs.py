@@ -282,3 +282,16 @@ def test_the_sdk_pulls_into_its_cache_by_url(store, pushed, tmp_path):
     with AdapterStore(store.address, cache_dir=tmp_path / "other", direct=DirectFetchConfig(enabled=False)) as sdk:
         assert local_bytes(sdk.pull("acme/direct@1")) == local_bytes(src)
     assert store.core.stats.bytes_sent == manifest.total_size
+
+
+def test_worker_serve_no_direct_blobs_turns_direct_reads_off():
+    from adapterfleet.cli.flags import parse_layered
+    from adapterfleet.cli.main import build_parser
+    from adapterfleet.cli.worker_serve import config_from_args
+
+    base = ["worker", "serve", "--insecure", "--base-model", "/m"]
+    assert config_from_args(parse_layered(build_parser(), base, {}), "127.0.0.1:1").direct.enabled
+    args = parse_layered(build_parser(), [*base, "--no-direct-blobs"], {})
+    assert not config_from_args(args, "127.0.0.1:1").direct.enabled
+    args = parse_layered(build_parser(), base, {"ADAPTERFLEET_NO_DIRECT_BLOBS": "1"})
+    assert not config_from_args(args, "127.0.0.1:1").direct.enabled
