@@ -79,9 +79,8 @@ class Follower:
         tasks, self._tasks = list(self._tasks), []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:  # not wait_for: a task whose thread is stuck cannot honour its cancellation at once
+            await asyncio.wait(tasks, timeout=5.0)
 
     def report(self) -> StoreStatusReport:
         s = self.state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +32,8 @@ from adapterfleet.store.servicer import StoreServicer
 from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, store_pb2, store_pb2_grpc
 
 log = logging.getLogger("adapterfleet.store")
+
+STOP_STEP_S = 5.0  # each background part gets this long to stop once the server has stopped
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["AdapterStore"].full_name
 REGISTRY_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 
@@ -84,13 +87,25 @@ class StoreServer:
         """Drain: readiness down first, then in-flight pushes and fetches get ``grace`` seconds."""
         await mark_draining(self._health, [SERVICE_NAME, REGISTRY_NAME])
         await self.server.stop(grace)
+        # Background work (rollout driving, replication, blob copies) is cancelled; each part gets a bounded
+        # time to finish, so that one stuck on I/O (a copy waiting on S3) cannot hold the process's exit.
         if self.rollouts is not None:
-            await self.rollouts.stop()
-        await region.stop(self.core)
+            await _bounded("the rollout controller", self.rollouts.stop())
+        await _bounded("replication from the primary", region.stop(self.core))
         if self.revocations is not None:
-            await self.revocations.stop()
+            await _bounded("the revocation follower", self.revocations.stop())
         self.core.close()
         self.metrics.close()
+
+
+async def _bounded(what: str, work: Awaitable[None], seconds: float = STOP_STEP_S) -> None:
+    """Await ``work`` for at most ``seconds``; then cancel it and go on (asyncio.wait_for would wait for a
+    cancellation that the work may be unable to honour while a thread it waits on is stuck)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("stopping: %s did not finish within %.0f s; left behind", what, seconds)
 
 
 def create_store_server(cfg: StoreConfig, redis_client: aioredis.Redis, blobs: BlobStore) -> StoreServer:
