@@ -359,7 +359,7 @@ def test_cached_aliases_survive_an_outage_and_the_watch_catches_up(outage, seen_
 
         thread = threading.Thread(target=background)
         thread.start()
-        down_at = time.monotonic()
+        down_at, before = time.monotonic(), served[0]
         (store if outage == "store" else redis).stop()
         if outage == "store":
             Fleet.wait_for(lambda: not resolver.watch_up)
@@ -367,8 +367,10 @@ def test_cached_aliases_survive_an_outage_and_the_watch_catches_up(outage, seen_
             fleet.api.Score(worker_pb2.ScoreRequest(adapter="t/y@prod", token_ids=[1, 2, 3]), timeout=30)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert store.address in err.value.details()
-        time.sleep(max(0.0, 4.0 - (time.monotonic() - down_at)))  # down for 4 s: longer than the workers' TTL
-        during = served[0]
+        # down for at least 4 s (longer than the workers' TTL) and until 20 requests were served meanwhile: a count,
+        # not a rate, so a slow box only makes the outage longer
+        Fleet.wait_for(lambda: time.monotonic() - down_at >= 4.0 and served[0] - before > 20, timeout=60)
+        during = served[0] - before
         (store if outage == "store" else redis).start()
         Fleet.wait_for(lambda: resolver.watch_up, timeout=20)
         # the store's pooled Redis connections died with Redis: the first write on one may answer UNAVAILABLE
