@@ -182,19 +182,19 @@ class Placement:
 
     # --- heat and copies ----------------------------------------------------------------------------------------
 
-    def record(self, key: str, now: float) -> None:
-        """One request for ``key`` at time ``now`` (seconds, any monotonic origin)."""
+    def record(self, key: str, now: float, n: int = 1) -> None:
+        """``n`` requests for ``key`` at time ``now`` (seconds, any monotonic origin)."""
         entry = self._heat.get(key)
         if entry is None:
-            self._heat[key] = [1.0, now]
+            self._heat[key] = [float(n), now]
         else:
             dt = now - entry[1]
             if dt > 0:                      # a late, out-of-order record counts without rewinding the clock
                 entry[0] *= math.exp(-self._decay * dt)
                 entry[1] = now
-            entry[0] += 1.0
-        self._records += 1
-        if self._records % _HEAT_PRUNE_EVERY == 0:
+            entry[0] += n
+        before, self._records = self._records, self._records + n
+        if before // _HEAT_PRUNE_EVERY != self._records // _HEAT_PRUNE_EVERY:
             self._prune(now)
 
     def heat(self, key: str, now: float) -> float:

@@ -122,8 +122,7 @@ class RouterCore:
 
     def _replicate(self, key: str, views: list[WorkerView], n: int = 1) -> None:
         now = self._clock()
-        for _ in range(n):
-            self.placement.record(key, now)
+        self.placement.record(key, now, n)
         for worker in self.placement.replicas_to_add(key, views, now, region=self.cfg.region):
             if (key, worker.id) in self._loading:
                 continue
