@@ -25,10 +25,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from adapterfleet.common.errors import ChecksumMismatch
+from adapterfleet.store.blob_urls import BlobUrl, DirectFetchConfig
 from adapterfleet.store.manifest import FileEntry, Manifest
 
 log = logging.getLogger("adapterfleet.store.direct")
@@ -36,30 +36,6 @@ READ_BLOCK = 1 << 20  # bytes per readinto / hash step
 HASH_THREAD_BYTES = 8 << 20  # a single GET at least this large is hashed by a thread of its own, beside the reader
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class BlobUrl:
-    """Where to GET one file of a version: a presigned URL, valid ``expires_in_s`` after the store answered."""
-
-    file: str
-    url: str
-    expires_in_s: float
-
-
-@dataclass(frozen=True)
-class DirectFetchConfig:
-    """How clients (workers, the SDK, the CLI) read blobs by URL. ``enabled=False``: always through the store."""
-
-    enabled: bool = True
-    part_bytes: int = 16 << 20          # size of one ranged GET of a large file
-    parallel_min_bytes: int = 64 << 20  # files at least this large are fetched as parallel ranged GETs
-    streams: int = 4                    # ranged GETs in flight per client
-    connect_timeout_s: float = 3.0      # an S3 endpoint this client cannot reach costs this long, then the store
-    read_timeout_s: float = 30.0
-    expiry_margin_s: float = 1.0        # a URL this close to its expiry is not started
-    unreachable_backoff_s: float = 60.0  # an endpoint that could not be reached is not tried again for this long
-    ca_file: str | None = None          # extra CA bundle for https endpoints with a private CA
 
 
 class DirectUnavailable(Exception):

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from adapterfleet.common.aio import Prefetch
 from adapterfleet.common.errors import ChecksumMismatch, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from adapterfleet.store.blob_urls import BlobUrl
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.config import StoreConfig
-from adapterfleet.store.direct_fetch import BlobUrl
 from adapterfleet.store.events import StoreEvent, check_cursor
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.listing import AdapterSummary, GcReport

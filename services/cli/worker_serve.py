@@ -8,7 +8,7 @@ from adapterfleet.cli.auth_flags import auth_config
 from adapterfleet.cli.flags import metrics_config, service_security
 from adapterfleet.cli.signing_flags import trust_keys
 from adapterfleet.common.logs import configure_logging
-from adapterfleet.store.direct_fetch import DirectFetchConfig
+from adapterfleet.store.blob_urls import DirectFetchConfig
 from adapterfleet.worker.config import WorkerConfig
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from adapterfleet.common.errors import ChecksumMismatch, UnsafeFileName
 from adapterfleet.common.security_config import ClientSecurity, PathLike, client_security
+from adapterfleet.store.blob_urls import DirectFetchConfig
 from adapterfleet.store.client import PushOutcome, Resolved, StoreClient, hash_file
-from adapterfleet.store.direct_fetch import DirectFetchConfig
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.listing import AdapterSummary
 from adapterfleet.store.manifest import BaseModelIdentity, Manifest

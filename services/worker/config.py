@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from adapterfleet.common.auth_config import AuthConfig
 from adapterfleet.common.metrics_config import MetricsConfig
 from adapterfleet.common.security_config import INSECURE, ClientSecurity, ServerTLS
-from adapterfleet.store.direct_fetch import DirectFetchConfig
+from adapterfleet.store.blob_urls import DirectFetchConfig
 
 PORT = 50061  # where `adapterfleet worker serve` listens unless told otherwise (WorkerConfig's 0: any free port)
 

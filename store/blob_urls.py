@@ -1,0 +1,31 @@
+"""What direct blob reads need to be described, apart from the downloader (``direct_fetch.py``, which pulls in
+``http.client`` and ``ssl``): the store's answer for one file, and the clients' setting. Light on purpose: the
+worker's and the SDK's configs import it, and so does every CLI start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BlobUrl:
+    """Where to GET one file of a version: a presigned URL, valid ``expires_in_s`` after the store answered."""
+
+    file: str
+    url: str
+    expires_in_s: float
+
+
+@dataclass(frozen=True)
+class DirectFetchConfig:
+    """How clients (workers, the SDK, the CLI) read blobs by URL. ``enabled=False``: always through the store."""
+
+    enabled: bool = True
+    part_bytes: int = 16 << 20          # size of one ranged GET of a large file
+    parallel_min_bytes: int = 64 << 20  # files at least this large are fetched as parallel ranged GETs
+    streams: int = 4                    # ranged GETs in flight per client
+    connect_timeout_s: float = 3.0      # an S3 endpoint this client cannot reach costs this long, then the store
+    read_timeout_s: float = 30.0
+    expiry_margin_s: float = 1.0        # a URL this close to its expiry is not started
+    unreachable_backoff_s: float = 60.0  # an endpoint that could not be reached is not tried again for this long
+    ca_file: str | None = None          # extra CA bundle for https endpoints with a private CA
