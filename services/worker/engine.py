@@ -38,7 +38,7 @@ from transformers import DynamicCache
 
 from adapterfleet.worker.isolation import batch_error, culprits, non_finite, row_error
 from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
-from adapterfleet.worker.kvcache import join_caches, joinable, pad_left, subset, truncate
+from adapterfleet.worker.kvcache import drop_left, join_caches, joinable, new_cache, pad_left, subset, truncate
 from adapterfleet.worker.lora import LoraModel
 from adapterfleet.worker.step import Choice, choose
 
@@ -49,6 +49,7 @@ Batch = tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor, list[Row]]
 # what the engine just ran, for tests and benchmarks: ("decode" | "prefill", rows, tokens fed to the model)
 StepHook = Callable[[str, int, int], None]
 PREFILL_CHUNK_TOKENS = 256
+TRIM_COLUMNS = 16  # left-padding columns that no row attends to are dropped once there are this many (and 1/4 of T)
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Prefill:
     mask: torch.Tensor       # [B, L]
     positions: torch.Tensor  # [B, L]
     step: int                # columns per chunk
-    cache: DynamicCache = field(default_factory=DynamicCache)
+    cache: DynamicCache = field(default_factory=new_cache)
     done: int = 0            # columns already in the cache
 
 
@@ -219,7 +220,7 @@ class Engine:
     def _prefill(self, jobs: list[GenerateJob]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
         """Left-padded prompts through the model: (last logits [B, V], cache, mask [B, T], last position [B, 1])."""
         ids, mask, positions = self._inputs(jobs)
-        cache = DynamicCache()
+        cache = new_cache()
         logits = self._forward([j.slot for j in jobs], input_ids=ids, attention_mask=mask, position_ids=positions,
                                cache=cache)
         return logits, cache, mask, positions[:, -1:]
@@ -323,7 +324,7 @@ class Engine:
                 if len(keep) < len(choices):
                     index = torch.tensor(keep, device=self._device)
                     cache.batch_select_indices(index)
-                    mask, last_pos = mask[index], last_pos[index]
+                    mask, last_pos = _trimmed(cache, mask[index]), last_pos[index]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)                   # [B, T+1]
                 logits, live, mask, last_pos = self._decode(live, next_ids, cache, mask, last_pos + 1)
                 self._stepped("decode", len(live), len(live))
@@ -365,10 +366,10 @@ class Engine:
     def _join(running: Batch, newcomers: Batch) -> Batch:
         """The running batch with the newcomers' prefilled rows appended (KV caches and masks left-padded)."""
         logits, cache, mask, last_pos, live = running
-        new_logits, new_cache, new_mask, new_pos, new_rows = newcomers
+        new_logits, their_cache, new_mask, new_pos, new_rows = newcomers
         if not live:
             return newcomers
-        join_caches(cache, new_cache)
+        join_caches(cache, their_cache)
         width = max(mask.shape[1], new_mask.shape[1])
         mask = torch.cat([pad_left(mask, width), pad_left(new_mask, width)], dim=0)
         return (torch.cat([logits, new_logits], dim=0), cache, mask, torch.cat([last_pos, new_pos], dim=0),
@@ -398,6 +399,18 @@ class Engine:
         self.stats.tokens += chosen
         self.stats.recent.append((time.monotonic(), chosen))
         return keep
+
+
+def _trimmed(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` [B, T] without its leading columns that no row attends to (dropped from ``cache`` too), once they
+    are worth a copy. A row that joined a longer batch was left-padded to its width, and the width only grows while
+    the batch runs: under steady load the batch never empties, so without this every step would attend over (and
+    keep) the padding of rows long gone."""
+    unused = int(mask.any(0).to(torch.uint8).argmax())  # the first column some row attends to
+    if unused >= max(TRIM_COLUMNS, mask.shape[1] // 4) and joinable(cache):
+        drop_left(cache, unused)
+        return mask[:, unused:]
+    return mask
 
 
 def _token(choice: Choice | BaseException) -> int:

@@ -27,6 +27,10 @@ class Choice:
 
 def finite_rows(logits: torch.Tensor) -> list[bool]:
     """``logits``: [B, V] -> per row: no NaN, no +inf, and at least one finite value."""
+    ok = torch.isfinite(logits.sum(-1))  # [B]; a NaN or +inf anywhere, or all -inf, makes the sum so: one pass
+    if bool(ok.all()):
+        return ok.tolist()
+    # the exact test where the sum was not finite (a -inf among finite values, or a sum that overflowed, is fine)
     bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)  # [B]
     return (~bad).tolist()
 
