@@ -78,6 +78,10 @@ class GrowingLayer(DynamicLayer):
             return
         self._hold((owned[0].index_select(0, indices), owned[1].index_select(0, indices)), self.keys.shape[-2])
 
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Take buffers [B, heads, room, head_dim] whose first ``length`` positions are the cache."""
+        self._hold((keys, values), length)
+
     def _hold(self, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
         self._buffers = buffers
         self.keys, self.values = buffers[0][..., :length, :], buffers[1][..., :length, :]
@@ -110,13 +114,33 @@ def _filled(layer: object) -> tuple[DynamicLayer, torch.Tensor, torch.Tensor]:
 
 
 def join_caches(cache: DynamicCache, new: DynamicCache) -> None:
-    """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded."""
+    """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded. A growing
+    layer gets the joined rows in a buffer with room, so its next decode step writes in place."""
     for mine, theirs in zip(cache.layers, new.layers, strict=True):
         layer, keys, values = _filled(mine)
         _, other_keys, other_values = _filled(theirs)
         width = max(keys.shape[-2], other_keys.shape[-2])
-        layer.keys = torch.cat([pad_left(keys, width, -2), pad_left(other_keys, width, -2)], dim=0)
-        layer.values = torch.cat([pad_left(values, width, -2), pad_left(other_values, width, -2)], dim=0)
+        if isinstance(layer, GrowingLayer):
+            room = width + max(GROW_MIN, width // 2)
+            layer.adopt(_stacked(keys, other_keys, room), _stacked(values, other_values, room), width)
+        else:
+            layer.keys = torch.cat([pad_left(keys, width, -2), pad_left(other_keys, width, -2)], dim=0)
+            layer.values = torch.cat([pad_left(values, width, -2), pad_left(other_values, width, -2)], dim=0)
+
+
+def _stacked(first: torch.Tensor, second: torch.Tensor, room: int) -> torch.Tensor:
+    """[B1 + B2, heads, room, head_dim]: both right-aligned at ``width`` = the longer's T (zeros on the left of the
+    shorter: masked positions), the rest left for growth."""
+    width = max(first.shape[-2], second.shape[-2])
+    shape = list(first.shape)
+    shape[0] += second.shape[0]
+    shape[-2] = room
+    out = first.new_empty(shape)
+    for part, rows in ((first, slice(0, first.shape[0])), (second, slice(first.shape[0], None))):
+        pad = width - part.shape[-2]
+        out[rows, :, :pad] = 0
+        out[rows, :, pad:width] = part
+    return out
 
 
 def subset(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:

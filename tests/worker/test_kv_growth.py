@@ -79,3 +79,21 @@ def test_padding_no_row_attends_to_is_dropped_once_it_is_worth_a_copy():
     small = torch.ones(2, 50, dtype=torch.long)
     small[:, :5] = 0  # a few columns are not worth a copy of the cache
     assert _trimmed(cache, small) is small
+
+
+def test_a_join_lands_in_a_buffer_with_room_left_padded():
+    gen = torch.Generator().manual_seed(2)
+    mine, theirs = new_cache(), DynamicCache()
+    for c in (mine, theirs):
+        _steps(c, torch.Generator().manual_seed(3), [5, 1])
+    newcomer = [torch.randn(2, 2, 9, 4, generator=gen) for _ in range(2)]
+    for c in (mine, theirs):
+        other = DynamicCache()
+        other.update(newcomer[0].clone(), newcomer[1].clone(), 0)
+        join_caches(c, other)
+    assert torch.equal(mine.layers[0].keys, theirs.layers[0].keys)
+    assert torch.equal(mine.layers[0].values, theirs.layers[0].values)
+    assert mine.layers[0].keys.shape == (5, 2, 9, 4) and mine.layers[0].room() > 9
+    assert not mine.layers[0].keys[:3, :, :3].any()  # the shorter rows' padding is zeros
+    step = torch.randn(5, 2, 1, 4, generator=gen)
+    assert torch.equal(mine.update(step, step, 0)[0], theirs.update(step, step, 0)[0])
