@@ -55,6 +55,7 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         keys, values = self.keys, self.values
+        assert keys is not None and values is not None, "initialised above"
         length = keys.shape[-2] if keys.numel() else 0
         need = length + key_states.shape[-2]
         owned = self._owned()
@@ -66,8 +67,7 @@ class GrowingLayer(DynamicLayer):
                 owned[1][..., :length, :] = values
         owned[0][..., length:need, :] = key_states
         owned[1][..., length:need, :] = value_states
-        self._hold(owned, need)
-        return self.keys, self.values
+        return self._hold(owned, need)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep rows ``indices``: one gather of the whole buffers, headroom included (selecting the views would copy
@@ -82,10 +82,12 @@ class GrowingLayer(DynamicLayer):
         """Take buffers [B, heads, room, head_dim] whose first ``length`` positions are the cache."""
         self._hold((keys, values), length)
 
-    def _hold(self, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
+    def _hold(self, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._buffers = buffers
-        self.keys, self.values = buffers[0][..., :length, :], buffers[1][..., :length, :]
-        self._view = weakref.ref(self.keys)
+        keys, values = buffers[0][..., :length, :], buffers[1][..., :length, :]
+        self.keys, self.values = keys, values
+        self._view = weakref.ref(keys)
+        return keys, values
 
 
 def _buffer(like: torch.Tensor, room: int) -> torch.Tensor:
