@@ -1,15 +1,16 @@
 """How long can one hostile request stall everybody else's? A Resolve and a Fetch probe (in their own process)
 call a real store in a loop while each bad request runs; the figure is the probes' worst latency meanwhile.
 
-    python benchmarks/store_stall.py [--store-tree DIR] [--only NAME ...] [--repeat 3] [--timeout 60]
+    python benchmarks/store_stall.py [--store-tree DIR] [--store-flags "..."] [--only NAME ...] [--repeat 3]
 
 The store runs as its own process (`adapterfleet store serve`, as in production) over redis-server and moto's S3
 server, on free ports. `--store-tree DIR` runs the store from another checkout instead (for example
 `git archive <rev> | tar -x -C DIR`), so the same hostile requests and probes measure before and after a change.
 Payloads are built before each window opens, and the probes run in another process, so neither this process's
-own work nor its GIL counts against the store. Each hostile request runs ``--repeat`` times and the median of its
-worst figures is printed: on a small shared machine a probe now and then waits tens of ms for a CPU whatever the
-store does (the idle line shows how much).
+own work nor its GIL counts against the store. `--store-flags` adds flags to `store serve` (for example
+"--validator-processes 0": validation in threads of the store's own process, as before). Each hostile request runs
+``--repeat`` times and the median of its worst figures is printed: on a small shared machine a probe now and then
+waits tens of ms for a CPU whatever the store does (the idle line shows how much).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shlex
 import statistics
 import struct
 import subprocess
@@ -63,7 +65,7 @@ def _link_tree(src: Path, dst: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_store(tree: Path | None) -> Iterator[str]:
+def running_store(tree: Path | None, flags: tuple[str, ...] = ()) -> Iterator[str]:
     redis = RedisProcess().start()
     s3_port, store_port = free_port(), free_port()
     env = dict(ENV)
@@ -77,7 +79,7 @@ def running_store(tree: Path | None) -> Iterator[str]:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "adapterfleet.cli.main", "store", "serve", "--port", str(store_port),
                  "--redis-url", redis.url, "--s3-endpoint", f"http://127.0.0.1:{s3_port}", "--bucket", "stall",
-                 "--insecure", "--log-level", "ERROR", "--data-dir", f"{tmp}/data"],
+                 "--insecure", "--log-level", "ERROR", "--data-dir", f"{tmp}/data", *flags],
                 stdout=subprocess.DEVNULL, env=env, cwd=tmp))
             _wait_port(store_port)
             yield f"127.0.0.1:{store_port}"
@@ -261,12 +263,14 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store-tree", type=Path, help="run the store from this checkout (a baseline)")
+    ap.add_argument("--store-flags", default="", help="more flags for `store serve`, e.g. '--validator-processes 0'")
     ap.add_argument("--only", nargs="*", help="substrings of the attacks to run")
     ap.add_argument("--timeout", type=float, default=60.0, help="give up on one hostile request after this long")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each hostile request (the median is printed)")
     args = ap.parse_args()
     attacks = [a for a in ATTACKS if not args.only or any(s in a.name for s in args.only)]
-    with running_store(args.store_tree) as address:
+    flags = tuple(shlex.split(args.store_flags))
+    with running_store(args.store_tree, flags) as address:
         channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         stub = store_pb2_grpc.AdapterStoreStub(channel)
         stub.Push(iter(push_messages(PROBE, {
@@ -299,7 +303,8 @@ def main() -> None:
         probe.join()
         channel.close()
     idle = {kind: [lat for k, t, lat in samples if k == kind and t + lat < idle_end] for kind in ("resolve", "fetch")}
-    print(f"store: {args.store_tree or REPO}; {args.repeat} run(s) of each, medians")
+    print(f"store: {args.store_tree or REPO}{' ' + ' '.join(flags) if flags else ''}; {args.repeat} run(s) of each, "
+          "medians")
     print("idle: " + "; ".join(f"{kind.capitalize()} p50 {1e3 * _pct(lat, .5):.1f} ms, p99 {1e3 * _pct(lat, .99):.1f} "
                                f"ms, max {1e3 * max(lat):.1f} ms" for kind, lat in idle.items()))
     failed = sum(k.endswith("failed") for k, _, _ in samples)

@@ -85,6 +85,9 @@ class StoreConfig:
     limits: Limits = field(default_factory=Limits)
     blob_lookups: int = 4               # threads checking blob existence (MissingBlobs), apart from other I/O
     validators: int = 2                 # threads validating pushed configs and headers, apart from other I/O
+    # child processes that validate pushes instead (store/validate_pool.py), so that no push holds the store's GIL
+    # (0: the threads above do it)
+    validator_processes: int = 2
     watch_outage_s: float = 10.0        # a Watch waits this long for Redis to come back, then ends UNAVAILABLE
     # how long a thread may hold the GIL while another waits (Python's default: 5 ms): validator and lookup threads
     # then delay the event loop by at most about this much each time it wakes. Set by serve(), for the process.

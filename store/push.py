@@ -10,7 +10,8 @@ Order of events, and why nothing half-written is ever visible:
 A failure at any step aborts the uploads and releases the leases: no version, no visible blob.
 
 Validation never holds the event loop for long: the store's Validator (validator.py) parses the config and the
-header and checks the tensors against the config in threads, each step under a CPU budget, with sizes bounded.
+header and checks the tensors against the config in validator processes (or threads), each step under a CPU
+budget, with sizes bounded.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ import uuid
 from dataclasses import dataclass, field
 
 from adapterfleet.common.errors import BlobMissing, FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
-from adapterfleet.store.adapter_config import LoraSpec
 from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
 from adapterfleet.store.refs import validate_alias, validate_name
-from adapterfleet.store.safetensors_header import SafetensorsHeader, header_bytes_needed
+from adapterfleet.store.safetensors_header import header_bytes_needed
 from adapterfleet.store.signatures import check_signature_for
 from adapterfleet.store.validation import check_file_name, check_file_set
-from adapterfleet.store.validator import Validator
+from adapterfleet.store.validator import ConfigFacts, HeaderFacts, Validator
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -91,10 +91,10 @@ class PushSession:
         self._writers: dict[str, BlobWriter] = {}
         self._current: str | None = None
         self._prefix: dict[str, bytearray] = {}  # config bytes / safetensors header bytes as they arrive
-        self._spec: LoraSpec | None = None
+        self._spec: ConfigFacts | None = None
         self._config_bytes = b""
         self._header_bytes: bytes | None = None  # the safetensors header, length prefix included, once complete
-        self._tensors: SafetensorsHeader | None = None  # parsed (None for a heavy header: see validator.py)
+        self._tensors: HeaderFacts | None = None  # once the header is parsed (where: see validator.py)
         self._received = 0
         self._blob_ids = sorted({f.sha256 for f in header.files})
         self._pending: asyncio.Future | None = None
@@ -169,7 +169,7 @@ class PushSession:
             self._spec = await self._parse_config(bytes(self._prefix.pop(name)))
         self._current = None
 
-    async def _parse_config(self, data: bytes) -> LoraSpec:
+    async def _parse_config(self, data: bytes) -> ConfigFacts:
         self._config_bytes = data
         return await self._validator.config(data)
 

@@ -73,7 +73,7 @@ class AdapterStoreCore:
         # Work that may be slow gets threads (and a process) of its own, so that it queues behind itself and never
         # in front of other requests' I/O in the loop's default executor (all start on first use).
         self._lookups = ThreadPoolExecutor(cfg.blob_lookups, thread_name_prefix="store-blob-lookup")
-        self.validator = Validator(cfg.limits, cfg.validators)
+        self.validator = Validator(cfg.limits, cfg.validators, cfg.validator_processes)
 
     def close(self) -> None:
         """Stop the core's threads and processes (after the server stopped taking calls)."""
