@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rank", type=int, default=Limits.max_rank)
     s.add_argument("--blob-cache-mb", type=int, default=StoreConfig.blob_cache_bytes >> MIB_SHIFT,
                    help="in-memory cache of small blobs (0: off)")
+    s.add_argument("--blob-lookups", type=int, default=StoreConfig.blob_lookups,
+                   help="threads checking which blobs exist for MissingBlobs (more: faster against a far S3; fewer: "
+                        "less GIL contention with the store's event loop)")
     s.add_argument("--validator-processes", type=int, default=StoreConfig.validator_processes,
                    help="child processes validating pushed adapters (0: threads of the store's own process)")
     rollout.add_store_flags(s)

@@ -40,6 +40,7 @@ def config_from_args(args) -> StoreConfig:
         data_dir=args.data_dir, region=args.region, chunk_size=args.chunk_size,
         limits=Limits(max_file_bytes=args.max_file_mb << 20, max_rank=args.max_rank),
         blob_cache_bytes=args.blob_cache_mb << 20, validator_processes=args.validator_processes,
+        blob_lookups=args.blob_lookups,
         drain_s=args.drain_seconds, metrics=metrics_config(args),
         tls=tls, security=security, reflection=args.reflection, replica=replica, auth=auth_config(args),
         rollout=rollout_config(args),

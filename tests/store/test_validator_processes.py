@@ -266,3 +266,15 @@ def test_store_serve_sets_the_number_of_validator_processes():
 
     assert processes() == StoreConfig.validator_processes > 0
     assert processes("--validator-processes", "0") == 0
+
+
+def test_store_serve_sets_the_number_of_blob_lookup_threads():
+    from adapterfleet.cli.main import build_parser
+    from adapterfleet.cli.store_serve import config_from_args
+    from adapterfleet.store.config import StoreConfig
+
+    def lookups(*flags: str) -> int:
+        return config_from_args(build_parser().parse_args(["store", "serve", "--insecure", *flags])).blob_lookups
+
+    assert lookups() == StoreConfig.blob_lookups
+    assert lookups("--blob-lookups", "7") == 7
