@@ -723,13 +723,13 @@ MARKERS = {"ours": "o", "vllm-offline": "s", "vllm-server": "^"}
 def plot(plot_dir: Path, bench: Bench, counts: list[int], rates: list[float], mults: list[float] | None,
          trace: Trace, args, goal: float = 2.0) -> Path | None:
     """Closed-wave tok/s per adapter count; open-loop tok/s, TTFT and inter-token latency against the rate."""
-    from matplotlib.lines import Line2D
-
     from benchmarks._plot import _BOX, _pyplot, _save
 
-    plt = _pyplot()
+    plt = _pyplot()  # None, with a note, without matplotlib
     if plt is None:
         return None
+    from matplotlib.lines import Line2D
+
     paths = list(bench.paths)
     vllm = [p for p in paths if p != "ours"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5)) if rates else plt.subplots(1, 1, figsize=(7, 4.8))
