@@ -21,6 +21,11 @@ class DirectFetchConfig:
     """How clients (workers, the SDK, the CLI) read blobs by URL. ``enabled=False``: always through the store."""
 
     enabled: bool = True
+    # Files below parallel_min_bytes come as one GET (hashed beside the reader), larger ones as parallel ranged GETs.
+    # On S3 one connection carries roughly 100 MB/s and AWS's guidance is byte-range GETs of 8-16 MB in parallel to
+    # go past it, so a 100 MB adapter is read about streams times faster in parts. Servers that copy the whole object
+    # for every ranged GET (moto, some S3 look-alikes) make parts cost one full read each: there, streams=1 (or a
+    # larger parallel_min_bytes) is the setting, and one stream is as fast as a plain get_object.
     part_bytes: int = 16 << 20          # size of one ranged GET of a large file
     parallel_min_bytes: int = 64 << 20  # files at least this large are fetched as parallel ranged GETs
     streams: int = 4                    # ranged GETs in flight per client
@@ -29,3 +34,7 @@ class DirectFetchConfig:
     expiry_margin_s: float = 1.0        # a URL this close to its expiry is not started
     unreachable_backoff_s: float = 60.0  # an endpoint that could not be reached is not tried again for this long
     ca_file: str | None = None          # extra CA bundle for https endpoints with a private CA
+    # verified files up to small_blob_bytes (configs, READMEs) are kept by sha256, small_cache_bytes in all, and not
+    # fetched again for the next version that has the same bytes (0: keep none)
+    small_blob_bytes: int = 64 << 10
+    small_cache_bytes: int = 1 << 20

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.blob_urls import BlobUrl, DirectFetchConfig
 from adapterfleet.store.manifest import FileEntry, Manifest
+from adapterfleet.store.small_blobs import SmallBlobs
 
 log = logging.getLogger("adapterfleet.store.direct")
 READ_BLOCK = 1 << 20  # bytes per readinto / hash step
@@ -62,22 +63,59 @@ class DirectFetcher:
         self._pool: ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
         self._down_until: dict[str, float] = {}  # netloc -> client-clock time to try it again
-        self.stats = {"files": 0, "bytes": 0, "fallbacks": 0}  # delivered by URL; files left to the store
+        self._small = SmallBlobs(self.cfg.small_blob_bytes, self.cfg.small_cache_bytes)
+        # files delivered without the store (by URL, or "cached": a small file verified before); files left to it
+        self.stats = {"files": 0, "cached": 0, "bytes": 0, "fallbacks": 0}
 
     # --- a version's files ----------------------------------------------------------------------------------------
     def fetch_files(self, manifest: Manifest, urls: list[BlobUrl], received_at: float,
                     hand_over: Callable[[str, bytearray], object], progress: Progress | None = None, *,
                     on_corrupt: Callable[[str], object] | None = None) -> set[str]:
         """Download every file of ``manifest`` that has a URL, the largest in this thread and the others (the
-        config, a README) beside it; each is handed over whole, in manifest order, once all hashed right. Returns
+        config, a README) beside it; each is handed over whole, in manifest order, once all hashed right. Small
+        files this fetcher verified before (same sha256) are taken from its memory instead of GET again. Returns
         the names delivered; the rest are the caller's to fetch through the store. Raises ChecksumMismatch for
         bytes that are not the manifest's (after ``on_corrupt(sha256)``)."""
         by_name = {u.file: u for u in urls}
-        todo = [(e, by_name[e.name]) for e in manifest.files if e.name in by_name]
+        got: dict[str, bytearray] = {}
+        todo: list[tuple[FileEntry, BlobUrl]] = []
+        for entry in manifest.files:
+            if entry.name not in by_name:
+                continue
+            kept = self._small.get(entry)
+            if kept is not None:
+                got[entry.name] = kept
+            else:
+                todo.append((entry, by_name[entry.name]))
         hosts = {urlsplit(u.url).netloc for _, u in todo}
-        if not todo or any(self.clock() < self._down_until.get(h, float("-inf")) for h in hosts):
-            self.stats["fallbacks"] += len(manifest.files)
-            return set()
+        if any(self.clock() < self._down_until.get(h, float("-inf")) for h in hosts):
+            todo = []
+        failed: list[DirectUnavailable] = []
+        if todo:
+            got.update(self._get_files(manifest, todo, received_at, progress, on_corrupt, failed))
+        for failure in failed:
+            if isinstance(failure, _Unreachable):
+                for h in hosts:
+                    self._down_until[h] = self.clock() + self.cfg.unreachable_backoff_s
+        if failed:
+            log.info("reading %s through the store: %s", manifest.key, failed[0])
+        for entry in manifest.files:
+            if entry.name in got:
+                self._small.put(entry, got[entry.name])
+                if progress and not any(e is entry for e, _ in todo):
+                    progress(entry.size)  # from memory: no bytes moved, but the file is done
+                hand_over(entry.name, got[entry.name])
+        self.stats["files"] += len(got)
+        self.stats["cached"] += len(got) - sum(e.name in got for e, _ in todo)
+        self.stats["bytes"] += sum(len(b) for b in got.values())
+        self.stats["fallbacks"] += len(manifest.files) - len(got)
+        return set(got)
+
+    def _get_files(self, manifest: Manifest, todo: list[tuple[FileEntry, BlobUrl]], received_at: float,
+                   progress: Progress | None, on_corrupt: Callable[[str], object] | None,
+                   failed: list[DirectUnavailable]) -> dict[str, bytearray]:
+        """GET ``todo``: the largest file here, the others in the pool meanwhile. Failures to deliver go to
+        ``failed``; bytes that are not the manifest's raise ChecksumMismatch."""
         largest = max(todo, key=lambda item: item[0].size)
         side = [item for item in todo if item is not largest]
         pool = self._threads() if side else None
@@ -93,7 +131,6 @@ class DirectFetcher:
 
         futures = {e.name: pool.submit(one, e, u, None) for e, u in side} if pool is not None else {}
         got: dict[str, bytearray] = {}
-        failed: list[DirectUnavailable] = []
         try:
             got[largest[0].name] = one(*largest, progress)
         except DirectUnavailable as err:
@@ -106,19 +143,7 @@ class DirectFetcher:
             else:
                 if progress:
                     progress(entry.size)
-        for failure in failed:
-            if isinstance(failure, _Unreachable):
-                for h in hosts:
-                    self._down_until[h] = self.clock() + self.cfg.unreachable_backoff_s
-        if failed:
-            log.info("reading %s through the store: %s", manifest.key, failed[0])
-        for entry in manifest.files:
-            if entry.name in got:
-                hand_over(entry.name, got[entry.name])
-        self.stats["files"] += len(got)
-        self.stats["bytes"] += sum(len(b) for b in got.values())
-        self.stats["fallbacks"] += len(manifest.files) - len(got)
-        return set(got)
+        return got
 
     def close(self) -> None:
         with self._lock:

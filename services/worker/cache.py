@@ -210,6 +210,9 @@ class AdapterCache:
             self.stats.host_loads += 1
             return entry
         files: dict[str, bytes] | None = None
+        weights: Any = None
+        parsed = False  # weights hold the fetched files' parse
+        failure: Exception | None = None  # the fetched bytes did not parse (or fit this base model)
         try:
             if entry.disk_bytes:
                 loaded = await asyncio.to_thread(self._b.load_disk, key)
@@ -219,24 +222,39 @@ class AdapterCache:
                 else:
                     entry.disk_bytes = 0  # vanished or corrupt on disk: fetch again
             if files is None:
-                fetched = await asyncio.to_thread(self._b.fetch, key)  # own name: typed as fetch's result
-                entry.manifest, files = fetched
+                # fetch and parse in one thread hop; bytes that never load on this base model are not kept on disk
+                entry.manifest, fetched, weights, failure = await asyncio.to_thread(self._fetch_parsed, key)
+                files, parsed = fetched, failure is None
                 self.stats.cold_loads += 1
-                self.stats.fetched_bytes += sum(map(len, files.values()))
-                await self._save_disk(entry, files)
+                self.stats.fetched_bytes += sum(map(len, fetched.values()))
+                if failure is None:
+                    await self._save_disk(entry, fetched)
         except BaseException:
             self._forget_if_empty(entry)
             raise
         try:
-            entry.weights = await asyncio.to_thread(self._b.parse, entry.manifest, files)
+            if failure is not None:
+                raise failure
+            if not parsed:
+                assert files is not None  # read from disk, or fetched
+                weights = await asyncio.to_thread(self._b.parse, entry.manifest, files)
         except BaseException:
             await self._drop_disk(entry)  # bytes that never load on this base model are no use on disk either
             self._forget_if_empty(entry)
             raise
+        entry.weights = weights
         entry.nbytes = self._b.nbytes(entry.weights)
         self._touch(entry)
         await self._evict_host(keep=entry)
         return entry
+
+    def _fetch_parsed(self, key: str) -> tuple[Any, dict[str, bytes], Any, Exception | None]:
+        """(manifest, verified files, weights or None, why they did not parse or None); runs in a worker thread."""
+        manifest, files = self._b.fetch(key)
+        try:
+            return manifest, files, self._b.parse(manifest, files), None
+        except Exception as err:  # noqa: BLE001 - handed back to the loop and raised there, after the bookkeeping
+            return manifest, files, None, err
 
     async def _to_disk(self, key: str) -> None:
         entry = self._entries.setdefault(key, Entry(key))

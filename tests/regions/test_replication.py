@@ -250,9 +250,13 @@ def test_a_copy_corrupted_in_the_secondarys_bucket_is_copied_again(regions, tmp_
     key = f"sha256/{weights.sha256}"
     body = s3_client.get_object(Bucket=regions.b.cfg.s3.bucket, Key=key)["Body"].read()
     s3_client.put_object(Bucket=regions.b.cfg.s3.bucket, Key=key, Body=body[:-1] + b"\x07")
-    with pytest.raises(ChecksumMismatch):  # the client finds it, and reports it: region b quarantines its copy
-        regions.cb.fetch("acme/heal@1")
-    _, files = regions.cb.fetch("acme/heal@1")  # ... and the next fetch copies it again from the primary
+    fresh = regions.b.client(timeout=10)  # cb keeps the small files it verified (the weights here): a new reader
+    try:
+        with pytest.raises(ChecksumMismatch):  # the client finds it, and reports it: region b quarantines its copy
+            fresh.fetch("acme/heal@1")
+        _, files = fresh.fetch("acme/heal@1")  # ... and the next fetch copies it again from the primary
+    finally:
+        fresh.close()
     assert files["adapter_model.safetensors"] == (src / "adapter_model.safetensors").read_bytes()
     assert s3_client.get_object(Bucket=regions.b.cfg.s3.bucket, Key=key)["Body"].read() == body
 

@@ -1,8 +1,8 @@
 """Per-slot tensors of one wrapped module, stacked along a leading "local row" dimension.
 
 Local row 0 is the null row (no adapter: zeros, or ones for a scale); installed slots take rows 1..L in install
-order. ``slot_map`` ([max_slots + 1], long) turns the context's ``slot + 1`` index into a local row, so a forward
-gathers with two index ops and never loops over adapters.
+order. ``slot_map`` ([max_slots + 1], long; built when first asked for) turns the context's ``slot + 1`` index
+into a local row; a forward's row plan (:mod:`.plan`) gathers by local row and never loops over adapters.
 
 Tensors whose per-slot entry has a rank dimension are zero-padded to the largest rank installed in this module
 (zero rows of A and zero columns of B add nothing). Only the adapters that touch this module take rows here, and
@@ -11,10 +11,10 @@ tensors, so unloading really frees memory.
 
 A :class:`SlotStack` is immutable; wrappers swap in a new one with a single attribute assignment, so a forward
 running in another thread sees either the old or the new stack, never a half-written one. Each stacked tensor is a
-view of the first rows of a storage with room to spare (grown about twice over when full): an install whose rank fits
-writes its row past the end of every existing view of that storage and publishes a longer view, copying nothing
-else (a cold load does not pay for the adapters already installed). A removal builds exact new tensors, so
-unloading still frees memory. Its :class:`Layout` (slot
+view of the first rows of a storage with a row for every slot (allocated and filled when the stack first needs
+room, or a larger rank): an install whose rank fits writes its row past the end of every existing view of that
+storage and publishes a longer view, copying nothing else (a cold load does not pay for the adapters already
+installed). A removal builds exact new tensors, so unloading still frees memory. Its :class:`Layout` (slot
 order and which slots carry which field) is what a forward's row plan depends on; wrappers whose stacks share a
 layout (every module of an all-linear adapter) share one plan per batch.
 """
@@ -77,7 +77,7 @@ class SlotStack:
         self.tensors = tensors or {name: None for name in fields}  # name -> [L + 1, *entry_shape] or None
         # name -> [capacity >= L + 1, *entry_shape]: what ``tensors`` are the first rows of
         self.storage = storage if storage is not None else dict(self.tensors)
-        self.slot_map = slot_map  # [max_slots + 1] long: slot + 1 -> local row, 0 = none
+        self._slot_map = slot_map  # built on first use (a forward's row plan does not need it)
         self.slots = frozenset(order)
         self.rank = max(self.ranks.values(), default=0)
         self.layout = Layout(order, self.has)
@@ -92,8 +92,18 @@ class SlotStack:
             raise KeyError(f"no slot in this stack carries {name!r}")
         return t
 
+    @property
+    def slot_map(self) -> torch.Tensor | None:
+        """[max_slots + 1] long: slot + 1 -> local row, 0 = none; None when no slot is installed."""
+        if self._slot_map is None and self.order:
+            rows = [0] * (self.max_slots + 1)
+            for local, s in enumerate(self.order, start=1):
+                rows[s + 1] = local
+            self._slot_map = torch.tensor(rows, dtype=torch.long, device=self.device)
+        return self._slot_map
+
     def nbytes(self) -> int:
-        total = 0 if self.slot_map is None else self.slot_map.nbytes
+        total = (self.max_slots + 1) * 8 if self.order else 0  # the slot map's, built or not
         return total + sum(t.nbytes for t in self.storage.values() if t is not None)
 
     def _padded_shape(self, name: str, shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
@@ -136,10 +146,11 @@ class SlotStack:
                 if new is None or tuple(new.shape) != shape:  # padding (or no entry): the rest of the row too
                     out[n_rows - 1].fill_(spec.fill)
             else:
-                capacity = min(self.max_slots + 1, 2 * n_rows - 1)
-                # spare rows are written now (their memory faulted in once, at growth) so that later installs
-                # only copy their own weights into memory that is already there
-                out = torch.full((capacity, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
+                # room for every slot at once (as vLLM preallocates its LoRA stacks), so the installs after this one
+                # write in place. The spare rows are written now: their memory is faulted in once, here, and later
+                # installs only copy their own weights into memory that is already there (first touch of fresh
+                # memory costs more than the copy on a busy VM)
+                out = torch.full((self.max_slots + 1, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
                 if old is not None:
                     out[tuple(slice(0, n) for n in old.shape)].copy_(old)
             if new is not None:
@@ -180,13 +191,7 @@ class SlotStack:
         tensors: dict[str, torch.Tensor | None],
         storage: dict[str, torch.Tensor | None] | None = None,
     ) -> SlotStack:
-        slot_map: torch.Tensor | None = None
-        if order:
-            slot_map = torch.zeros(self.max_slots + 1, dtype=torch.long)
-            for local, s in enumerate(order, start=1):
-                slot_map[s + 1] = local
-            slot_map = slot_map.to(self.device)
         return SlotStack(
             self.fields, self.max_slots, self.device, order=order, ranks=ranks, has=has, tensors=tensors,
-            slot_map=slot_map, storage=storage,
+            storage=storage,
         )

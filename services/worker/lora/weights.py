@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -77,7 +78,7 @@ class AdapterWeights:
         if not tensors:
             raise InvalidAdapter("the adapter has no tensors; save it with PeftModel.save_pretrained()")
         weights = cls(spec)
-        keys = parse_peft_keys(tensors)  # refuses names outside the PEFT grammar, and duplicate spellings
+        keys = _parsed_keys(tuple(tensors))  # refuses names outside the PEFT grammar, and duplicate spellings
         for key, tensor in tensors.items():
             _check_finite(key, tensor)
             weights._place(keys[key], tensor)
@@ -156,6 +157,13 @@ class AdapterWeights:
                     f"{m.path}: lora_magnitude_vector {list(m.magnitude.shape)} does not match lora_B "
                     f"{list(b.shape)}; expected [{b.shape[0]}]"
                 )
+
+
+@lru_cache(maxsize=64)
+def _parsed_keys(names: tuple[str, ...]) -> dict[str, PeftKey]:
+    """``parse_peft_keys`` of one key set, remembered: adapters of one architecture and targets share their key
+    names, so a worker parses each set once. Read-only for callers (it is shared); a refused set is not kept."""
+    return parse_peft_keys(names)
 
 
 def _check_finite(key: str, t: torch.Tensor) -> None:

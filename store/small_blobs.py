@@ -1,0 +1,51 @@
+"""Small files a client has already verified, kept by sha256 so that the next version that carries the same bytes
+does not GET them again.
+
+Versions of one adapter, and adapters trained with one recipe, mostly share their ``adapter_config.json`` and
+README byte for byte; on an object store each GET of such a file costs a round trip, whatever its size. Only bytes
+that hashed to their manifest's sha256 on arrival are kept (content addressing: the same digest is the same bytes),
+only files up to ``max_file`` bytes, and at most ``budget`` bytes in all, least recently used out first. A hit is
+handed over as a fresh copy, so no caller shares (or can change) the kept bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from adapterfleet.store.manifest import FileEntry
+
+
+class SmallBlobs:
+    def __init__(self, max_file: int, budget: int):
+        self.max_file = max_file
+        self.budget = budget
+        self._kept: OrderedDict[str, bytes] = OrderedDict()  # sha256 -> verified bytes, least recent first
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, entry: FileEntry) -> bytearray | None:
+        """A copy of the bytes of ``entry`` if they were verified before, else None."""
+        with self._lock:
+            data = self._kept.get(entry.sha256)
+            if data is None or len(data) != entry.size:
+                return None
+            self._kept.move_to_end(entry.sha256)
+        return bytearray(data)
+
+    def put(self, entry: FileEntry, data: bytes | bytearray) -> None:
+        """Keep ``data``, which the caller checked hashes to ``entry.sha256``; too large files are not kept."""
+        if len(data) != entry.size or entry.size > min(self.max_file, self.budget):
+            return
+        with self._lock:
+            if entry.sha256 in self._kept:
+                self._kept.move_to_end(entry.sha256)
+                return
+            self._kept[entry.sha256] = bytes(data)
+            self._bytes += len(data)
+            while self._bytes > self.budget:
+                _, old = self._kept.popitem(last=False)
+                self._bytes -= len(old)
+
+    def __len__(self) -> int:
+        return len(self._kept)
