@@ -46,6 +46,7 @@ class ModelHost:
         module: nn.Module = model
         module.to(device).eval()
         model.requires_grad_(False)
+        contiguous_head(model)
         tokenizer = None
         if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -60,6 +61,24 @@ class ModelHost:
     def vocab(self) -> int:
         """Rows of the input embedding: every token id fed to the model must be below this."""
         return embedding_rows(self.model)
+
+
+def contiguous_head(model: nn.Module) -> None:
+    """Feed the output head a contiguous input. The engine asks for the last position's logits only
+    (``logits_to_keep=1``), and the head then gets a strided slice [B, 1, hidden] of the final hidden states, which
+    ``F.linear`` runs as a ``bmm`` against the weight broadcast B times: for a 32,000-token vocabulary and 31 rows,
+    112 ms instead of ~15 ms, on every prefill and every prefill chunk (measured: 31 x 64 prompt tokens in 8 chunks
+    took 2.1 s, 1.1 s with this). The copy is one [B, hidden] row per sequence."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    if isinstance(head, nn.Module):
+        head.register_forward_pre_hook(_contiguous_first_arg)
+
+
+def _contiguous_first_arg(_module: nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def embedding_rows(model: PreTrainedModel) -> int:
