@@ -8,14 +8,15 @@ so nobody waits for a long generation to finish. Rows of one batch may use diffe
 row that finishes (stop id, length, or a cancelled caller) leaves the batch at once (``batch_select_indices``).
 
 Chunked prefill: a newcomer's prefill would stall the running decodes for as long as it takes, so when rows are
-decoding and the newcomers' prefill is bigger than ``prefill_chunk_tokens`` (rows x columns of the left-padded
-prompts), it is split into chunks of columns (each <= that many tokens; its own KV cache grows chunk by chunk)
-and exactly one chunk runs between two decode steps: a decode step never waits for more than one chunk of prefill
-work. The last chunk's logits start the newcomers, which are then joined like any other. While a chunked prefill is
-under way, further generations wait for it to end (scoring requests still run between steps). An idle engine, or
-one whose running rows all finished, prefills in one go (nobody is waiting). ``prefill_chunk_tokens=0``: never
-chunk. Greedy tokens are those of a one-shot prefill (the chunks attend to the same keys; only float rounding of
-the split matmuls differs).
+decoding and the newcomers' prefill is bigger than one chunk, it is split into chunks of columns (its own KV cache
+grows chunk by chunk) and exactly one chunk runs between two decode steps: a decode step never waits for more than
+one chunk of prefill work. A chunk is ``prefill_chunk_tokens`` (rows x columns of the left-padded prompts) times
+the number of newcomers per running row, at least once: it stalls the running rows to start the newcomers, so a
+few rows decoding while a whole wave waits take the wave in one go (``_begin``). The last chunk's logits start the
+newcomers, which are then joined like any other. While a chunked prefill is under way, further generations wait
+for it to end (scoring requests still run between steps). An idle engine, or one whose running rows all finished,
+prefills in one go (nobody is waiting). ``prefill_chunk_tokens=0``: never chunk. Greedy tokens are those of a
+one-shot prefill (the chunks attend to the same keys; only float rounding of the split matmuls differs).
 
 One bad row fails alone (``isolation.py``): a forward that raises is retried on halves of the batch until the rows
 that fail on their own are found; they fail with a typed error and the rest go on. A row whose logits are not
@@ -229,11 +230,16 @@ class Engine:
         if self.on_step is not None:
             self.on_step(kind, rows, tokens)
 
-    def _begin(self, jobs: list[GenerateJob], decoding: bool) -> Prefill | None:
-        """A chunked prefill of ``jobs`` if rows are ``decoding`` and it is more than one chunk of work, else None."""
-        budget = self.prefill_chunk_tokens
+    def _begin(self, jobs: list[GenerateJob], decoding: int) -> Prefill | None:
+        """A chunked prefill of ``jobs`` while ``decoding`` rows run, if it is more than one chunk of work, else None.
+
+        A chunk holds ``prefill_chunk_tokens`` per running row that each newcomer stands against (at least one
+        budget): what a chunk delays is ``decoding`` rows, what it speeds is ``len(jobs)`` first tokens. Two rows
+        decoding while thirty newcomers wait (a wave that arrived over a few milliseconds) is one prefill, not thirty
+        chunks that each stall two rows; a newcomer or two joining twenty running rows come in small chunks."""
+        budget = self.prefill_chunk_tokens * max(1, len(jobs) // max(1, decoding))
         longest = max(len(j.prompt_ids) for j in jobs)
-        if not decoding or budget <= 0 or len(jobs) * longest <= budget:
+        if not decoding or self.prefill_chunk_tokens <= 0 or len(jobs) * longest <= budget:
             return None
         return Prefill(jobs, *self._inputs(jobs), step=max(1, budget // len(jobs)))
 
@@ -343,7 +349,7 @@ class Engine:
             try:
                 if joining:
                     jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
-                    pending = self._begin(joining, decoding=bool(live))
+                    pending = self._begin(joining, decoding=len(live))
                     if pending is None:
                         started = self._start(joining)
                         if started is not None:

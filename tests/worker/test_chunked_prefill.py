@@ -60,9 +60,9 @@ def _job(prompt, slot, n, out: Out) -> GenerateJob:
     return GenerateJob(list(prompt), slot, n, Sampling(), frozenset(), out.emit, out.fail)
 
 
-def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3):
-    """RUNNING starts on an idle engine; ``newcomers`` [(prompt, slot, n)] are submitted right after decode step
-    ``after_decode``. Returns (running outputs, newcomer outputs, step log)."""
+def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=RUNNING):
+    """``running`` (RUNNING) starts on an idle engine; ``newcomers`` [(prompt, slot, n)] are submitted right after
+    decode step ``after_decode``. Returns (running outputs, newcomer outputs, step log)."""
     log: list[tuple[str, int, int]] = []
     late = [(_job(p, s, n, o), o) for (p, s, n), o in zip(newcomers, [Out() for _ in newcomers], strict=True)]
 
@@ -74,8 +74,8 @@ def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3):
 
     engine = Engine(model, lora, pad_id=0, device=model.device, max_batch=8, prefill_chunk_tokens=chunk,
                     on_step=on_step)
-    early = [Out() for _ in RUNNING]
-    for (p, s, n), o in zip(RUNNING, early, strict=True):
+    early = [Out() for _ in running]
+    for (p, s, n), o in zip(running, early, strict=True):
         engine.submit(_job(p, s, n, o))  # queued before the engine starts: one batch
     engine.start()
     try:
@@ -209,3 +209,16 @@ def test_newcomers_queued_during_a_chunked_prefill_start_after_it(setup, referen
         assert len(log[before + 1: after]) <= 1, log
     prefills = [entry for entry in log[1:] if entry[0] == "prefill"]
     assert prefills == [("prefill", 1, 16)] * 3 + [("prefill", 1, 13)] + [("prefill", 1, 16), ("prefill", 1, 7)]
+
+
+def test_many_newcomers_against_few_running_rows_take_bigger_chunks(setup, reference):
+    """Four newcomers join one running row: a chunk holds the budget per newcomer per running row (4 x 16 tokens),
+    so the wave is prefilled in 4 chunks of 16 columns, not 16 chunks of 4 that would each stall the one row."""
+    _, _, model, lora = setup
+    alone, _ = reference
+    running, late, log = _run(model, lora, 16, [(LONG, 0, NEW)] * 4, running=RUNNING[:1])
+    assert late == [alone[tuple(LONG)]] * 4
+    assert running == [alone[tuple(RUNNING[0][0])]]
+    decodes = [i for i, (k, _, _) in enumerate(log) if k == "decode"]
+    chunks = [entry for entry in log[decodes[0]:] if entry[0] == "prefill"]
+    assert chunks == [("prefill", 4, 64)] * 3 + [("prefill", 4, 52)]  # 61 columns: 3 x 16 + 13
