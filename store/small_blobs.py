@@ -10,42 +10,23 @@ handed over as a fresh copy, so no caller shares (or can change) the kept bytes.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
+from adapterfleet.store.byte_lru import ByteLru
 from adapterfleet.store.manifest import FileEntry
 
 
 class SmallBlobs:
     def __init__(self, max_file: int, budget: int):
-        self.max_file = max_file
-        self.budget = budget
-        self._kept: OrderedDict[str, bytes] = OrderedDict()  # sha256 -> verified bytes, least recent first
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._kept = ByteLru(budget, max_file)  # sha256 -> verified bytes
 
     def get(self, entry: FileEntry) -> bytearray | None:
         """A copy of the bytes of ``entry`` if they were verified before, else None."""
-        with self._lock:
-            data = self._kept.get(entry.sha256)
-            if data is None or len(data) != entry.size:
-                return None
-            self._kept.move_to_end(entry.sha256)
-        return bytearray(data)
+        data = self._kept.get(entry.sha256)
+        return None if data is None or len(data) != entry.size else bytearray(data)
 
     def put(self, entry: FileEntry, data: bytes | bytearray) -> None:
         """Keep ``data``, which the caller checked hashes to ``entry.sha256``; too large files are not kept."""
-        if len(data) != entry.size or entry.size > min(self.max_file, self.budget):
-            return
-        with self._lock:
-            if entry.sha256 in self._kept:
-                self._kept.move_to_end(entry.sha256)
-                return
-            self._kept[entry.sha256] = bytes(data)
-            self._bytes += len(data)
-            while self._bytes > self.budget:
-                _, old = self._kept.popitem(last=False)
-                self._bytes -= len(old)
+        if len(data) == entry.size and entry.size <= self._kept.max_item and self._kept.get(entry.sha256) is None:
+            self._kept.put(entry.sha256, bytes(data))
 
     def __len__(self) -> int:
         return len(self._kept)

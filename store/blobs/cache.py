@@ -9,11 +9,10 @@ rely on) always asks the backend, so a blob S3 lost is sent again rather than re
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 
 from adapterfleet.store.blobs.base import BlobInfo, BlobStore
+from adapterfleet.store.byte_lru import ByteLru
 
 
 class _CachingWriter:
@@ -51,31 +50,19 @@ class CachedBlobStore(BlobStore):
         self.inner = inner
         self.budget = budget
         self.max_item = max_item
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._lru = ByteLru(budget, max_item)
         self.hits = 0
         self.misses = 0
 
+    @property
+    def _bytes(self) -> int:
+        return self._lru.nbytes
+
     def get(self, sha256: str) -> bytes | None:
-        with self._lock:
-            data = self._items.get(sha256)
-            if data is not None:
-                self._items.move_to_end(sha256)
-            return data
+        return self._lru.get(sha256)
 
     def put(self, sha256: str, data: bytes) -> None:
-        if len(data) > self.max_item or len(data) > self.budget:
-            return
-        with self._lock:
-            old = self._items.pop(sha256, None)  # a publish may replace a quarantined blob's bad copy
-            if old is not None:
-                self._bytes -= len(old)
-            self._items[sha256] = data
-            self._bytes += len(data)
-            while self._bytes > self.budget:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= len(old)
+        self._lru.put(sha256, data)  # a publish may replace a quarantined blob's bad copy
 
     def exists(self, sha256: str) -> bool:
         return self.inner.exists(sha256)  # never from memory: a version may only refer to blobs the backend holds
@@ -105,20 +92,14 @@ class CachedBlobStore(BlobStore):
         """Asks the backend (the truth), never the memory; a blob found bad is dropped from memory too."""
         intact = self.inner.holds_intact(sha256)
         if not intact:
-            with self._lock:
-                data = self._items.pop(sha256, None)
-                if data is not None:
-                    self._bytes -= len(data)
+            self._lru.pop(sha256)
         return intact
 
     def list(self) -> Iterator[BlobInfo]:
         return self.inner.list()
 
     def delete(self, sha256: str) -> None:
-        with self._lock:
-            data = self._items.pop(sha256, None)
-            if data is not None:
-                self._bytes -= len(data)
+        self._lru.pop(sha256)
         self.inner.delete(sha256)
 
     def abort_stale_uploads(self, older_than: float) -> int:

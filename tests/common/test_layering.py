@@ -25,7 +25,8 @@ CLIENT = ["adapterfleet.sdk", "adapterfleet.sdk.*",
           *(f"adapterfleet.store.{m}" for m in (
               "client", "aio_client", "proto_convert", "targets", "refs", "manifest", "events", "resolved", "workers",
               "listing", "base_model", "safetensors_header", "strict_json", "adapter_config", "validation",
-              "peft_keys", "direct_fetch", "blob_urls", "rollout_figures", "rollout_record")),
+              "peft_keys", "direct_fetch", "blob_urls", "byte_lru", "small_blobs", "rollout_figures",
+              "rollout_record")),
           *(f"adapterfleet.common.{m}" for m in ("channel", "errors", "grpc_errors", "interceptors", "tiers")),
           "adapterfleet.cli.commands", "adapterfleet.cli.inference"]
 SERVER = ["adapterfleet.*.server", "adapterfleet.*.servicer", "adapterfleet.*_servicer", "adapterfleet.*.service",

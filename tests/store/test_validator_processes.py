@@ -50,6 +50,9 @@ def config(**fields) -> bytes:
                        "base_model_name_or_path": "tiny", **fields}).encode()
 
 
+SLOW = config(modules_to_save=[f"keep_{i}" for i in range(4000)])  # compiling 8,000 patterns: seconds
+
+
 BIG = layers(200)  # a header over INLINE_BYTES: parsed in a child
 CASES = {
     "valid": (config(), header_of(BIG)),
@@ -109,14 +112,12 @@ def test_children_answer_as_threads_do():
 
 
 def test_a_killed_child_fails_its_step_alone_and_is_replaced():
-    slow = config(modules_to_save=[f"keep_{i}" for i in range(4000)])  # compiling 8,000 patterns: seconds
-
     async def scenario():
         v = Validator(LIMITS, processes=1)
         try:
             assert (await v.config(config())).r == 4
             [pid] = v.pool.pids
-            step = asyncio.ensure_future(v.config(slow))
+            step = asyncio.ensure_future(v.config(SLOW))
             await asyncio.sleep(0.2)
             os.kill(pid, signal.SIGKILL)
             with pytest.raises(Unavailable, match="killed by SIGKILL"):
@@ -132,14 +133,13 @@ def test_a_killed_child_fails_its_step_alone_and_is_replaced():
 
 
 def test_a_child_stopped_for_cpu_is_the_budget_error():
-    slow = config(modules_to_save=[f"keep_{i}" for i in range(4000)])
 
     async def scenario():
         v = Validator(LIMITS, processes=1)
         try:
             await v.config(config())
             [pid] = v.pool.pids
-            step = asyncio.ensure_future(v.config(slow))
+            step = asyncio.ensure_future(v.config(SLOW))
             await asyncio.sleep(0.2)
             os.kill(pid, signal.SIGXCPU)  # what the kernel sends at the request's RLIMIT_CPU
             with pytest.raises(InvalidAdapter, match="budget is 2 s of CPU per step") as err:
@@ -156,7 +156,6 @@ def test_a_child_stopped_for_cpu_is_the_budget_error():
 def test_no_answer_within_the_wall_limit_kills_the_child(monkeypatch):
     monkeypatch.setattr(validate_pool, "WALL_FACTOR", 0.0)
     monkeypatch.setattr(validate_pool, "WALL_SLACK_S", 0.3)  # well below what 8,000 patterns take to compile
-    slow = config(modules_to_save=[f"keep_{i}" for i in range(4000)])
 
     async def scenario():
         v = Validator(LIMITS, processes=1)
@@ -164,7 +163,7 @@ def test_no_answer_within_the_wall_limit_kills_the_child(monkeypatch):
             await v.config(config())
             [pid] = v.pool.pids
             with pytest.raises(InvalidAdapter, match=r"validating it took more than 0\.3 s"):
-                await v.config(slow)
+                await v.config(SLOW)
             return pid, (await v.config(config())).r, v.pool.started
         finally:
             v.close()
@@ -174,14 +173,13 @@ def test_no_answer_within_the_wall_limit_kills_the_child(monkeypatch):
 
 
 def test_an_abandoned_step_does_not_answer_the_next_one():
-    slow = config(modules_to_save=[f"keep_{i}" for i in range(4000)])
 
     async def scenario():
         v = Validator(LIMITS, processes=1)
         try:
             await v.config(config())
             [pid] = v.pool.pids
-            step = asyncio.ensure_future(v.config(slow))
+            step = asyncio.ensure_future(v.config(SLOW))
             await asyncio.sleep(0.2)
             step.cancel()  # the push went away mid-step: its child's answer would reach the next step
             with pytest.raises(asyncio.CancelledError):
