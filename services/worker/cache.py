@@ -210,8 +210,7 @@ class AdapterCache:
             self.stats.host_loads += 1
             return entry
         files: dict[str, bytes] | None = None
-        weights: Any = None
-        parsed = False  # weights hold the fetched files' parse
+        weights: Any = None  # set with the fetched files: their parse
         failure: Exception | None = None  # the fetched bytes did not parse (or fit this base model)
         try:
             if entry.disk_bytes:
@@ -224,7 +223,7 @@ class AdapterCache:
             if files is None:
                 # fetch and parse in one thread hop; bytes that never load on this base model are not kept on disk
                 entry.manifest, fetched, weights, failure = await asyncio.to_thread(self._fetch_parsed, key)
-                files, parsed = fetched, failure is None
+                files = fetched
                 self.stats.cold_loads += 1
                 self.stats.fetched_bytes += sum(map(len, fetched.values()))
                 if failure is None:
@@ -235,8 +234,8 @@ class AdapterCache:
         try:
             if failure is not None:
                 raise failure
-            if not parsed:
-                assert files is not None  # read from disk, or fetched
+            if weights is None:  # read from disk
+                assert files is not None
                 weights = await asyncio.to_thread(self._b.parse, entry.manifest, files)
         except BaseException:
             await self._drop_disk(entry)  # bytes that never load on this base model are no use on disk either
