@@ -917,7 +917,9 @@ def main() -> None:
                 for n in counts:
                     bench.measure(wave(n, rep, args.wave_size, args.wave_prompt, args.wave_tokens, args.seed))
             trace = make_trace(n_open, args.zipf, args.open_prompt, args.open_output, args.seed)
-            if mults is None:
+            if not n_open:
+                rates = []
+            elif mults is None:
                 rates = _floats(args.rates_rps)
             else:
                 ref = args.rate_base if args.rate_base in names else names[0]

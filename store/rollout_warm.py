@@ -61,13 +61,15 @@ class Warmer:
                    if code in VERSION_FAULTS]
         if refused:
             return WarmResult(f"{label} was refused by {len(refused)} of {len(todo)} workers", refused=refused[0])
-        failed = {r.id for r, (code, _) in zip(todo, outcomes, strict=True) if code}
+        failures = [(r, err) for r, (code, err) in zip(todo, outcomes, strict=True) if code]
+        failed = {r.id for r, _ in failures}
         want = {rid for rid in holders if rid not in failed}
         resident = await self._wait_resident(new_key, tier_of, want, deadline)
         note = (f"{label} resident on {len(resident)} of {len(holders)} workers that hold the old version "
                 f"({len(todo)} loaded it now)")
         if failed:
-            note += f"; {len(failed)} failed to load it (not the version's fault)"
+            r, err = failures[0]
+            note += f"; {len(failed)} failed to load it (not the version's fault; {r.address}: {err})"
         if len(resident) < len(want):
             note += f"; timed out after {timeout_s:g}s waiting for the rest, proceeding"
             log.warning("warm before switch: %s", note)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument
 from adapterfleet.store.base_model import fingerprint
+from adapterfleet.worker.lora import few_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -73,6 +75,12 @@ def contiguous_head(model: nn.Module) -> None:
     head = get_head() if get_head is not None else None
     if isinstance(head, nn.Module):
         head.register_forward_pre_hook(_contiguous_first_arg)
+        if type(head) is nn.Linear:  # a decode step's few rows: the transposed GEMM (lora/few_rows.py)
+            head.forward = partial(_few_rows_head, head)
+
+
+def _few_rows_head(head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return few_rows.linear(x, head.weight, head.bias)
 
 
 def _contiguous_first_arg(_module: nn.Module, args: tuple) -> tuple | None:

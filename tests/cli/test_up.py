@@ -45,7 +45,12 @@ def test_up_answers_through_the_router_and_stops_cleanly(tmp_path):
             assert "adapterfleet_request_seconds" in text
     finally:
         up.send_signal(signal.SIGINT)
-        assert up.wait(60) == 0
+        try:
+            code = up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            code = "still running 60 s after SIGINT (killed)"
+        assert code == 0, f"up: {code}; its stderr:\n{up.stderr.read()[-4000:]}"
     ports = [fleet["store"], *fleet["workers"], fleet["router"]]
     leftover = subprocess.run(["pgrep", "-f", "--", "|".join(f"--port {p.rsplit(':', 1)[1]}( |$)" for p in ports)],
                               capture_output=True, text=True)

@@ -52,7 +52,7 @@ def test_warm_before_switch_refuses_a_version_that_does_not_fit_before_any_reque
     with Rollouts(fleet.address) as rollouts:
         rollouts.start("acme/badwarm", "prod", to=3, steps="50,100", interval="10s", min_requests=10)
         s = finished(rollouts, "acme/badwarm")
-    assert s.state == "rolled_back"
+    assert s.state == "rolled_back", s  # the whole status: its warm note says what each worker answered
     assert "while warming" in s.reason and "FAILED_PRECONDITION" in s.reason, s.reason
     assert "step" not in [h["kind"] for h in s.history]  # no traffic was ever sent to v3
     assert s.weights == {1: 100}

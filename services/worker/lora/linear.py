@@ -40,6 +40,7 @@ from torch import nn
 
 from adapterfleet.common.errors import Incompatible
 
+from . import few_rows
 from .base import SlotWrapper, module_tensor, optional_module_tensor
 from .context import RowContext
 from .plan import RowPlan
@@ -135,6 +136,8 @@ class LoraLinear(SlotWrapper):
         batch = x.shape[0]
         plan = self._plan(stack, batch, x.device)
         if plan is None:
+            if not args and not kwargs and self._plain_base(x):
+                return few_rows.linear(x, self.base_weight(), self.bias)
             return self.base_layer(x, *args, **kwargs)
         carried = plan.carried
         xs = x.reshape(batch, -1, self.in_features)  # [batch, tokens, in]
@@ -145,8 +148,12 @@ class LoraLinear(SlotWrapper):
             bias = self.bias
             if bias is not None:
                 flat.add_(bias)
-            weight = self.weight  # nn.Linear [out, in], Conv1D [in, out]
-            flat.addmm_(xs.reshape(-1, self.in_features), weight if self.fan_in_fan_out else weight.t())
+            x2 = xs.reshape(-1, self.in_features)
+            if few_rows.few_rows(x2):  # a decode step: the transposed GEMM, then one small add
+                flat.add_(few_rows.linear_t(x2, self.base_weight()))
+            else:
+                weight = self.weight  # nn.Linear [out, in], Conv1D [in, out]
+                flat.addmm_(x2, weight if self.fan_in_fan_out else weight.t())
             out = flat.view(batch, -1, self.out_features)  # [batch, tokens, out]
         else:
             y = self.base_layer(x, *args, **kwargs)
@@ -167,10 +174,12 @@ class LoraLinear(SlotWrapper):
     def _plain(self, x: torch.Tensor, stack: SlotStack) -> bool:
         """Whether this wrapper may run the base layer's GEMM itself: a plain Linear / Conv1D, one dtype, no autocast
         (which would run the base layer in another dtype)."""
-        base = self.base_layer
+        return self._plain_base(x) and x.dtype == stack.tensor("A").dtype
+
+    def _plain_base(self, x: torch.Tensor) -> bool:
         return (
-            type(base) in _PLAIN
-            and x.dtype == self.weight.dtype == stack.tensor("A").dtype
+            type(self.base_layer) in _PLAIN
+            and x.dtype == self.weight.dtype
             and not torch.is_autocast_enabled(x.device.type)
         )
 
