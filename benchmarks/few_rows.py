@@ -56,8 +56,8 @@ def gemm_table(rows: list[int], reps: int) -> None:
         weights = [torch.randn(n_out, n_in, generator=gen) for _ in range(copies)]
         for m in rows:
             x = torch.randn(m, n_in, generator=gen)
-            plain = timed(lambda: [F.linear(x, w) for w in weights], reps, 3) / copies
-            mine = timed(lambda: [few_rows.linear_t(x, w).contiguous() for w in weights], reps, 3) / copies
+            plain = timed(lambda x=x, ws=weights: [F.linear(x, w) for w in ws], reps, 3) / copies
+            mine = timed(lambda x=x, ws=weights: [few_rows.linear_t(x, w).contiguous() for w in ws], reps, 3) / copies
             print(f"| {label} | {m} | {plain * 1e3:.3f} | {mine * 1e3:.3f} | {mine / plain:.2f}x |", flush=True)
 
 

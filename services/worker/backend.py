@@ -28,7 +28,7 @@ from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.refs import AdapterKey
 from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
-from adapterfleet.worker.tensor_bytes import load_tensors
+from adapterfleet.worker.tensor_bytes import all_finite, load_tensors
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
@@ -85,7 +85,11 @@ class WorkerBackend:
             tensors = load_tensors(raw, header)  # views of the verified bytes (a direct read's bytearray): no copy
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise InvalidAdapter(f"{manifest.key}: {WEIGHTS} cannot be read: {err}") from None
-        weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()})
+        # finite in the file and not narrowed on the way in (a float32 value can overflow float16): known finite
+        widened = all(v.dtype == self._dtype or v.dtype.itemsize < self._dtype.itemsize for v in tensors.values())
+        known_finite = widened and self._dtype.is_floating_point and all_finite(raw, header)
+        weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()},
+                                              known_finite=known_finite)
         self._lora.check(weights)  # every module exists and every shape fits: Incompatible otherwise
         return weights
 

@@ -73,14 +73,16 @@ class AdapterWeights:
         return cls.from_tensors(spec, load_file(str(path / "adapter_model.safetensors")))
 
     @classmethod
-    def from_tensors(cls, spec: LoraSpec, tensors: Mapping[str, torch.Tensor]) -> AdapterWeights:
-        """Group PEFT-keyed tensors per module; refuse (InvalidAdapter) what PEFT would not have saved."""
+    def from_tensors(cls, spec: LoraSpec, tensors: Mapping[str, torch.Tensor], *,
+                     known_finite: bool = False) -> AdapterWeights:
+        """Group PEFT-keyed tensors per module; refuse (InvalidAdapter) what PEFT would not have saved.
+        ``known_finite``: the caller already checked every value is finite (only dtypes are checked here then)."""
         if not tensors:
             raise InvalidAdapter("the adapter has no tensors; save it with PeftModel.save_pretrained()")
         weights = cls(spec)
         keys = _parsed_keys(tuple(tensors))  # refuses names outside the PEFT grammar, and duplicate spellings
         for key, tensor in tensors.items():
-            _check_finite(key, tensor)
+            _check_finite(key, tensor, values=not known_finite)
             weights._place(keys[key], tensor)
         for m in weights.modules.values():
             weights._finish(m)
@@ -166,9 +168,11 @@ def _parsed_keys(names: tuple[str, ...]) -> dict[str, PeftKey]:
     return parse_peft_keys(names)
 
 
-def _check_finite(key: str, t: torch.Tensor) -> None:
+def _check_finite(key: str, t: torch.Tensor, values: bool = True) -> None:
     if not t.is_floating_point():
         raise InvalidAdapter(f"{key} has dtype {t.dtype}; adapter tensors must be floating point")
+    if not values:
+        return
     # fast path: a float64 sum of float32/16 values cannot overflow, and any NaN or Inf makes it non-finite; only a
     # non-finite sum (or a float64 tensor's overflow) pays for the elementwise check and its [numel] bool temporary
     if bool(torch.isfinite(t.sum(dtype=torch.float64))) or bool(torch.isfinite(t).all()):

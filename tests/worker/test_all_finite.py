@@ -1,0 +1,58 @@
+"""The one-pass finiteness check of a verified safetensors file: it vouches only for what it has seen (one float
+dtype, every value finite) and otherwise leaves the per-tensor check to name the bad tensor; a value that is
+finite in the file but overflows the worker's dtype is still refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from adapterfleet.common.errors import InvalidAdapter
+from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
+from adapterfleet.worker.tensor_bytes import all_finite
+
+
+def parsed(tensors: dict[str, torch.Tensor]):
+    raw = bytearray(save(tensors))
+    return raw, parse_header(raw[:header_bytes_needed(raw[:8])], len(raw))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_a_finite_file_of_one_float_dtype_is_vouched_for(dtype):
+    assert all_finite(*parsed({"a": torch.randn(4, 3).to(dtype), "b": torch.randn(7).to(dtype)}))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_one_bad_value_anywhere_is_not(bad):
+    b = torch.randn(50)
+    b[31] = bad
+    assert not all_finite(*parsed({"a": torch.randn(4, 3), "b": b, "c": torch.randn(2)}))
+
+
+def test_what_it_cannot_see_in_one_pass_is_left_to_the_per_tensor_check():
+    assert not all_finite(*parsed({"a": torch.randn(3), "b": torch.randn(3).half()}))  # two dtypes
+    assert not all_finite(*parsed({"a": torch.ones(3, dtype=torch.int32)}))  # not a float
+    assert not all_finite(*parsed({"a": torch.full((4,), 1e308, dtype=torch.float64)}))  # the sum overflows
+    raw, header = parsed({"a": torch.randn(3)})
+    assert not all_finite(bytes(raw), header)  # read-only bytes: not viewed in place
+
+
+def test_the_worker_still_refuses_a_value_that_overflows_its_dtype(tmp_path):
+    from adapterfleet.worker.backend import WorkerBackend
+
+    class Manifest:  # what parse reads of a manifest
+        class base_model:
+            fingerprint = ""
+            name_or_path = ""
+
+        key = "acme/big@sha256:" + "0" * 64
+
+    config = b'{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}'
+    big = torch.full((2, 8), 1e30)  # finite in float32, inf in float16
+    raw = bytearray(save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": big,
+                          "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(8, 2)}))
+    backend = WorkerBackend(store=None, lora=None, fingerprint="f", disk_dir=tmp_path,  # type: ignore[arg-type]
+                            dtype=torch.float16, device=torch.device("cpu"))
+    with pytest.raises(InvalidAdapter, match=r"q_proj\.lora_A\.weight holds 16 non-finite"):
+        backend.parse(Manifest, {"adapter_config.json": config, "adapter_model.safetensors": raw})  # type: ignore[arg-type]
