@@ -122,7 +122,8 @@ def ensure_vllm_venv(venv: Path, pip_args: list[str]) -> Path:
         print(f"vllm venv: {venv} (reused)")
         return python
     start = time.perf_counter()
-    print(f"vllm venv: creating {venv} with {VLLM_SPEC} (first run only; took 84-150 s on a 2-core box) ...", flush=True)
+    print(f"vllm venv: creating {venv} with {VLLM_SPEC} (first run only; took 84-150 s on a 2-core box) ...",
+          flush=True)
     if not python.exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([_base_python(), "-m", "venv", str(venv)], check=True)

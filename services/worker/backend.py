@@ -87,7 +87,7 @@ class WorkerBackend:
             raise InvalidAdapter(f"{manifest.key}: {WEIGHTS} cannot be read: {err}") from None
         # finite in the file and not narrowed on the way in (a float32 value can overflow float16): known finite
         widened = all(v.dtype == self._dtype or v.dtype.itemsize < self._dtype.itemsize for v in tensors.values())
-        known_finite = widened and self._dtype.is_floating_point and all_finite(raw, header)
+        known_finite = widened and all_finite(raw, header)
         weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()},
                                               known_finite=known_finite)
         self._lora.check(weights)  # every module exists and every shape fits: Incompatible otherwise

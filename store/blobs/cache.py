@@ -48,14 +48,17 @@ class _CachingWriter:
 class CachedBlobStore(BlobStore):
     def __init__(self, inner: BlobStore, *, budget: int, max_item: int):
         self.inner = inner
-        self.budget = budget
-        self.max_item = max_item
         self._lru = ByteLru(budget, max_item)
         self.hits = 0
         self.misses = 0
 
     @property
-    def _bytes(self) -> int:
+    def max_item(self) -> int:
+        return self._lru.max_item
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory now."""
         return self._lru.nbytes
 
     def get(self, sha256: str) -> bytes | None:

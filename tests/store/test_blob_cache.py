@@ -39,7 +39,7 @@ def test_big_blobs_bypass_the_cache_and_the_budget_holds(cached_store, tmp_path)
     client.push_dir(write_adapter(tmp_path / "big", hidden=1024, layers=2), "big")  # weights > max_item
     for i in range(10):
         client.push_dir(write_adapter(tmp_path / f"s{i}", seed=i), f"small-{i}")
-    assert core.blobs._bytes <= cfg.blob_cache_bytes
+    assert core.blobs.nbytes <= cfg.blob_cache_bytes
     client.fetch("big@1")
     assert core.blobs.misses >= 1
 

@@ -133,7 +133,6 @@ def test_a_killed_child_fails_its_step_alone_and_is_replaced():
 
 
 def test_a_child_stopped_for_cpu_is_the_budget_error():
-
     async def scenario():
         v = Validator(LIMITS, processes=1)
         try:
@@ -173,7 +172,6 @@ def test_no_answer_within_the_wall_limit_kills_the_child(monkeypatch):
 
 
 def test_an_abandoned_step_does_not_answer_the_next_one():
-
     async def scenario():
         v = Validator(LIMITS, processes=1)
         try:

@@ -58,7 +58,6 @@ def test_the_head_and_every_lora_layer_take_it_in_a_decode_step_and_not_in_a_pre
     contiguous_head(model)
     lora = LoraModel(model, max_slots=2)
     lora.install(0, AdapterWeights.from_dir(adapter))
-    head_rows = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(1, 100, (3, 40), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode(), lora.rows([0, -1, 0]):
         model(input_ids=ids, logits_to_keep=1)
@@ -69,7 +68,6 @@ def test_the_head_and_every_lora_layer_take_it_in_a_decode_step_and_not_in_a_pre
     assert prefill == [(3, model.config.hidden_size)]
     wrapped = len(lora.slot_modules(0))
     assert len(counted) == wrapped + 1 and all(rows == 3 for rows, _ in counted), counted
-    assert head_rows == model.config.vocab_size
 
 
 def test_a_head_that_is_not_a_plain_linear_keeps_its_forward():

@@ -9,7 +9,8 @@ weights out of cache (``benchmarks/RESULTS.md``, "few-row GEMMs"):
                                 32 rows 18.6 -> 12.0 ms
     MLP 512 -> 1408:            4 rows 0.48 -> 0.21 ms, 8 rows 0.46 -> 0.25 ms, 32 rows 0.58 -> 0.46 ms
 
-and never slower from 2 to 64 rows; one row (a GEMV) is the same either way, and prefills (hundreds of rows) are
+and whole decode steps of 2-32 rows take 0.51-0.89x their time (``benchmarks/few_rows.py``; a single shape at 8
+rows can come out a little slower). One row (a GEMV) is the same either way, and prefills (hundreds of rows) are
 left to the BLAS as they are. The sums are the same products in another blocking, so values can differ from
 ``F.linear`` in the last float bits (greedy tokens are compared with PEFT's in the tests). GPUs are left alone.
 """
