@@ -23,17 +23,26 @@ def test_a_finite_file_of_one_float_dtype_is_vouched_for(dtype):
     assert all_finite(*parsed({"a": torch.randn(4, 3).to(dtype), "b": torch.randn(7).to(dtype)}))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_one_bad_value_anywhere_is_not(bad):
+def test_one_bad_value_anywhere_is_not(bad, dtype):
     b = torch.randn(50)
     b[31] = bad
-    assert not all_finite(*parsed({"a": torch.randn(4, 3), "b": b, "c": torch.randn(2)}))
+    tensors = {"a": torch.randn(4, 3), "b": b, "c": torch.randn(2)}
+    assert not all_finite(*parsed({k: v.to(dtype) for k, v in tensors.items()}))
+
+
+def test_the_largest_and_smallest_finite_values_pass():
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        info = torch.finfo(dtype)
+        edge = torch.tensor([info.max, -info.max, info.tiny, info.smallest_normal / 4, 0.0, -0.0], dtype=dtype)
+        assert all_finite(*parsed({"a": edge})), dtype
 
 
 def test_what_it_cannot_see_in_one_pass_is_left_to_the_per_tensor_check():
     assert not all_finite(*parsed({"a": torch.randn(3), "b": torch.randn(3).half()}))  # two dtypes
     assert not all_finite(*parsed({"a": torch.ones(3, dtype=torch.int32)}))  # not a float
-    assert not all_finite(*parsed({"a": torch.full((4,), 1e308, dtype=torch.float64)}))  # the sum overflows
+    assert all_finite(*parsed({"a": torch.full((4,), 1e308, dtype=torch.float64)}))  # large, but finite
     raw, header = parsed({"a": torch.randn(3)})
     assert not all_finite(bytes(raw), header)  # read-only bytes: not viewed in place
 
