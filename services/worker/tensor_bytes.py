@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from adapterfleet.store.safetensors_header import SafetensorsHeader
 
 _FLOATS = {"F64", "F32", "F16", "BF16"}
-_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16}
+_NUMPY: dict[str, np.dtype] = {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
 _VIEWABLE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
              "BOOL": torch.bool}
@@ -62,5 +62,6 @@ def all_finite(raw: bytes | bytearray, header: SafetensorsHeader) -> bool:
     if dtype == "BF16":  # numpy has no bfloat16: all exponent bits set is Inf or NaN
         bits = np.frombuffer(raw, dtype=np.uint16, count=size // 2, offset=header.data_offset)
         return not bool(((bits & 0x7F80) == 0x7F80).any())
-    data = np.frombuffer(raw, dtype=_NUMPY[dtype], count=size // _NUMPY[dtype]().itemsize, offset=header.data_offset)
+    kind = _NUMPY[dtype]
+    data = np.frombuffer(raw, dtype=kind, count=size // kind.itemsize, offset=header.data_offset)
     return bool(np.isfinite(data).all())
