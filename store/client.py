@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from adapterfleet.v1 import common_pb2, store_pb2, store_pb2_grpc
 log = logging.getLogger("adapterfleet.store.client")
 
 CHUNK = 1 << 20
+RESOLVED_URLS_KEPT = 64  # resolve(direct=True) answers kept for the fetch that follows
 ORDER = {"adapter_config.json": 0, "adapter_model.safetensors": 1}  # config first: validated before weights
 Progress = Callable[[int], None]  # called with the number of bytes just moved
 
@@ -81,6 +84,10 @@ class StoreClient:
         self._channel = channel or open_channel(address, security)
         self._stub = store_pb2_grpc.AdapterStoreStub(self._channel)
         self._timeout = timeout
+        # key -> (manifest, URLs, client-clock time received) from the last resolve(direct=True) that got URLs: the
+        # fetch of that key that usually follows GETs them at once, without a Fetch call. Bounded; used once.
+        self._resolved_urls: OrderedDict[str, tuple[Manifest, tuple[BlobUrl, ...], float]] = OrderedDict()
+        self._urls_lock = threading.Lock()
 
     def close(self) -> None:
         self._channel.close()
@@ -145,6 +152,9 @@ class StoreClient:
     def fetch(self, ref: str, *, progress: Progress | None = None, routing_key: str = "",
               max_resumes: int = 5) -> tuple[Manifest, dict[str, bytes]]:
         """Fetch a version into memory; every file verified against its sha256 before it is returned."""
+        early = self._fetch_resolved(ref, progress)
+        if early is not None:
+            return early
         parts: dict[str, list[bytes]] = {}
         manifest = self._download(ref, lambda name: parts.setdefault(name, []).append,
                                   progress=progress, routing_key=routing_key, max_resumes=max_resumes)
@@ -270,9 +280,34 @@ class StoreClient:
             log.warning("could not report corrupt blobs %s to the store: %s", digests, err)
             return []
 
-    def resolve(self, ref: str, routing_key: str = "") -> Resolved:
-        r = self._call("Resolve", store_pb2.ResolveRequest(ref=ref, routing_key=routing_key))
-        return pc.resolution_from_pb(r)
+    def _fetch_resolved(self, key: str, progress: Progress | None) -> tuple[Manifest, dict[str, bytes]] | None:
+        """``key``'s files by the URLs its resolve answered (verified as they arrive), or None: no such URLs, or
+        not every file came that way (the caller fetches through the store then, which may answer URLs again)."""
+        with self._urls_lock:
+            remembered = self._resolved_urls.pop(key, None)
+        if remembered is None or not self.direct.cfg.enabled:
+            return None
+        manifest, urls, received_at = remembered
+        got: dict[str, bytes] = {}
+        done = self.direct.fetch_files(manifest, list(urls), received_at,
+                                       lambda name, data: got.__setitem__(name, cast(bytes, data)), progress,
+                                       on_corrupt=lambda sha: self.report_corrupt([sha]))
+        if len(done) != len(manifest.files):
+            return None
+        return manifest, {e.name: got[e.name] for e in manifest.files}
+
+    def resolve(self, ref: str, routing_key: str = "", *, direct: bool = False) -> Resolved:
+        """``direct``: also ask for presigned URLs of the chosen version's files, for a caller about to fetch it
+        (they are kept, and the next ``fetch`` of that key GETs them without a Fetch call)."""
+        r = self._call("Resolve", store_pb2.ResolveRequest(ref=ref, routing_key=routing_key, direct=direct))
+        resolved = pc.resolution_from_pb(r)
+        if resolved.urls and direct:
+            with self._urls_lock:
+                self._resolved_urls[resolved.key] = (resolved.manifest, resolved.urls, self.direct.clock())
+                self._resolved_urls.move_to_end(resolved.key)
+                while len(self._resolved_urls) > RESOLVED_URLS_KEPT:
+                    self._resolved_urls.popitem(last=False)
+        return resolved
 
     def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:
         return [pc.summary_from_pb(a)

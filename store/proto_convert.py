@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from adapterfleet.store.blob_urls import BlobUrl
 from adapterfleet.store.events import StoreEvent
 from adapterfleet.store.filenames import check_safe_file_names
 from adapterfleet.store.listing import AdapterSummary, GcReport
@@ -60,7 +61,8 @@ def resolution_from_pb(r: store_pb2.Resolution) -> Resolved:
     manifest = manifest_from_pb(r.manifest)
     # a store from before `targets` existed sends none: the chosen version is then the only one we know of
     return Resolved(manifest, r.key, r.alias, targets_from_pb(r.alias_targets),
-                    live or (LiveTarget(manifest.version, 100, r.key),))
+                    live or (LiveTarget(manifest.version, 100, r.key),),
+                    tuple(BlobUrl(u.file, u.url, u.expires_in_s) for u in r.urls.files))
 
 
 def expectation_from_pb(request, field: str = "expect") -> Targets | str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapterfleet.store.blob_urls import BlobUrl
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.targets import LiveTarget, Targets
 
@@ -15,3 +16,4 @@ class Resolved:
     alias: str                         # set when the ref named an alias
     alias_targets: Targets             # the alias as set, yanked targets included
     targets: tuple[LiveTarget, ...]    # every live target with its key; choose among them with targets.choose
+    urls: tuple[BlobUrl, ...] = ()     # presigned GET URLs of the manifest's files, when asked for (direct)

@@ -214,6 +214,16 @@ class AdapterStoreCore:
             for reader in readers:
                 reader.close()
 
+    async def direct_urls(self, manifest: Manifest) -> DirectUrls | None:
+        """Presigned URLs for every file of ``manifest`` (a Resolve that asked for them), or None: the backend
+        cannot presign, or a file is quarantined (the caller's Fetch then says so, with what to do)."""
+        if await self.index.quarantine.members_if_reachable(f.sha256 for f in manifest.files):
+            return None
+        urls = self._presign(manifest.files)
+        if urls is not None:
+            self.stats.urls_issued += len(urls)
+        return urls
+
     def _presign(self, entries) -> DirectUrls | None:
         """One URL per file, or None when the backend gives none (every file streams then). Local signing only."""
         urls = []

@@ -74,17 +74,21 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
                 yield store_pb2.FetchResponse(chunk=store_pb2.Chunk(file=item.file, offset=item.offset,
                                                                     data=item.data))
             elif isinstance(item, tuple):  # presigned URLs instead of the bytes
-                yield store_pb2.FetchResponse(urls=store_pb2.BlobUrls(files=[
-                    store_pb2.BlobUrl(file=u.file, url=u.url, expires_in_s=u.expires_in_s) for u in item]))
+                yield store_pb2.FetchResponse(urls=_urls_to_pb(item))
             else:
                 yield store_pb2.FetchResponse(manifest=pc.manifest_to_pb(item))
 
     async def Resolve(self, request, context):
         auth.require((auth.READ, auth.SERVE), "resolving", auth.ref_name(request.ref))
+        if request.direct:  # URLs hand out the bytes: what a Fetch needs
+            auth.require(auth.READ, "resolving with presigned URLs (direct)", auth.ref_name(request.ref))
         r = await self.core.resolve(request.ref, request.routing_key, request.region)
-        return store_pb2.Resolution(manifest=pc.manifest_to_pb(r.manifest), key=str(r.manifest.key),
-                                    alias=r.alias, alias_targets=pc.targets_to_pb(r.alias_targets),
-                                    targets=pc.live_targets_to_pb(r.targets))
+        out = store_pb2.Resolution(manifest=pc.manifest_to_pb(r.manifest), key=str(r.manifest.key),
+                                   alias=r.alias, alias_targets=pc.targets_to_pb(r.alias_targets),
+                                   targets=pc.live_targets_to_pb(r.targets))
+        if request.direct and (urls := await self.core.direct_urls(r.manifest)) is not None:
+            out.urls.CopyFrom(_urls_to_pb(urls))
+        return out
 
     async def ListAdapters(self, request, context):
         auth.require(auth.READ, "listing adapters")
@@ -149,3 +153,8 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
         if self._revocations is None:
             raise InvalidArgument("this store keeps no revocations")
         return self._revocations
+
+
+def _urls_to_pb(urls) -> store_pb2.BlobUrls:
+    return store_pb2.BlobUrls(files=[store_pb2.BlobUrl(file=u.file, url=u.url, expires_in_s=u.expires_in_s)
+                                     for u in urls])

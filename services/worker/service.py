@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from adapterfleet.worker.validation import Bounds, check_generate, check_prompt,
 
 __all__ = ["GenerateChunk", "GenerateParams", "WorkerCore"]
 
+LAST_KEYS_KEPT = 4096  # refs whose last resolved key a worker remembers (to resolve hot refs without URLs)
 TOKENIZE_OFF_LOOP = 2048  # characters: longer texts are tokenized in a thread, not on the event loop
 
 
@@ -51,6 +53,7 @@ class WorkerCore:
         self.draining = False  # set on shutdown: new requests are refused (UNAVAILABLE: routers retry elsewhere)
         self._bounds: Bounds | None = None
         self._token_texts: dict[int, str] = {}  # token id -> its text alone (logprobs); at most the vocabulary
+        self._last_keys: OrderedDict[str, str] = OrderedDict()  # ref -> the key it last resolved to (bounded)
 
     # --- refs -----------------------------------------------------------------------------------------------------
     async def resolve(self, ref: str, routing_key: str = "") -> str:
@@ -60,12 +63,20 @@ class WorkerCore:
         key = Ref.parse(ref).key
         if key is not None:
             return key
+        # a ref whose last key this worker would have to fetch asks for presigned URLs too: the cold load then GETs
+        # the files at once, without a Fetch call (a hot ref's resolve stays small)
+        last = self._last_keys.get(ref)
+        direct = self._store.direct.cfg.enabled and (last is None or self.cache.needs_fetch(last))
         try:
-            resolved = await asyncio.to_thread(self._store.resolve, ref, routing_key)
+            resolved = await asyncio.to_thread(self._store.resolve, ref, routing_key, direct=direct)
         except AdapterFleetError as err:
             if err.code == "UNAVAILABLE":
                 raise Unavailable(f"cannot resolve {ref}: the store at {self._store.address} is unreachable") from err
             raise
+        self._last_keys[ref] = resolved.key
+        self._last_keys.move_to_end(ref)
+        if len(self._last_keys) > LAST_KEYS_KEPT:
+            self._last_keys.popitem(last=False)
         return resolved.key
 
     async def _lease(self, ref: str, routing_key: str) -> tuple[str, Lease | None]:

@@ -161,6 +161,10 @@ def test_scopes_are_enforced(clients, adapters):
     assert serve.resolve("acme/x").manifest.version == 1  # serving callers resolve what they serve
     with pytest.raises(PermissionDenied):
         serve.fetch("acme/x")
+    with pytest.raises(PermissionDenied, match="presigned URLs"):  # URLs hand out the bytes, as a fetch does
+        serve.resolve("acme/x", direct=True)
+    reader = clients(["acme"], ["read"])
+    assert len(reader.resolve("acme/x", direct=True).urls) == len(reader.resolve("acme/x").manifest.files)
 
 
 def test_expired_and_revoked_tokens_are_refused(clients, issuer):

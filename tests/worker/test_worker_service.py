@@ -221,3 +221,21 @@ def test_load_adapter_to_a_tier_travels_as_the_tier_enum(fleet):
     assert state.tier == common_pb2.TIER_ACTIVE and state.slot >= 0
     listed = stub.ListResident(worker_pb2.ListResidentRequest()).adapters
     assert [(a.key, a.tier) for a in listed] == [(keys["wide"], common_pb2.TIER_ACTIVE)]
+
+
+def test_a_cold_ref_resolves_with_urls_and_loads_without_a_fetch_call_a_hot_one_resolves_plainly(fleet):
+    stub, core, keys, _store = fleet
+    client = core._store  # the worker's own store client
+    asked: list[bool] = []
+    resolve, fetch = client.resolve, client._stub.Fetch
+    fetches: list[object] = []
+    client.resolve = lambda *a, **kw: asked.append(kw.get("direct", False)) or resolve(*a, **kw)
+    client._stub.Fetch = lambda *a, **kw: fetches.append(a) or fetch(*a, **kw)
+    for _ in range(2):
+        stub.Score(worker_pb2.ScoreRequest(adapter="acme/plain", token_ids=PROMPTS[0]))
+    assert asked == [True, False]  # the second time, its key is in a slot: no URLs asked for
+    assert fetches == []  # the cold load GOT the files by the URLs the resolve answered
+    assert client.direct.stats["files"] >= 2 and client.direct.stats["fallbacks"] == 0
+    assert stub.Stats(worker_pb2.StatsRequest()).cold_loads == 1
+    stub.Score(worker_pb2.ScoreRequest(adapter=keys["wide"], token_ids=PROMPTS[0]))  # by key: no resolve at all
+    assert asked == [True, False] and len(fetches) == 1

@@ -121,28 +121,32 @@ class FetchResponse(_message.Message):
     def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., urls: _Optional[_Union[BlobUrls, _Mapping]] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
-    __slots__ = ("ref", "routing_key", "region")
+    __slots__ = ("ref", "routing_key", "region", "direct")
     REF_FIELD_NUMBER: _ClassVar[int]
     ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     ref: str
     routing_key: str
     region: str
-    def __init__(self, ref: _Optional[str] = ..., routing_key: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+    direct: bool
+    def __init__(self, ref: _Optional[str] = ..., routing_key: _Optional[str] = ..., region: _Optional[str] = ..., direct: _Optional[bool] = ...) -> None: ...
 
 class Resolution(_message.Message):
-    __slots__ = ("manifest", "key", "alias", "alias_targets", "targets")
+    __slots__ = ("manifest", "key", "alias", "alias_targets", "targets", "urls")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ALIAS_TARGETS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
     manifest: _common_pb2.Manifest
     key: str
     alias: str
     alias_targets: _containers.RepeatedCompositeFieldContainer[_common_pb2.AliasTarget]
     targets: _containers.RepeatedCompositeFieldContainer[LiveTarget]
-    def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., key: _Optional[str] = ..., alias: _Optional[str] = ..., alias_targets: _Optional[_Iterable[_Union[_common_pb2.AliasTarget, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[LiveTarget, _Mapping]]] = ...) -> None: ...
+    urls: BlobUrls
+    def __init__(self, manifest: _Optional[_Union[_common_pb2.Manifest, _Mapping]] = ..., key: _Optional[str] = ..., alias: _Optional[str] = ..., alias_targets: _Optional[_Iterable[_Union[_common_pb2.AliasTarget, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[LiveTarget, _Mapping]]] = ..., urls: _Optional[_Union[BlobUrls, _Mapping]] = ...) -> None: ...
 
 class LiveTarget(_message.Message):
     __slots__ = ("version", "weight", "key")
