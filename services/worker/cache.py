@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any, Protocol
 
 from adapterfleet.common.errors import NotFound, ResourceExhausted
 from adapterfleet.common.tiers import ACTIVE, CACHE_TIERS, DISK, HOST
+
+log = logging.getLogger("adapterfleet.worker.cache")
 
 
 class Backend(Protocol):
@@ -97,6 +100,7 @@ class AdapterCache:
         self._clock = clock
         self._entries: dict[str, Entry] = {}
         self._tasks: set[asyncio.Task] = set()   # background unloads and wake-ups, held until they end
+        self._saving: dict[str, asyncio.Task] = {}  # key -> its disk write, still running (off the load's path)
         self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
         self._removing: set[int] = set()          # slots whose adapter is being taken out
         self._loading: dict[str, asyncio.Future] = {}
@@ -165,10 +169,17 @@ class AdapterCache:
         if entry.slot is not None:
             await self._deactivate(entry)
         entry.weights = None
+        await self._saved(key)
         if entry.disk_bytes:
             await asyncio.to_thread(self._b.drop_disk, key)
-        del self._entries[key]
+        if self._entries.get(key) is entry:
+            del self._entries[key]
         return True
+
+    def needs_fetch(self, key: str) -> bool:
+        """Whether serving ``key`` now would fetch it from the store (no tier holds it)."""
+        entry = self._entries.get(key)
+        return entry is None or (entry.weights is None and not entry.disk_bytes and entry.slot is None)
 
     def entries(self) -> list[Entry]:
         return sorted(self._entries.values(), key=lambda e: e.key)
@@ -227,7 +238,7 @@ class AdapterCache:
                 self.stats.cold_loads += 1
                 self.stats.fetched_bytes += sum(map(len, fetched.values()))
                 if failure is None:
-                    await self._save_disk(entry, fetched)
+                    self._save_later(entry, fetched)
         except BaseException:
             self._forget_if_empty(entry)
             raise
@@ -275,9 +286,45 @@ class AdapterCache:
             del self._entries[entry.key]
 
     async def _drop_disk(self, entry: Entry) -> None:
+        await self._saved(entry.key)
         if entry.disk_bytes:
             entry.disk_bytes = 0
             await asyncio.to_thread(self._b.drop_disk, entry.key)
+
+    def _save_later(self, entry: Entry, files: dict[str, bytes]) -> None:
+        """Keep freshly fetched (verified, parsed) files on the disk tier, off the load's path: a default worker's
+        cold load waited ~15 ms for this write before its install (``benchmarks/cold_load.py``). Unload and disk
+        drops of the key wait for it; a write that fails is logged, and the adapter serves from memory anyway."""
+        if self.disk_budget <= 0 or entry.key in self._saving:
+            return
+
+        async def save() -> None:
+            try:
+                await self._save_disk(entry, files)
+            except Exception as err:  # noqa: BLE001 - a full or broken disk must not fail what is already served
+                log.warning("could not keep %s on local disk (%s); it will be fetched again when needed",
+                            entry.key, err)
+            finally:
+                del self._saving[entry.key]
+            if self._entries.get(entry.key) is not entry and entry.disk_bytes:  # forgotten while it was written
+                entry.disk_bytes = 0
+                await asyncio.to_thread(self._b.drop_disk, entry.key)
+
+        task = asyncio.ensure_future(save())
+        self._saving[entry.key] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _saved(self, key: str) -> None:
+        """Wait until a disk write of ``key`` started by a load has ended (it never raises)."""
+        task = self._saving.get(key)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def flush(self) -> None:
+        """Wait for every disk write still running (tests, shutdown)."""
+        while self._saving:
+            await asyncio.gather(*map(asyncio.shield, list(self._saving.values())))
 
     async def _save_disk(self, entry: Entry, files: dict[str, bytes]) -> None:
         if self.disk_budget <= 0:
@@ -381,7 +428,7 @@ class AdapterCache:
             victim = min(victims, key=lambda e: e.last_used)
             victim.weights = None  # the active slot (if any) keeps its own copy; disk keeps the bytes
             self.stats.evictions[HOST] += 1
-            if victim.slot is None and not victim.disk_bytes:
+            if victim.slot is None and not victim.disk_bytes and victim.key not in self._saving:
                 del self._entries[victim.key]
 
     async def _evict_disk(self, keep: Entry) -> None:

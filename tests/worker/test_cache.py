@@ -141,6 +141,7 @@ def test_host_eviction_falls_back_to_disk_without_refetching():
     async def main():
         for key in ("a", "b", "a"):
             (await cache.acquire(key)).release()
+            await cache.flush()  # the disk write runs after the load; let it land
 
     run(main())
     assert backend.fetches == ["a", "b"]  # the second "a" came from local disk
@@ -154,6 +155,7 @@ def test_disk_budget_evicts_least_recently_used_files():
     async def main():
         for key in ("a", "b", "c"):
             (await cache.acquire(key)).release()
+            await cache.flush()
 
     run(main())
     assert sorted(backend.disk) == ["b", "c"]
@@ -271,3 +273,63 @@ def test_many_concurrent_loads_over_few_slots_never_share_or_overwrite_a_slot():
 
     run(main())
     assert len(backend.installed) <= 2
+
+
+class SlowDisk(FakeBackend):
+    """A backend whose disk writes wait for ``written`` to be set (threading.Event: they run in a thread)."""
+
+    def __init__(self, fail: bool = False):
+        import threading
+
+        super().__init__()
+        self.written, self.fail = threading.Event(), fail
+
+    def save_disk(self, key, manifest, files):
+        assert self.written.wait(10)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        return super().save_disk(key, manifest, files)
+
+
+def test_a_cold_load_serves_before_its_disk_write_lands():
+    backend, cache = make(SlowDisk())
+
+    async def main():
+        lease = await cache.acquire("a")  # would hang here if the load waited for the disk
+        assert backend.installed == {0: "a"} and backend.disk == {} and cache.tier_bytes(DISK) == 0
+        lease.release()
+        backend.written.set()
+        await cache.flush()
+        assert backend.disk == {"a": {"adapter_model.safetensors": b"a"}} and cache.tier_bytes(DISK) == 100
+
+    run(main())
+
+
+def test_unload_during_a_disk_write_waits_for_it_and_leaves_nothing_on_disk():
+    backend, cache = make(SlowDisk())
+
+    async def main():
+        (await cache.acquire("a")).release()
+        unload = asyncio.ensure_future(cache.unload("a"))
+        await asyncio.sleep(0.05)
+        assert not unload.done()  # waiting for the write, not racing it
+        backend.written.set()
+        assert await unload
+        assert backend.disk == {} and cache.entries() == [] and backend.installed == {}
+
+    run(main())
+
+
+def test_a_disk_write_that_fails_is_logged_and_the_adapter_still_serves(caplog):
+    backend, cache = make(SlowDisk(fail=True))
+    backend.written.set()
+
+    async def main():
+        (await cache.acquire("a")).release()
+        await cache.flush()
+        assert cache.tier_bytes(DISK) == 0 and [e.key for e in cache.entries()] == ["a"]
+        (await cache.acquire("a")).release()  # still in its slot
+
+    run(main())
+    assert backend.fetches == ["a"]
+    assert "could not keep a on local disk" in caplog.text and "No space left" in caplog.text
