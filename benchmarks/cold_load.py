@@ -46,27 +46,13 @@ def ms(xs) -> float:
     return 1000 * statistics.median(xs)
 
 
-def warm_memory(mb: int) -> None:
-    """Touch ``mb`` MiB of fresh memory and free it. On a VM whose host backs guest memory lazily (this box: a
-    Firecracker guest), the first touch of a page the guest never used costs several times a normal page fault
-    (here ~15 ms per 5 MB against ~3 ms for a page used before). Both paths keep allocating as the run goes (our
-    host-tier copies, PEFT's adapters, boto3's buffers when the heap is fragmented), so without this the figures
-    depend on which of them first reaches never-used memory, not on their code."""
-    if mb > 0:
-        block = bytearray(mb << 20)  # zero-filled: every page is written once
-        del block
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--warm-memory-mb", type=int, default=2048,
-                    help="touch and free this much memory first (0: skip); see warm_memory")
     _plot.add_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
-    warm_memory(args.warm_memory_mb)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

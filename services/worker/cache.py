@@ -101,6 +101,7 @@ class AdapterCache:
         self._entries: dict[str, Entry] = {}
         self._tasks: set[asyncio.Task] = set()   # background unloads and wake-ups, held until they end
         self._saving: dict[str, asyncio.Task] = {}  # key -> its disk write, still running (off the load's path)
+        self._unsaved: dict[str, tuple[Entry, dict[str, bytes]]] = {}  # fetched by a load, written when it is done
         self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
         self._removing: set[int] = set()          # slots whose adapter is being taken out
         self._loading: dict[str, asyncio.Future] = {}
@@ -141,7 +142,7 @@ class AdapterCache:
             return lease.entry
         entry = self._entries.get(key)
         if entry is None or (tier == HOST and entry.weights is None and entry.slot is None):
-            await self._single_flight(key, self._to_host if tier == HOST else self._to_disk)
+            await self._single_flight(key, self._to_host_then_disk if tier == HOST else self._to_disk)
             entry = self._entries[key]
         entry.pinned = entry.pinned or pin
         return entry
@@ -238,7 +239,7 @@ class AdapterCache:
                 self.stats.cold_loads += 1
                 self.stats.fetched_bytes += sum(map(len, fetched.values()))
                 if failure is None:
-                    self._save_later(entry, fetched)
+                    self._unsaved[key] = (entry, fetched)  # for the disk tier, once the load is done
         except BaseException:
             self._forget_if_empty(entry)
             raise
@@ -291,10 +292,21 @@ class AdapterCache:
             entry.disk_bytes = 0
             await asyncio.to_thread(self._b.drop_disk, entry.key)
 
+    async def _to_host_then_disk(self, key: str) -> None:
+        await self._to_host(key)
+        self._write_unsaved(key)
+
+    def _write_unsaved(self, key: str) -> None:
+        """Start the disk write of what a load of ``key`` fetched (if anything), now that the load is done."""
+        unsaved = self._unsaved.pop(key, None)
+        if unsaved is not None:
+            self._save_later(*unsaved)
+
     def _save_later(self, entry: Entry, files: dict[str, bytes]) -> None:
         """Keep freshly fetched (verified, parsed) files on the disk tier, off the load's path: a default worker's
-        cold load waited ~15 ms for this write before its install (``benchmarks/cold_load.py``). Unload and disk
-        drops of the key wait for it; a write that fails is logged, and the adapter serves from memory anyway."""
+        cold load waited ~15 ms for this write before its install (``benchmarks/cold_load.py``), and a write beside
+        the install slowed it by as much. Unload and disk drops of the key wait for it; a write that fails is
+        logged, and the adapter serves from memory anyway."""
         if self.disk_budget <= 0 or entry.key in self._saving:
             return
 
@@ -337,7 +349,11 @@ class AdapterCache:
         had_weights = before is not None and before.weights is not None
         entry = await self._to_host(key)
         weights = entry.weights
-        slot = await self._claim_slot(key)  # no free slot (RESOURCE_EXHAUSTED): the host copy stays, rightly listed
+        try:
+            slot = await self._claim_slot(key)  # no free slot (RESOURCE_EXHAUSTED): the host copy stays, listed
+        except BaseException:
+            self._write_unsaved(key)
+            raise
         try:
             await asyncio.to_thread(self._b.install, slot, weights)
         except BaseException:
@@ -346,11 +362,15 @@ class AdapterCache:
             if not had_weights:  # a load that failed takes back what it added
                 entry.weights = None
             if before is None:
+                self._unsaved.pop(key, None)
                 await self._drop_disk(entry)
                 self._forget_if_empty(entry)
+            else:
+                self._write_unsaved(key)
             raise
         entry.slot = slot
         self._touch(entry)
+        self._write_unsaved(key)
 
     async def _claim_slot(self, key: str) -> int:
         """A free slot, evicting the least recently used idle entry if need be; waits for one to go idle.
