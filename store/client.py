@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -216,7 +217,8 @@ class StoreClient:
                         # presigned URLs instead of bytes: GET them from S3 (verified); whatever they do not
                         # deliver comes through the store's stream next, from the first such file on
                         direct = False
-                        direct_done = self._fetch_direct(manifest, msg.urls, sink, progress)
+                        direct_done = self._fetch_direct(manifest, pc.blob_urls_from_pb(msg.urls),
+                                                         self.direct.clock(), sink, progress)
                         pending = [e.name for e in manifest.files if e.name not in direct_done]
                         fallback = bool(pending)
                         resume_file, resume_offset = (pending[0] if pending else ""), 0
@@ -260,13 +262,11 @@ class StoreClient:
                 )
         return manifest
 
-    def _fetch_direct(self, manifest: Manifest, urls: store_pb2.BlobUrls,
+    def _fetch_direct(self, manifest: Manifest, urls: tuple[BlobUrl, ...], received_at: float,
                       sink: Callable[[str], Callable[[bytes], object]], progress: Progress | None) -> set[str]:
-        """GET the files the store gave URLs for; each verified file goes to ``sink`` whole. Returns their names."""
-        received_at = self.direct.clock()
-        blob_urls = [BlobUrl(u.file, u.url, u.expires_in_s) for u in urls.files]
-        return self.direct.fetch_files(manifest, blob_urls, received_at,
-                                       lambda name, data: sink(name)(cast(bytes, data)),
+        """GET the files the store gave URLs for (answered at client-clock ``received_at``); each verified file goes
+        to ``sink`` whole. Returns their names."""
+        return self.direct.fetch_files(manifest, urls, received_at, lambda name, data: sink(name)(cast(bytes, data)),
                                        progress, on_corrupt=lambda sha: self.report_corrupt([sha]))
 
     # --- the rest -------------------------------------------------------------------------------------------------
@@ -289,9 +289,8 @@ class StoreClient:
             return None
         manifest, urls, received_at = remembered
         got: dict[str, bytes] = {}
-        done = self.direct.fetch_files(manifest, list(urls), received_at,
-                                       lambda name, data: got.__setitem__(name, cast(bytes, data)), progress,
-                                       on_corrupt=lambda sha: self.report_corrupt([sha]))
+        done = self._fetch_direct(manifest, urls, received_at, lambda name: partial(got.__setitem__, name),
+                                  progress)
         if len(done) != len(manifest.files):
             return None
         return manifest, {e.name: got[e.name] for e in manifest.files}

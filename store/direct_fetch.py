@@ -23,7 +23,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -68,7 +68,7 @@ class DirectFetcher:
         self.stats = {"files": 0, "cached": 0, "bytes": 0, "fallbacks": 0}
 
     # --- a version's files ----------------------------------------------------------------------------------------
-    def fetch_files(self, manifest: Manifest, urls: list[BlobUrl], received_at: float,
+    def fetch_files(self, manifest: Manifest, urls: Sequence[BlobUrl], received_at: float,
                     hand_over: Callable[[str, bytearray], object], progress: Progress | None = None, *,
                     on_corrupt: Callable[[str], object] | None = None) -> set[str]:
         """Download every file of ``manifest`` that has a URL, the largest in this thread and the others (the

@@ -62,7 +62,11 @@ def resolution_from_pb(r: store_pb2.Resolution) -> Resolved:
     # a store from before `targets` existed sends none: the chosen version is then the only one we know of
     return Resolved(manifest, r.key, r.alias, targets_from_pb(r.alias_targets),
                     live or (LiveTarget(manifest.version, 100, r.key),),
-                    tuple(BlobUrl(u.file, u.url, u.expires_in_s) for u in r.urls.files))
+                    blob_urls_from_pb(r.urls))
+
+
+def blob_urls_from_pb(urls: store_pb2.BlobUrls) -> tuple[BlobUrl, ...]:
+    return tuple(BlobUrl(u.file, u.url, u.expires_in_s) for u in urls.files)
 
 
 def expectation_from_pb(request, field: str = "expect") -> Targets | str | None:

@@ -197,7 +197,6 @@ class AdapterStoreCore:
         yield manifest
         entries = manifest.files[start:]
         if direct and (urls := self._presign(entries)) is not None:
-            self.stats.urls_issued += len(urls)
             yield urls
             return
         offsets = [resume_offset] + [0] * (len(entries) - 1)
@@ -219,10 +218,7 @@ class AdapterStoreCore:
         cannot presign, or a file is quarantined (the caller's Fetch then says so, with what to do)."""
         if await self.index.quarantine.members_if_reachable(f.sha256 for f in manifest.files):
             return None
-        urls = self._presign(manifest.files)
-        if urls is not None:
-            self.stats.urls_issued += len(urls)
-        return urls
+        return self._presign(manifest.files)
 
     def _presign(self, entries) -> DirectUrls | None:
         """One URL per file, or None when the backend gives none (every file streams then). Local signing only."""
@@ -232,6 +228,7 @@ class AdapterStoreCore:
             if signed is None:
                 return None
             urls.append(BlobUrl(entry.name, *signed))
+        self.stats.urls_issued += len(urls)
         return tuple(urls)
 
     # --- listing ----------------------------------------------------------------------------------------------------

@@ -101,7 +101,6 @@ class AdapterCache:
         self._entries: dict[str, Entry] = {}
         self._tasks: set[asyncio.Task] = set()   # background unloads and wake-ups, held until they end
         self._saving: dict[str, asyncio.Task] = {}  # key -> its disk write, still running (off the load's path)
-        self._unsaved: dict[str, tuple[Entry, dict[str, bytes]]] = {}  # fetched by a load, written when it is done
         self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
         self._removing: set[int] = set()          # slots whose adapter is being taken out
         self._loading: dict[str, asyncio.Future] = {}
@@ -215,13 +214,16 @@ class AdapterCache:
         finally:
             del self._loading[key]
 
-    async def _to_host(self, key: str) -> Entry:
-        """Make sure ``key`` has a host-tier copy of its weights: from host, disk, or the store."""
+    async def _to_host(self, key: str) -> tuple[Entry, dict[str, bytes] | None]:
+        """Make sure ``key`` has a host-tier copy of its weights: from host, disk, or the store. Also returns the
+        files fetched from the store, if that is where they came from: the caller keeps them on disk once its load
+        is done (``_save_later``)."""
         entry = self._entries.setdefault(key, Entry(key))
         if entry.weights is not None:
             self.stats.host_loads += 1
-            return entry
+            return entry, None
         files: dict[str, bytes] | None = None
+        fetched: dict[str, bytes] | None = None
         weights: Any = None  # set with the fetched files: their parse
         failure: Exception | None = None  # the fetched bytes did not parse (or fit this base model)
         try:
@@ -234,12 +236,10 @@ class AdapterCache:
                     entry.disk_bytes = 0  # vanished or corrupt on disk: fetch again
             if files is None:
                 # fetch and parse in one thread hop; bytes that never load on this base model are not kept on disk
-                entry.manifest, fetched, weights, failure = await asyncio.to_thread(self._fetch_parsed, key)
-                files = fetched
+                entry.manifest, got, weights, failure = await asyncio.to_thread(self._fetch_parsed, key)
+                files = fetched = got
                 self.stats.cold_loads += 1
-                self.stats.fetched_bytes += sum(map(len, fetched.values()))
-                if failure is None:
-                    self._unsaved[key] = (entry, fetched)  # for the disk tier, once the load is done
+                self.stats.fetched_bytes += sum(map(len, got.values()))
         except BaseException:
             self._forget_if_empty(entry)
             raise
@@ -257,7 +257,7 @@ class AdapterCache:
         entry.nbytes = self._b.nbytes(entry.weights)
         self._touch(entry)
         await self._evict_host(keep=entry)
-        return entry
+        return entry, fetched
 
     def _fetch_parsed(self, key: str) -> tuple[Any, dict[str, bytes], Any, Exception | None]:
         """(manifest, verified files, weights or None, why they did not parse or None); runs in a worker thread."""
@@ -293,21 +293,14 @@ class AdapterCache:
             await asyncio.to_thread(self._b.drop_disk, entry.key)
 
     async def _to_host_then_disk(self, key: str) -> None:
-        await self._to_host(key)
-        self._write_unsaved(key)
+        self._save_later(*await self._to_host(key))
 
-    def _write_unsaved(self, key: str) -> None:
-        """Start the disk write of what a load of ``key`` fetched (if anything), now that the load is done."""
-        unsaved = self._unsaved.pop(key, None)
-        if unsaved is not None:
-            self._save_later(*unsaved)
-
-    def _save_later(self, entry: Entry, files: dict[str, bytes]) -> None:
+    def _save_later(self, entry: Entry, files: dict[str, bytes] | None) -> None:
         """Keep freshly fetched (verified, parsed) files on the disk tier, off the load's path: a default worker's
         cold load waited ~15 ms for this write before its install (``benchmarks/cold_load.py``), and a write beside
         the install slowed it by as much. Unload and disk drops of the key wait for it; a write that fails is
         logged, and the adapter serves from memory anyway."""
-        if self.disk_budget <= 0 or entry.key in self._saving:
+        if files is None or self.disk_budget <= 0 or entry.key in self._saving:
             return
 
         async def save() -> None:
@@ -334,7 +327,7 @@ class AdapterCache:
             await asyncio.shield(task)
 
     async def flush(self) -> None:
-        """Wait for every disk write still running (tests, shutdown)."""
+        """Wait for every disk write still running (tests, benchmarks)."""
         while self._saving:
             await asyncio.gather(*map(asyncio.shield, list(self._saving.values())))
 
@@ -347,12 +340,12 @@ class AdapterCache:
     async def _activate(self, key: str) -> None:
         before = self._entries.get(key)  # resident in some tier before this load
         had_weights = before is not None and before.weights is not None
-        entry = await self._to_host(key)
+        entry, fetched = await self._to_host(key)
         weights = entry.weights
         try:
             slot = await self._claim_slot(key)  # no free slot (RESOURCE_EXHAUSTED): the host copy stays, listed
         except BaseException:
-            self._write_unsaved(key)
+            self._save_later(entry, fetched)
             raise
         try:
             await asyncio.to_thread(self._b.install, slot, weights)
@@ -362,15 +355,14 @@ class AdapterCache:
             if not had_weights:  # a load that failed takes back what it added
                 entry.weights = None
             if before is None:
-                self._unsaved.pop(key, None)
                 await self._drop_disk(entry)
                 self._forget_if_empty(entry)
             else:
-                self._write_unsaved(key)
+                self._save_later(entry, fetched)
             raise
         entry.slot = slot
         self._touch(entry)
-        self._write_unsaved(key)
+        self._save_later(entry, fetched)
 
     async def _claim_slot(self, key: str) -> int:
         """A free slot, evicting the least recently used idle entry if need be; waits for one to go idle.
