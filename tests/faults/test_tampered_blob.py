@@ -18,6 +18,7 @@ import pytest
 from adapterfleet.common.errors import ChecksumMismatch, InvalidArgument
 from adapterfleet.router.breaker import State
 from adapterfleet.v1 import store_pb2, worker_pb2, worker_pb2_grpc
+from tests.helpers.s3_blobs import flip_bit_in_blob
 from tests.router.test_fleet import Fleet
 
 
@@ -29,11 +30,7 @@ def missing(client, digests: list[str]) -> list[str]:
 def tampered_fleet(store, models, s3_client, tmp_path):
     client = store.client()
     pushed = [client.push_dir(p, f"acme/p{i}").manifest for i, p in enumerate(models.peft[:3])]
-    bad = pushed[0]
-    key = f"sha256/{bad.file('adapter_model.safetensors').sha256}"
-    body = bytearray(s3_client.get_object(Bucket=store.config.s3.bucket, Key=key)["Body"].read())
-    body[len(body) // 2] ^= 0x01  # one bit, inside a tensor: the header still parses
-    s3_client.put_object(Bucket=store.config.s3.bucket, Key=key, Body=bytes(body))
+    flip_bit_in_blob(s3_client, store, pushed[0].file("adapter_model.safetensors").sha256)
     fleet = Fleet(store, models.base, tmp_path, workers=2)
     fleet.pushed, fleet.client = pushed, client
     yield fleet

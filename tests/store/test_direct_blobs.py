@@ -16,6 +16,7 @@ from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.client import StoreClient
 from adapterfleet.store.direct_fetch import DirectFetchConfig, DirectFetcher, DirectUnavailable
 from adapterfleet.v1 import store_pb2, store_pb2_grpc
+from tests.helpers.s3_blobs import flip_bit_in_blob
 from tests.helpers.servers import start_store
 from tests.helpers.synthetic import write_adapter
 
@@ -161,11 +162,7 @@ def test_a_url_answering_an_error_status_is_direct_unavailable(store, s3_server)
 
 def test_altered_bytes_behind_the_url_are_data_loss_and_nothing_is_written(store, pushed, s3_client, tmp_path):
     _, manifest = pushed
-    entry = manifest.file("adapter_model.safetensors")
-    key = f"sha256/{entry.sha256}"
-    body = bytearray(s3_client.get_object(Bucket=store.config.s3.bucket, Key=key)["Body"].read())
-    body[len(body) // 2] ^= 0x01
-    s3_client.put_object(Bucket=store.config.s3.bucket, Key=key, Body=bytes(body))
+    flip_bit_in_blob(s3_client, store, manifest.file("adapter_model.safetensors").sha256)
     client = store.client()
     with pytest.raises(ChecksumMismatch, match=r"adapter_model\.safetensors") as err:
         client.fetch(str(manifest.key))

@@ -10,6 +10,7 @@ import pytest
 
 from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.direct_fetch import DirectFetchConfig, DirectFetcher
+from tests.helpers.s3_blobs import flip_bit_in_blob
 from tests.helpers.synthetic import write_adapter
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
@@ -86,11 +87,7 @@ def test_urls_that_expired_before_the_fetch_fall_back_to_a_fetch_call(store, pus
 
 def test_altered_bytes_behind_a_resolved_url_are_refused_and_then_quarantined(store, s3_client, pushed):
     _, manifest = pushed
-    weights = manifest.file("adapter_model.safetensors")
-    key = f"sha256/{weights.sha256}"
-    body = bytearray(s3_client.get_object(Bucket=store.config.s3.bucket, Key=key)["Body"].read())
-    body[len(body) // 2] ^= 0x01
-    s3_client.put_object(Bucket=store.config.s3.bucket, Key=key, Body=bytes(body))
+    flip_bit_in_blob(s3_client, store, manifest.file("adapter_model.safetensors").sha256)
     client = store.client()
     resolved = client.resolve("acme/resolved", direct=True)
     with pytest.raises(ChecksumMismatch, match="not the bytes that were pushed"):
