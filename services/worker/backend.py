@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -33,6 +34,12 @@ from adapterfleet.worker.tensor_bytes import all_finite, load_tensors
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
 META = ".manifest.json"  # inside an entry, beside the adapter's files (whose names never start with '.')
+
+
+# A worker's adapters mostly share their config bytes (one recipe) and their safetensors header (one layout:
+# names, dtypes, shapes, offsets): each distinct one is parsed once. Both results are frozen and only read.
+_config = lru_cache(maxsize=64)(lambda data, max_rank: parse_adapter_config(data, max_rank=max_rank))
+_header = lru_cache(maxsize=64)(parse_header)
 
 
 def verify_files(manifest: Manifest, files: dict[str, bytes]) -> None:
@@ -78,9 +85,10 @@ class WorkerBackend:
                 f"{manifest.key} was made for base model {manifest.base_model.name_or_path or '?'} with fingerprint "
                 f"{recorded}, but this worker serves fingerprint {self._fingerprint}; route it to a worker with "
                 "that base model")
-        spec = parse_adapter_config(files[CONFIG], max_rank=self._max_rank)
-        raw = files[WEIGHTS]
-        header = parse_header(raw[:header_bytes_needed(raw[:8]) or 8], len(raw))  # bounds-checked before any read
+        config, raw = bytes(files[CONFIG]), files[WEIGHTS]
+        head = bytes(raw[:header_bytes_needed(raw[:8]) or 8])
+        spec = _config(config, self._max_rank)
+        header = _header(head, len(raw))  # bounds-checked before any read
         try:
             tensors = load_tensors(raw, header)  # views of the verified bytes (a direct read's bytearray): no copy
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
@@ -90,7 +98,8 @@ class WorkerBackend:
         known_finite = widened and all_finite(raw, header)
         weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()},
                                               known_finite=known_finite)
-        self._lora.check(weights)  # every module exists and every shape fits: Incompatible otherwise
+        # every module exists and every shape fits (Incompatible otherwise); known once for a config and header
+        self._lora.check(weights, shapes=(config, head, len(raw)))
         return weights
 
     def nbytes(self, weights: AdapterWeights) -> int:

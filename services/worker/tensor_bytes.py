@@ -19,6 +19,7 @@ from safetensors.torch import load as load_safetensors
 from adapterfleet.store.safetensors_header import SafetensorsHeader
 
 _FLOATS = {"F64", "F32", "F16", "BF16"}
+FINITE_BLOCK = 1 << 16  # values per step of the finiteness scan
 _NUMPY: dict[str, np.dtype] = {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
 _VIEWABLE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -59,9 +60,21 @@ def all_finite(raw: bytes | bytearray, header: SafetensorsHeader) -> bool:
     size = sum(t.nbytes for t in header.tensors.values())
     if not size:
         return False
-    if dtype == "BF16":  # numpy has no bfloat16: all exponent bits set is Inf or NaN
-        bits = np.frombuffer(raw, dtype=np.uint16, count=size // 2, offset=header.data_offset)
-        return not bool(((bits & 0x7F80) == 0x7F80).any())
-    kind = _NUMPY[dtype]
+    bf16 = dtype == "BF16"  # numpy has no bfloat16: all exponent bits set is Inf or NaN
+    kind = np.dtype(np.uint16) if bf16 else _NUMPY[dtype]
     data = np.frombuffer(raw, dtype=kind, count=size // kind.itemsize, offset=header.data_offset)
-    return bool(np.isfinite(data).all())
+    # block by block into small reused temporaries: one [values] bool temporary is fresh memory, and on this VM
+    # faulting in its 1.3 MB cost ~3.6 ms of a cold load where the scan itself takes ~0.2 ms
+    flags = np.empty(min(FINITE_BLOCK, data.size), dtype=bool)
+    bits = np.empty(flags.size, dtype=np.uint16) if bf16 else None
+    for start in range(0, data.size, FINITE_BLOCK):
+        block = data[start:start + FINITE_BLOCK]
+        found = flags[:block.size]
+        if bits is None:
+            np.isfinite(block, out=found)
+        else:
+            np.equal(np.bitwise_and(block, 0x7F80, out=bits[:block.size]), 0x7F80, out=found)
+            np.logical_not(found, out=found)
+        if not found.all():
+            return False
+    return True

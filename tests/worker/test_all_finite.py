@@ -10,6 +10,7 @@ from safetensors.torch import save
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
+from adapterfleet.worker import tensor_bytes
 from adapterfleet.worker.tensor_bytes import all_finite
 
 
@@ -30,6 +31,16 @@ def test_one_bad_value_anywhere_is_not(bad, dtype):
     b[31] = bad
     tensors = {"a": torch.randn(4, 3), "b": b, "c": torch.randn(2)}
     assert not all_finite(*parsed({k: v.to(dtype) for k, v in tensors.items()}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_scan_sees_every_block(monkeypatch, dtype):
+    monkeypatch.setattr(tensor_bytes, "FINITE_BLOCK", 7)  # 53 values: seven whole blocks and a partial one
+    assert all_finite(*parsed({"a": torch.randn(3).to(dtype), "b": torch.randn(50).to(dtype)}))
+    for at in (0, 3, 4, 10, 11, 45, 49):  # first and last value of blocks, and of the file (value 3 + at)
+        b = torch.randn(50)
+        b[at] = float("inf")
+        assert not all_finite(*parsed({"a": torch.randn(3).to(dtype), "b": b.to(dtype)})), at
 
 
 def test_the_largest_and_smallest_finite_values_pass():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from adapterfleet.worker.lora.slot_stack import Field, SlotStack
+from adapterfleet.worker.lora.slot_stack import Field, Scaled, SlotStack
 
 FIELDS = {"A": Field(0.0, rank_dim=0), "scale": Field(1.0)}
 
@@ -40,3 +40,14 @@ def test_a_removal_frees_the_room_and_the_next_install_reads_right():
     assert stack["A"].shape == (3, 2, 3) and stack.nbytes() < 4 * 2 * 3 * 4 + 8 * 4  # exact: room given back
     stack = stack.added(1, {"A": entry(2, 9.0), "scale": None}, rank=2)
     assert [row[0][0] for row in stack["A"].tolist()] == [0.0, 1.0, 3.0, 9.0] and stack.order == (0, 2, 1)
+
+
+def test_a_scaled_entry_is_written_times_its_factor_from_a_transposed_view():
+    fields = {"B": Field(0.0, rank_dim=0)}
+    b = torch.randn(5, 3)  # [out, r] as a file holds it; the stack takes [r, out] rows
+    for dtype in (torch.float32, torch.float64):  # numpy's write, and torch's for any other dtype
+        stack = SlotStack(fields, max_slots=2, device=torch.device("cpu"))
+        stack = stack.added(1, {"B": Scaled(b.T.to(dtype), 0.37)}, rank=3)
+        stack = stack.added(0, {"B": b.T.to(dtype)}, rank=3)  # unscaled, beside it
+        assert torch.equal(stack["B"][1], (b * 0.37).T.to(dtype)) and torch.equal(stack["B"][2], b.T.to(dtype))
+        assert stack["B"][0].abs().sum() == 0

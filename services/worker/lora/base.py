@@ -9,7 +9,7 @@ from torch import nn
 
 from .context import RowContext
 from .plan import RowPlan, plan_for
-from .slot_stack import Field, SlotStack
+from .slot_stack import Entry, Field, SlotStack
 from .weights import ModuleLora
 
 
@@ -64,11 +64,11 @@ class SlotWrapper(nn.Module):
     def nbytes(self) -> int:
         return self._stack.nbytes()
 
-    def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
+    def prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         """Per-slot stack entries (field -> entry, None: field not used) and the rank of one adapter's change here."""
         raise NotImplementedError
 
-    def add(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> None:
+    def add(self, slot: int, entries: dict[str, Entry | None], rank: int) -> None:
         self._stack = self._stack.added(slot, entries, rank)
 
     def remove(self, slot: int) -> None:

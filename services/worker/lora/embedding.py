@@ -22,7 +22,7 @@ from torch import nn
 
 from .base import SlotWrapper
 from .context import RowContext
-from .slot_stack import Field
+from .slot_stack import Entry, Field
 from .weights import ModuleLora
 
 
@@ -53,13 +53,13 @@ class LoraEmbedding(SlotWrapper):
         return scale if scale.numel() == 1 else None
 
     @torch.no_grad()
-    def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
+    def prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         w = self.base_layer.weight  # [num_embeddings, dim]
         dtype, device = w.dtype, w.device
         assert m.lora_A is not None and m.lora_B is not None, "embedding LoRA comes with a rank (compat._check_lora)"
         a = m.lora_A.to(device=device, dtype=torch.float32)  # [r, num_embeddings]
         b = m.lora_B.to(device=device, dtype=torch.float32)  # [dim, r]
-        entries: dict[str, torch.Tensor | None] = {}
+        entries: dict[str, Entry | None] = {}
         if m.magnitude is not None:
             norm = torch.linalg.norm(w.T.to(torch.float32) + m.scaling * (b @ a), dim=1)  # [dim]
             s = m.magnitude.to(device=device, dtype=torch.float32) / norm  # [dim]

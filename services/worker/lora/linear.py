@@ -44,7 +44,7 @@ from . import few_rows
 from .base import SlotWrapper, module_tensor, optional_module_tensor
 from .context import RowContext
 from .plan import RowPlan
-from .slot_stack import Field, SlotStack
+from .slot_stack import Entry, Field, Scaled, SlotStack
 from .weights import ModuleLora
 
 try:  # transformers' GPT-2 style linear layer: weight [in, out], y = x @ W + b
@@ -100,12 +100,12 @@ class LoraLinear(SlotWrapper):
         return w.T if self.fan_in_fan_out else w
 
     @torch.no_grad()
-    def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
+    def prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         """Per-slot stack entries for one adapter's change to this module (computed in float32)."""
         w = self.weight
         dtype, device = w.dtype, w.device
         b0 = self.bias
-        entries: dict[str, torch.Tensor | None] = {}
+        entries: dict[str, Entry | None] = {}
         s = None
         if m.rank:
             assert m.lora_A is not None and m.lora_B is not None, "a rank comes with lora_A and lora_B (weights)"
@@ -116,10 +116,10 @@ class LoraLinear(SlotWrapper):
                 norm = torch.linalg.norm(w32 + m.scaling * (b @ a), dim=1)  # [out]
                 s = m.magnitude.to(device=device, dtype=torch.float32) / norm  # [out]
                 entries["scale"] = s.to(dtype)
-            b = b * m.scaling
-            # transposed views (copies only where the dtype changes): the slot stack copies them into its row
+            # transposed views (copies only where the dtype changes): the slot stack copies them into its row, and
+            # in float32 scales B on the way in (the same float32 product, without a scaled temporary)
             entries["A"] = a.T.to(dtype)
-            entries["B"] = b.T.to(dtype)
+            entries["B"] = Scaled(b.T, m.scaling) if dtype == torch.float32 else (b * m.scaling).T.to(dtype)
         if m.bias is not None or (s is not None and b0 is not None):
             if b0 is None:  # then m.bias is set: a DoRA scale alone needs b0 to get here
                 raise Incompatible(

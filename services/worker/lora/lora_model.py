@@ -14,7 +14,7 @@ caller must not remove a slot that an in-flight forward uses.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
 
@@ -28,6 +28,8 @@ from .inject import Wrapper, inject, wrappers
 from .modules_to_save import ModuleSwitch, clone_module
 from .weights import AdapterWeights
 
+FITS_KEPT = 64  # distinct adapter layouts whose fit is remembered
+
 
 class LoraModel:
     def __init__(self, model: nn.Module, *, max_slots: int):
@@ -35,6 +37,8 @@ class LoraModel:
         self.ctx = RowContext(max_slots)
         self._slots: dict[int, list[Wrapper]] = {}  # slot -> the wrappers that hold its tensors
         self._lock = threading.Lock()
+        self._fits: dict[Hashable, dict[str, str]] = {}  # shapes key -> plan of weights that fit (check)
+        self._fits_lock = threading.Lock()
 
     @property
     def max_slots(self) -> int:
@@ -56,9 +60,24 @@ class LoraModel:
             raise ValueError(f"slots {empty} hold no adapter; install one there or use -1 for the base model")
         return self.ctx.rows(slots)
 
-    def check(self, weights: AdapterWeights) -> dict[str, str]:
-        """Raise Incompatible unless ``weights`` fits this model; return module path -> wrapper kind."""
-        return check_compatible(self.model, weights)
+    def check(self, weights: AdapterWeights, shapes: Hashable = None) -> dict[str, str]:
+        """Raise Incompatible unless ``weights`` fits this model; return module path -> wrapper kind.
+
+        ``shapes``: a key that fixes every name and shape of ``weights`` (the worker passes its config and
+        safetensors header bytes). Weights with a key that fit before, and whose fit depends on shapes alone, are
+        not walked again: a worker's adapters mostly share one layout, and the walk over every module is ~0.5 ms
+        of each cold load."""
+        memo = shapes is not None and weights.shapes_decide_fit
+        plan = self._fits.get(shapes) if memo else None
+        if plan is None:
+            plan = check_compatible(self.model, weights)
+            if memo:
+                with self._fits_lock:  # loads parse in several threads at once
+                    self._fits[shapes] = plan
+                    while len(self._fits) > FITS_KEPT:
+                        del self._fits[next(iter(self._fits))]
+        weights.fit = (self.model, plan)
+        return plan
 
     def install(self, slot: int, weights: AdapterWeights) -> None:
         """Put ``weights`` into ``slot``. On any error the model serves exactly what it served before."""
@@ -67,7 +86,8 @@ class LoraModel:
         with self._lock:
             if slot in self._slots:
                 raise ValueError(f"slot {slot} is occupied; remove its adapter first")
-            plan = check_compatible(self.model, weights)
+            fit = weights.fit
+            plan = fit[1] if fit is not None and fit[0] is self.model else check_compatible(self.model, weights)
             placed = inject(self.model, plan, self.ctx)
             # compute everything first, so a failure leaves no half-installed adapter
             prepared: list[tuple[Wrapper, Callable[[], None]]] = []  # (wrapper, its add of this slot)

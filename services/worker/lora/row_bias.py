@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import SlotWrapper, module_tensor
-from .slot_stack import Field
+from .slot_stack import Entry, Field
 from .weights import ModuleLora
 
 
@@ -29,7 +29,7 @@ class RowBias(SlotWrapper):
     FIELDS: ClassVar[dict[str, Field]] = {"shift": Field(0.0)}  # entry [dim] = adapter bias - base bias
 
     @torch.no_grad()
-    def prepare(self, m: ModuleLora) -> tuple[dict[str, torch.Tensor | None], int]:
+    def prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         b0 = module_tensor(self.base_layer, "bias")  # adds_bias_last: the module has one
         assert m.bias is not None, "a row-bias module is planned only for an adapter bias (compat._check_module)"
         b1 = m.bias.to(device=b0.device, dtype=torch.float32)

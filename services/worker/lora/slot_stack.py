@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -52,6 +53,38 @@ class Field:
 
     fill: float = 0.0
     rank_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """A per-slot entry that is written into its row times ``factor`` (one pass: no scaled temporary)."""
+
+    tensor: torch.Tensor
+    factor: float
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+
+Entry = torch.Tensor | Scaled
+
+
+def _write(dst: torch.Tensor, src: Entry) -> None:
+    """``dst[...] = src`` (times its factor). A LoRA's entries are transposed views ([in, r] of an [r, in] file
+    tensor), and numpy's strided copy of them takes about half the time of torch's (~1 vs ~2 ms for a rank-16
+    all-linear adapter of 5 MB; float32 on the 2-core box), which a cold load pays in full."""
+    factor = src.factor if isinstance(src, Scaled) else None
+    t = src.tensor if isinstance(src, Scaled) else src
+    if dst.device.type == t.device.type == "cpu" and dst.dtype == t.dtype == torch.float32 and not t.requires_grad:
+        if factor is None:
+            np.copyto(dst.numpy(), t.numpy())
+        else:
+            np.multiply(t.numpy(), np.float32(factor), out=dst.numpy())
+    elif factor is None:
+        dst.copy_(t)
+    else:
+        dst.copy_(t.to(torch.float32) * factor)
 
 
 class SlotStack:
@@ -114,8 +147,9 @@ class SlotStack:
         padded[dim] = rank
         return tuple(padded)
 
-    def added(self, slot: int, entries: dict[str, torch.Tensor | None], rank: int) -> SlotStack:
-        """A new stack with ``slot`` appended; ``entries`` maps field -> per-slot tensor (None: field not used)."""
+    def added(self, slot: int, entries: dict[str, Entry | None], rank: int) -> SlotStack:
+        """A new stack with ``slot`` appended; ``entries`` maps field -> per-slot tensor, or a :class:`Scaled` one
+        (None: field not used)."""
         if slot in self.slots:
             raise ValueError(f"slot {slot} already holds an adapter in this module")
         if not 0 <= slot < self.max_slots:
@@ -132,7 +166,7 @@ class SlotStack:
             old, new = self.tensors[name], entries.get(name)
             has[name] = self.has[name] | {slot} if new is not None else self.has[name]
             if new is not None:
-                ref = new
+                ref = new.tensor if isinstance(new, Scaled) else new
             elif old is not None:
                 ref = old[0]
             else:
@@ -155,7 +189,7 @@ class SlotStack:
                     out[tuple(slice(0, n) for n in old.shape)].copy_(old)
             if new is not None:
                 last: tuple[int | slice, ...] = (n_rows - 1, *(slice(0, n) for n in new.shape))
-                out[last].copy_(new)
+                _write(out[last], new)
             storage[name] = out
             tensors[name] = out[:n_rows]
         ranks = {**self.ranks, slot: rank}

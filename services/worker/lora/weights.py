@@ -54,6 +54,14 @@ class AdapterWeights:
     spec: LoraSpec
     modules: dict[str, ModuleLora] = field(default_factory=dict)  # module path -> what changes there
     copies: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # modules_to_save: path -> state
+    # (model, module path -> wrapper kind) once LoraModel.check found these weights fit that model: its install
+    # does not check them again
+    fit: tuple[object, dict[str, str]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def shapes_decide_fit(self) -> bool:
+        """Whether shapes alone decide if these weights fit a model (no saved base weight, whose values count)."""
+        return all(m.base_weight is None for m in self.modules.values())
 
     @property
     def use_dora(self) -> bool:
