@@ -292,3 +292,27 @@ def test_worker_serve_no_direct_blobs_turns_direct_reads_off():
     assert not config_from_args(args, "127.0.0.1:1").direct.enabled
     args = parse_layered(build_parser(), base, {"ADAPTERFLEET_NO_DIRECT_BLOBS": "1"})
     assert not config_from_args(args, "127.0.0.1:1").direct.enabled
+
+
+def test_a_url_is_reused_for_half_its_lifetime_then_signed_again(store, monkeypatch):
+    """Signing is local work on every cold load's Resolve: a URL goes out again, with the seconds it has left,
+    until half its lifetime has passed; a deleted blob's URL is forgotten."""
+    import dataclasses
+
+    from adapterfleet.store.blobs import s3 as s3_blobs
+
+    now = [1000.0]
+    monkeypatch.setattr(s3_blobs.time, "monotonic", lambda: now[0])
+    blobs = s3_blobs.S3BlobStore(dataclasses.replace(store.config.s3, presign_expiry_s=120))
+    first, seconds = blobs.presign("a" * 64)
+    assert seconds == 120.0
+    now[0] += 59.5
+    assert blobs.presign("a" * 64) == (first, 60.5)  # the same URL, with what it has left
+    assert blobs.presign("b" * 64)[0] != first  # another blob: its own URL
+    now[0] += 1.0  # past half its lifetime: a fresh URL
+    fresh, seconds = blobs.presign("a" * 64)
+    assert seconds == 120.0 and blobs.presign("a" * 64) == (fresh, 120.0)
+    now[0] += 1.0
+    assert blobs.presign("a" * 64)[1] == 119.0
+    blobs.delete("a" * 64)  # (there is no such object; deleting it is still fine)
+    assert blobs.presign("a" * 64)[1] == 120.0  # signed again
