@@ -7,7 +7,8 @@ here. Push includes everything a user waits for (hashing the files, dedupe check
 verification, multipart upload, the Redis commit); pull includes sha256 verification of every byte.
 
 Pulls, each a full ``StoreClient.fetch`` into memory: *direct* (the default: the store answers presigned URLs and
-the client GETs the blobs from S3 itself, parallel ranged GETs for large files), *direct, one stream* (one GET
+the client GETs the blobs from S3 itself; a large file as parallel ranged GETs or as one GET, whichever the client
+measured to be faster for the endpoint: ranges the first time, one GET the second), *direct, one stream* (one GET
 per file), and *through the store* (URLs off: every byte crosses the store process, the fallback path).
 """
 
@@ -86,6 +87,12 @@ def main() -> None:
               f"raw get_object: {med(get_s) / med(stream_s):.2f}x")
         print(f"push / upload_fileobj: {med(up_s) / med(push_s):.2f}x   pull / download_fileobj: "
               f"{med(down_s) / med(pull_s):.2f}x")
+        ways = {True: "ranged", False: "one GET"}
+        measured = client.direct.ranges.rates(endpoint.split("//")[-1])
+        rates = {ways[k]: f"{v / 1e6:.0f} MB/s" for k, v in measured.items()}
+        print("each pull at the defaults / raw get_object (s): "
+              + ", ".join(f"{p:.3f}/{g:.3f}" for p, g in zip(pull_s, get_s, strict=True))
+              + f"   (ranged first, then one GET, then the faster: measured {rates})")
     _plot.store_throughput(args.plot_dir, mb=mb, rounds=args.repeat, seconds={
         "push": med(push_s), "put": med(put_s), "upload": med(up_s), "pull": med(pull_s), "get": med(get_s),
         "download": med(down_s)})

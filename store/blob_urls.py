@@ -25,8 +25,10 @@ class DirectFetchConfig:
     # On S3 one connection carries roughly 100 MB/s and AWS's guidance is byte-range GETs of 8-16 MB in parallel to
     # go past it, so a 100 MB adapter is read about streams times faster in parts. Servers that copy the whole object
     # for every ranged GET (moto, some S3 look-alikes) make parts cost one full read each: there, streams=1 (or a
-    # larger parallel_min_bytes) is the setting, and one stream is as fast as a plain get_object.
+    # larger parallel_min_bytes) is the setting, and one stream is as fast as a plain get_object; with measure_ranges
+    # the client finds that out itself after two large files.
     part_bytes: int = 16 << 20          # size of one ranged GET of a large file
+    measure_ranges: bool = True         # time ranged vs one GET per endpoint and use the faster (range_choice.py)
     parallel_min_bytes: int = 64 << 20  # files at least this large are fetched as parallel ranged GETs
     streams: int = 4                    # ranged GETs in flight per client
     connect_timeout_s: float = 3.0      # an S3 endpoint this client cannot reach costs this long, then the store

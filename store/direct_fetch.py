@@ -9,7 +9,8 @@ manifest promises, and fetching it through the store would read the same object.
 
 Plain HTTP(S) through the standard library (``http.client``): the base install stays light and a worker needs no
 S3 credentials, only the URL. Large files are fetched as parallel ranged GETs (``part_bytes`` each, ``streams`` at a
-time) into their place in one buffer, and hashed in order while later parts are still arriving. Idle keep-alive
+time) into their place in one buffer, and hashed in order while later parts are still arriving, or as one GET where
+that was measured to be faster for their endpoint (``range_choice.py``). Idle keep-alive
 connections are reused per host.
 """
 
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.blob_urls import BlobUrl, DirectFetchConfig
 from adapterfleet.store.manifest import FileEntry, Manifest
+from adapterfleet.store.range_choice import RangeChoice
 from adapterfleet.store.small_blobs import SmallBlobs
 
 log = logging.getLogger("adapterfleet.store.direct")
@@ -64,6 +66,7 @@ class DirectFetcher:
         self._ssl: ssl.SSLContext | None = None
         self._down_until: dict[str, float] = {}  # netloc -> client-clock time to try it again
         self._small = SmallBlobs(self.cfg.small_blob_bytes, self.cfg.small_cache_bytes)
+        self.ranges = RangeChoice()  # per endpoint: large files in ranges or in one GET, whichever was faster
         # files delivered without the store (by URL, or "cached": a small file verified before); files left to it
         self.stats = {"files": 0, "cached": 0, "bytes": 0, "fallbacks": 0}
 
@@ -174,10 +177,16 @@ class DirectFetcher:
         buf = bytearray(size)
         view = memoryview(buf)
         part = max(READ_BLOCK, self.cfg.part_bytes)
-        if size < max(self.cfg.parallel_min_bytes, 2 * part) or self.cfg.streams <= 1:
-            self._single(url, size, deadline, digest, view, progress, what)
-        else:
+        large = size >= max(self.cfg.parallel_min_bytes, 2 * part) and self.cfg.streams > 1
+        endpoint = urlsplit(url).netloc
+        ranged = large and (not self.cfg.measure_ranges or self.ranges.ranged(endpoint))
+        started = time.perf_counter()
+        if ranged:
             self._parallel(url, size, part, deadline, digest, view, progress, what)
+        else:
+            self._single(url, size, deadline, digest, view, progress, what)
+        if large and self.cfg.measure_ranges:
+            self.ranges.record(endpoint, ranged, size, time.perf_counter() - started)
         actual = digest.hexdigest()
         if actual != sha256:
             raise ChecksumMismatch(
