@@ -99,9 +99,18 @@ class LoraLinear(SlotWrapper):
         w = self.weight
         return w.T if self.fan_in_fan_out else w
 
-    @torch.no_grad()
     def prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         """Per-slot stack entries for one adapter's change to this module (computed in float32)."""
+        a, b, w = m.lora_A, m.lora_B, self.weight
+        if (m.rank and m.magnitude is None and m.bias is None and a is not None and b is not None
+                and w.dtype == a.dtype == b.dtype == torch.float32 and w.device == a.device == b.device):
+            # the common case, float32 LoRA only: transposed views, B scaled as the stack writes it; no copy here and
+            # no grad mode to enter (a cold load prepares every module of its adapter)
+            return {"A": a.T, "B": Scaled(b.T, m.scaling)}, m.rank
+        return self._prepare(m)
+
+    @torch.no_grad()
+    def _prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         w = self.weight
         dtype, device = w.dtype, w.device
         b0 = self.bias

@@ -39,6 +39,7 @@ class LoraModel:
         self._lock = threading.Lock()
         self._fits: dict[Hashable, dict[str, str]] = {}  # shapes key -> plan of weights that fit (check)
         self._fits_lock = threading.Lock()
+        self._wrappers: dict[tuple[str, str], Wrapper] = {}  # (module path, kind) -> the wrapper placed there
 
     @property
     def max_slots(self) -> int:
@@ -88,7 +89,7 @@ class LoraModel:
                 raise ValueError(f"slot {slot} is occupied; remove its adapter first")
             fit = weights.fit
             plan = fit[1] if fit is not None and fit[0] is self.model else check_compatible(self.model, weights)
-            placed = inject(self.model, plan, self.ctx)
+            placed = self._placed(plan)
             # compute everything first, so a failure leaves no half-installed adapter
             prepared: list[tuple[Wrapper, Callable[[], None]]] = []  # (wrapper, its add of this slot)
             for path, kind in plan.items():
@@ -110,6 +111,23 @@ class LoraModel:
                     w.remove(slot)
                 raise
             self._slots[slot] = done
+
+    def _placed(self, plan: dict[str, str]) -> dict[str, Wrapper]:
+        """The wrapper of each planned module, wrapping those not wrapped yet. Only this class wraps the model and
+        a wrapper, once placed, stays where it is (a module saved whole later goes around it), so the ones found
+        before are remembered by path and kind: no walk down the module tree for each of them on every install."""
+        placed: dict[str, Wrapper] = {}
+        missing: dict[str, str] = {}
+        for path, kind in plan.items():
+            w = self._wrappers.get((path, kind))
+            if w is None:
+                missing[path] = kind
+            else:
+                placed[path] = w
+        if missing:
+            for path, w in inject(self.model, missing, self.ctx).items():
+                self._wrappers[(path, missing[path])] = placed[path] = w
+        return placed
 
     def remove(self, slot: int) -> None:
         """Take the adapter out of ``slot`` and release its tensors (no-op if the slot is empty)."""

@@ -30,13 +30,25 @@ import torch
 class Layout:
     """Hashable (hash computed once) identity of a stack's slot order and of the slots that carry each field."""
 
-    __slots__ = ("_hash", "_key", "has", "order")
+    __slots__ = ("_hash", "_key", "_next", "has", "order")
 
     def __init__(self, order: tuple[int, ...], has: dict[str, frozenset[int]]):
         self.order = order  # global slot of local row i + 1
-        self.has = has
+        self.has = has  # read-only: shared by every stack with this layout
         self._key = (order, tuple(sorted(has.items(), key=lambda item: item[0])))
         self._hash = hash(self._key)
+        self._next: dict[tuple[int, frozenset[str]], Layout] = {}  # with_slot's answers
+
+    def with_slot(self, slot: int, fields: frozenset[str]) -> Layout:
+        """This layout with ``slot`` appended, carrying ``fields``. Remembered: every module an adapter changes
+        goes from one shared layout to the same next one, so an install builds it once, not once per module
+        (callers serialise installs)."""
+        key = (slot, fields)
+        nxt = self._next.get(key)
+        if nxt is None:
+            has = {name: slots | {slot} if name in fields else slots for name, slots in self.has.items()}
+            nxt = self._next[key] = Layout((*self.order, slot), has)
+        return nxt
 
     def __hash__(self) -> int:
         return self._hash
@@ -100,20 +112,21 @@ class SlotStack:
         tensors: dict[str, torch.Tensor | None] | None = None,
         slot_map: torch.Tensor | None = None,
         storage: dict[str, torch.Tensor | None] | None = None,
+        layout: Layout | None = None,
     ):
         self.fields = fields
         self.max_slots = max_slots
         self.device = device
-        self.order = order  # global slot of local row i + 1
+        # global slot of local row i + 1, and the slots that carry each field (``layout``'s when it is given)
+        self.layout = layout or Layout(order, has or {name: frozenset() for name in fields})
+        self.order, self.has = self.layout.order, self.layout.has
         self.ranks = dict(ranks or {})  # slot -> rank in this module (0: no low-rank part)
-        self.has = has or {name: frozenset() for name in fields}  # slots that carry each field
         self.tensors = tensors or {name: None for name in fields}  # name -> [L + 1, *entry_shape] or None
         # name -> [capacity >= L + 1, *entry_shape]: what ``tensors`` are the first rows of
         self.storage = storage if storage is not None else dict(self.tensors)
         self._slot_map = slot_map  # built on first use (a forward's row plan does not need it)
-        self.slots = frozenset(order)
+        self.slots = frozenset(self.order)
         self.rank = max(self.ranks.values(), default=0)
-        self.layout = Layout(order, self.has)
 
     def __getitem__(self, name: str) -> torch.Tensor | None:
         return self.tensors[name]
@@ -154,31 +167,31 @@ class SlotStack:
             raise ValueError(f"slot {slot} already holds an adapter in this module")
         if not 0 <= slot < self.max_slots:
             raise ValueError(f"slot {slot} is out of range 0..{self.max_slots - 1}")
-        unknown = set(entries) - set(self.fields)
-        if unknown:
-            raise ValueError(f"unknown fields {sorted(unknown)}")
+        if not self.fields.keys() >= entries.keys():
+            raise ValueError(f"unknown fields {sorted(set(entries) - set(self.fields))}")
         new_rank = max(self.rank, rank)
-        n_rows = len(self.order) + 2
+        row = len(self.order) + 1  # the new local row
         tensors: dict[str, torch.Tensor | None] = {}
         storage: dict[str, torch.Tensor | None] = {}
-        has: dict[str, frozenset[int]] = {}
+        carried: list[str] = []
         for name, spec in self.fields.items():
             old, new = self.tensors[name], entries.get(name)
-            has[name] = self.has[name] | {slot} if new is not None else self.has[name]
             if new is not None:
+                carried.append(name)
                 ref = new.tensor if isinstance(new, Scaled) else new
+                given = tuple(ref.shape)
             elif old is not None:
-                ref = old[0]
+                ref, given = old, tuple(old.shape[1:])
             else:
                 tensors[name] = storage[name] = None
                 continue
-            shape = self._padded_shape(name, tuple(ref.shape), new_rank)
+            shape = given if spec.rank_dim is None else self._padded_shape(name, given, new_rank)
             room = self.storage[name]
-            if (room is not None and room.shape[0] >= n_rows and tuple(room.shape[1:]) == shape
+            if (room is not None and room.shape[0] > row and room.shape[1:] == shape
                     and room.dtype == ref.dtype and room.device == ref.device):
-                out = room  # row n_rows - 1 lies past every view published so far: written in place
-                if new is None or tuple(new.shape) != shape:  # padding (or no entry): the rest of the row too
-                    out[n_rows - 1].fill_(spec.fill)
+                out = room  # the new row lies past every view published so far: written in place
+                if new is None or given != shape:  # padding (or no entry): the rest of the row too
+                    out[row].fill_(spec.fill)
             else:
                 # room for every slot at once (as vLLM preallocates its LoRA stacks), so the installs after this one
                 # write in place. The spare rows are written now: their memory is faulted in once, here, and later
@@ -188,13 +201,15 @@ class SlotStack:
                 if old is not None:
                     out[tuple(slice(0, n) for n in old.shape)].copy_(old)
             if new is not None:
-                last: tuple[int | slice, ...] = (n_rows - 1, *(slice(0, n) for n in new.shape))
-                _write(out[last], new)
+                if given == shape:
+                    _write(out[row], new)
+                else:
+                    part: tuple[int | slice, ...] = (row, *(slice(0, n) for n in given))
+                    _write(out[part], new)
             storage[name] = out
-            tensors[name] = out[:n_rows]
-        ranks = {**self.ranks, slot: rank}
-        order = (*self.order, slot)
-        return self._with(order, ranks, has, tensors, storage)
+            tensors[name] = out[:row + 1]
+        return SlotStack(self.fields, self.max_slots, self.device, ranks={**self.ranks, slot: rank},
+                         tensors=tensors, storage=storage, layout=self.layout.with_slot(slot, frozenset(carried)))
 
     def removed(self, slot: int) -> SlotStack:
         """A new stack without ``slot``; tensors shrink to the remaining slots and rank (or go away)."""
