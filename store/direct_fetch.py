@@ -35,7 +35,7 @@ from adapterfleet.store.range_choice import RangeChoice
 from adapterfleet.store.small_blobs import SmallBlobs
 
 log = logging.getLogger("adapterfleet.store.direct")
-READ_BLOCK = 1 << 20  # bytes per readinto / hash step
+READ_BLOCK = 256 << 10  # bytes per readinto / hash step (after its last byte a GET waits for one block's hash)
 HASH_THREAD_BYTES = 8 << 20  # a single GET at least this large is hashed by a thread of its own, beside the reader
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
 Progress = Callable[[int], None]

@@ -96,10 +96,11 @@ class WorkerBackend:
         # finite in the file and not narrowed on the way in (a float32 value can overflow float16): known finite
         widened = all(v.dtype == self._dtype or v.dtype.itemsize < self._dtype.itemsize for v in tensors.values())
         known_finite = widened and all_finite(raw, header)
-        weights = AdapterWeights.from_tensors(spec, {k: v.to(self._dtype) for k, v in tensors.items()},
-                                              known_finite=known_finite)
-        # every module exists and every shape fits (Incompatible otherwise); known once for a config and header
-        self._lora.check(weights, shapes=(config, head, len(raw)))
+        layout = (config, head, len(raw))  # names, dtypes, shapes and the config: known once for a worker
+        weights = AdapterWeights.from_tensors(
+            spec, {k: v if v.dtype == self._dtype else v.to(self._dtype) for k, v in tensors.items()},
+            known_finite=known_finite, layout=layout)
+        self._lora.check(weights, shapes=layout)  # every module exists and every shape fits: Incompatible otherwise
         return weights
 
     def nbytes(self, weights: AdapterWeights) -> int:

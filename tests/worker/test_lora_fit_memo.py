@@ -69,3 +69,52 @@ def test_a_refused_layout_is_not_remembered(zoo, walks):
         with pytest.raises(Incompatible):
             lm.check(AdapterWeights.from_dir(zoo.adapter("llama", "plain")), shapes=("k",))
     assert len(walks) == 2
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _spec(path):
+    import json
+
+    from adapterfleet.store.adapter_config import LoraSpec
+
+    return LoraSpec.from_dict(json.loads((path / "adapter_config.json").read_text()))
+
+
+def _same(a: AdapterWeights, b: AdapterWeights) -> None:
+    assert list(a.modules) == list(b.modules) and list(a.copies) == list(b.copies)
+    for path, m in a.modules.items():
+        n = b.modules[path]
+        assert (m.rank, m.scaling, m.embedding) == (n.rank, n.scaling, n.embedding), path
+        for f in ("lora_A", "lora_B", "magnitude", "bias", "base_weight"):
+            x, y = getattr(m, f), getattr(n, f)
+            assert (x is None) == (y is None) and (x is None or x is y), (path, f)
+    for owner, state in a.copies.items():
+        assert list(state) == list(b.copies[owner]) and all(state[k] is b.copies[owner][k] for k in state)
+
+
+@pytest.mark.parametrize("variant", ["plain", "pattern", "dora", "modules_to_save", "bias", "embedding"])
+def test_a_layout_seen_before_is_grouped_as_the_full_path_groups_it(zoo, variant):
+    d = zoo.adapter("gpt2" if variant == "bias" else "llama", variant)
+    spec, tensors = _spec(d), _tensors(d)
+    key = ("layout", variant)
+    first = AdapterWeights.from_tensors(spec, tensors, known_finite=True, layout=key)  # full path, remembered
+    _same(AdapterWeights.from_tensors(spec, tensors, known_finite=True, layout=key), first)  # replayed
+    _same(AdapterWeights.from_tensors(spec, tensors), first)  # the plain full path agrees
+
+
+def test_values_not_known_finite_are_checked_even_for_a_known_layout(zoo):
+    from adapterfleet.common.errors import InvalidAdapter
+
+    d = zoo.adapter("llama", "plain")
+    spec, tensors = _spec(d), _tensors(d)
+    AdapterWeights.from_tensors(spec, tensors, known_finite=True, layout="known")
+    name = next(iter(tensors))
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    with pytest.raises(InvalidAdapter, match="non-finite"):
+        AdapterWeights.from_tensors(spec, tensors, layout="known")
