@@ -32,7 +32,7 @@ Three paths, started once and measured interleaved (the order rotates per worklo
 Both engines get the same cores (``--threads``, default 2): the worker process is pinned to them and runs with
 ``OMP_NUM_THREADS``; vLLM binds its OpenMP threads with ``VLLM_CPU_OMP_THREADS_BIND``. 32 adapter slots on every
 side (``--max-slots`` / ``max_loras``), every adapter loaded before timing; otherwise each engine keeps its own
-defaults (ours: ``--max-batch`` 32; vLLM: chunked prefill with 4096 batched tokens, prefix caching, its own
+defaults (ours: ``--max-batch`` 64; vLLM: chunked prefill with 4096 batched tokens, prefix caching, its own
 ``max_num_seqs``). Greedy decoding, stop at length only
 (``ignore_eos`` and ``min_tokens`` on vLLM's side, no eos in the model): the script checks that every request got
 exactly the tokens it asked for on every path, and reports how often the paths produced identical tokens.
@@ -851,7 +851,7 @@ def main() -> None:
     ap.add_argument("--vllm-ld-preload", default="",
                     help="LD_PRELOAD for vLLM's processes (vLLM recommends tcmalloc and libiomp5; default: none, "
                          "and vLLM preloads torch's libgomp itself)")
-    ap.add_argument("--max-batch", type=int, default=32, help="our worker's --max-batch (its default: 32)")
+    ap.add_argument("--max-batch", type=int, default=64, help="our worker's --max-batch (its default: 64)")
     ap.add_argument("--work-dir", type=Path,
                     help="model, adapters and logs (kept and reused; default: a temporary directory)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")

@@ -27,7 +27,7 @@ def test_flags_beat_environment_beat_file_beat_defaults(config_file):
     args = parse(["--config", config_file, "worker", "serve", "--port", "7"],
                  {"ADAPTERFLEET_MAX_SLOTS": "4", "ADAPTERFLEET_REGION": "eu-west-1"})
     assert (args.port, args.max_slots, args.region, args.base_model) == (7, 4, "eu-west-1", "/models/from-file")
-    assert args.metrics_port == 9100 and args.max_batch == 32  # file; default
+    assert args.metrics_port == 9100 and args.max_batch == 64  # file; default
     args = parse(["--config", config_file, "worker", "serve", "--max-slots", "2", "--insecure"],
                  {"ADAPTERFLEET_MAX_SLOTS": "4"})
     assert args.max_slots == 2
