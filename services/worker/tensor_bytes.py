@@ -70,11 +70,9 @@ def all_finite(raw: bytes | bytearray, header: SafetensorsHeader) -> bool:
     for start in range(0, data.size, FINITE_BLOCK):
         block = data[start:start + FINITE_BLOCK]
         found = flags[:block.size]
-        if bits is None:
-            np.isfinite(block, out=found)
-        else:
-            np.equal(np.bitwise_and(block, 0x7F80, out=bits[:block.size]), 0x7F80, out=found)
-            np.logical_not(found, out=found)
-        if not found.all():
+        if bits is not None:  # Inf or NaN where every exponent bit is set
+            if np.equal(np.bitwise_and(block, 0x7F80, out=bits[:block.size]), 0x7F80, out=found).any():
+                return False
+        elif not np.isfinite(block, out=found).all():
             return False
     return True

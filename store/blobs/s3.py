@@ -16,7 +16,6 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -43,6 +42,7 @@ from adapterfleet.common.errors import (
 from adapterfleet.store.blobs.base import BlobInfo, BlobStore, BlobWriter
 from adapterfleet.store.blobs.s3_put import StreamingPutWriter
 from adapterfleet.store.config import S3Config
+from adapterfleet.store.lru import Lru
 
 PRESIGNED_KEPT = 4096  # URLs kept for reuse (one per blob)
 log = logging.getLogger("adapterfleet.store.s3")
@@ -278,7 +278,7 @@ class S3BlobStore(BlobStore):
         self.pool = pool if pool is not None else ThreadPoolExecutor(max_workers=2 * cfg.max_concurrency)
         self._presigner: Any = None  # a boto3 client, made on first use (presigning off: never)
         self._presign_lock = threading.Lock()
-        self._presigned: OrderedDict[str, tuple[str, float]] = OrderedDict()  # sha256 -> (url, signed at)
+        self._presigned: Lru[tuple[str, float]] = Lru(PRESIGNED_KEPT)  # sha256 -> (url, signed at)
 
     def key(self, sha256: str) -> str:
         return f"{self.cfg.prefix}sha256/{sha256}"
@@ -347,8 +347,7 @@ class S3BlobStore(BlobStore):
             raise self.translate(err, "listing blobs") from err
 
     def delete(self, sha256: str) -> None:
-        with self._presign_lock:
-            self._presigned.pop(sha256, None)
+        self._presigned.pop(sha256)
         try:
             self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(sha256))
         except (BotoCoreError, ClientError) as err:
@@ -380,11 +379,10 @@ class S3BlobStore(BlobStore):
             return None
         seconds = max(1, int(expiry))
         now = time.monotonic()
+        kept = self._presigned.get(sha256)
+        if kept is not None and now - kept[1] < seconds / 2:
+            return kept[0], seconds - (now - kept[1])
         with self._presign_lock:
-            kept = self._presigned.get(sha256)
-            if kept is not None and now - kept[1] < seconds / 2:
-                self._presigned.move_to_end(sha256)
-                return kept[0], seconds - (now - kept[1])
             if self._presigner is None:
                 self._presigner = make_presign_client(self.cfg)
             presigner = self._presigner
@@ -394,11 +392,7 @@ class S3BlobStore(BlobStore):
         except (BotoCoreError, ClientError) as err:  # e.g. no credentials to sign with: stream through the store
             log.warning("cannot presign S3 URLs (%s); blobs stream through the store", _short(err))
             return None
-        with self._presign_lock:
-            self._presigned[sha256] = (url, now)
-            self._presigned.move_to_end(sha256)
-            while len(self._presigned) > PRESIGNED_KEPT:
-                self._presigned.popitem(last=False)
+        self._presigned.put(sha256, (url, now))
         return url, float(seconds)
 
     def close(self) -> None:

@@ -21,6 +21,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from adapterfleet.store.lru import Lru
+
 from .base import SlotWrapper
 from .compat import COPY, check_compatible
 from .context import NO_ADAPTER, RowContext, Rows
@@ -37,8 +39,7 @@ class LoraModel:
         self.ctx = RowContext(max_slots)
         self._slots: dict[int, list[Wrapper]] = {}  # slot -> the wrappers that hold its tensors
         self._lock = threading.Lock()
-        self._fits: dict[Hashable, dict[str, str]] = {}  # shapes key -> plan of weights that fit (check)
-        self._fits_lock = threading.Lock()
+        self._fits: Lru[dict[str, str]] = Lru(FITS_KEPT)  # shapes key -> plan of weights that fit (check)
         self._wrappers: dict[tuple[str, str], Wrapper] = {}  # (module path, kind) -> the wrapper placed there
 
     @property
@@ -73,10 +74,7 @@ class LoraModel:
         if plan is None:
             plan = check_compatible(self.model, weights)
             if memo:
-                with self._fits_lock:  # loads parse in several threads at once
-                    self._fits[shapes] = plan
-                    while len(self._fits) > FITS_KEPT:
-                        del self._fits[next(iter(self._fits))]
+                self._fits.put(shapes, plan)
         weights.fit = (self.model, plan)
         return plan
 

@@ -86,8 +86,7 @@ def _write(dst: torch.Tensor, src: Entry) -> None:
     """``dst[...] = src`` (times its factor). A LoRA's entries are transposed views ([in, r] of an [r, in] file
     tensor), and numpy's strided copy of them takes about half the time of torch's (~1 vs ~2 ms for a rank-16
     all-linear adapter of 5 MB; float32 on the 2-core box), which a cold load pays in full."""
-    factor = src.factor if isinstance(src, Scaled) else None
-    t = src.tensor if isinstance(src, Scaled) else src
+    t, factor = (src.tensor, src.factor) if isinstance(src, Scaled) else (src, None)
     if dst.device.type == t.device.type == "cpu" and dst.dtype == t.dtype == torch.float32 and not t.requires_grad:
         if factor is None:
             np.copyto(dst.numpy(), t.numpy())
@@ -185,7 +184,7 @@ class SlotStack:
             else:
                 tensors[name] = storage[name] = None
                 continue
-            shape = given if spec.rank_dim is None else self._padded_shape(name, given, new_rank)
+            shape = self._padded_shape(name, given, new_rank)
             room = self.storage[name]
             if (room is not None and room.shape[0] > row and room.shape[1:] == shape
                     and room.dtype == ref.dtype and room.device == ref.device):

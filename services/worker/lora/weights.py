@@ -18,7 +18,6 @@ Whether the modules exist in the loaded base and the shapes fit is :mod:`.compat
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +27,7 @@ import torch
 
 from adapterfleet.common.errors import InvalidAdapter
 from adapterfleet.store.adapter_config import LoraSpec
+from adapterfleet.store.lru import Lru
 from adapterfleet.store.peft_keys import LORA_BIAS_FIELDS, PeftKey, parse_peft_keys
 
 
@@ -91,11 +91,9 @@ class AdapterWeights:
         finite, so the grouping of a layout that passed before is replayed without them: a worker's adapters
         mostly share one layout, and grouping 112 tensors one by one is ~0.4 ms of each cold load."""
         memo = layout is not None and known_finite
-        if memo:
-            with _LAYOUTS_LOCK:
-                replay = _LAYOUTS.get(layout)
-            if replay is not None:
-                return replay.build(spec, tensors)
+        replay = _LAYOUTS.get(layout) if memo else None
+        if replay is not None:
+            return replay.build(spec, tensors)
         if not tensors:
             raise InvalidAdapter("the adapter has no tensors; save it with PeftModel.save_pretrained()")
         weights = cls(spec)
@@ -106,11 +104,7 @@ class AdapterWeights:
         for m in weights.modules.values():
             weights._finish(m)
         if memo:
-            replay = _Grouping.of(weights, tensors)
-            with _LAYOUTS_LOCK:
-                _LAYOUTS[layout] = replay
-                while len(_LAYOUTS) > LAYOUTS_KEPT:
-                    del _LAYOUTS[next(iter(_LAYOUTS))]
+            _LAYOUTS.put(layout, _Grouping.of(weights, tensors))
         return weights
 
     def _place(self, pk: PeftKey, tensor: torch.Tensor) -> None:
@@ -217,9 +211,7 @@ class _Grouping:
 
 
 _TENSOR_FIELDS = ("lora_A", "lora_B", "magnitude", "bias", "base_weight")
-LAYOUTS_KEPT = 64  # distinct layouts whose grouping is remembered
-_LAYOUTS: dict[Hashable, _Grouping] = {}
-_LAYOUTS_LOCK = threading.Lock()
+_LAYOUTS: Lru[_Grouping] = Lru(64)  # layout key -> where its tensors went
 
 
 @lru_cache(maxsize=64)
