@@ -38,6 +38,12 @@ def _store_addr(args) -> str:
     return getattr(args, "store", None) or DEFAULT_STORE  # --store, else $ADAPTERFLEET_STORE (parse_layered)
 
 
+def _omp_threads(value: str) -> int:
+    """``$OMP_NUM_THREADS`` as a thread count (its first level, "4,2" -> 4); 0 when unset or not a number."""
+    head = value.split(",")[0].strip()
+    return int(head) if head.isdigit() else 0
+
+
 class _Version(argparse.Action):
     """``--version``: reads the installed version only when asked (importlib.metadata is not free)."""
 
@@ -135,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local-disk tier budget")
     s.add_argument("--disk-cache-dir", default=WorkerConfig.disk_dir)
     s.add_argument("--max-batch", type=int, default=WorkerConfig.max_batch)
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the engine (default $OMP_NUM_THREADS, else every CPU the process may run "
+                        "on); every other thread of the worker runs torch on one thread")
+    s.add_argument("--no-packed-weights", action="store_true",
+                   help="run float32 CPU linear layers on their own weights instead of a copy prepacked for oneDNN "
+                        "(saves the copy's memory, the size of the base model's linear weights; decode is slower)")
     s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
                    help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
     s.add_argument("--advertise", default=WorkerConfig.advertise, help="address routers should use (default HOST:PORT)")
@@ -312,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in argv or os.environ.get("ADAPTERFLEET_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     with report.usage_errors(as_json):
         args = parse_layered(build_parser(), argv, os.environ, check=require_extra)
+    if getattr(args, "threads", 0) is None:  # `worker serve` without --threads: as many as OpenMP was told to use
+        args.threads = _omp_threads(os.environ.get("OMP_NUM_THREADS", ""))
     as_json = bool(getattr(args, "json", False))
     from adapterfleet.cli import commands  # noqa: PLC0415 - keep `--help` instant
 

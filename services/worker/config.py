@@ -28,6 +28,10 @@ class WorkerConfig:
     # rows decoding at once: at overload, 64 rows against 32 cut TTFT p99 1.7-4.6x at the same or more tok/s, ITL p99
     # still far under vLLM's (benchmarks/engine_vs_vllm.py with "--paths ours --max-batch N")
     max_batch: int = 64
+    threads: int = 0                 # torch threads of the engine (0: every CPU the process may run on); see threads.py
+    # float32 CPU linear weights prepacked for oneDNN (lora/packed.py): decode steps ~1.4x faster, and the base
+    # model's linear weights take twice their memory
+    packed_weights: bool = True
     prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
     max_new_tokens_limit: int = 2048
     max_prompt_tokens: int = 32768   # also bounded by the model's positions

@@ -42,6 +42,7 @@ from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
 from adapterfleet.worker.kvcache import drop_left, join_caches, joinable, new_cache, pad_left, subset, truncate
 from adapterfleet.worker.lora import LoraModel
 from adapterfleet.worker.step import Choice, choose
+from adapterfleet.worker.threads import pin as pin_threads
 
 __all__ = ["Engine", "EngineStats", "GenerateJob", "ScoreJob"]
 
@@ -85,8 +86,9 @@ class EngineStats:
 class Engine:
     def __init__(self, model: torch.nn.Module, lora: LoraModel, *, pad_id: int, device: torch.device,
                  max_batch: int = 32, prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
-                 on_step: StepHook | None = None):
+                 on_step: StepHook | None = None, threads: int = 0):
         self._model = model
+        self._threads = threads  # > 0: torch's intra-op threads on the engine's thread (0: torch's default)
         self._lora = lora
         self._pad = pad_id
         self._device = device
@@ -140,6 +142,8 @@ class Engine:
         return jobs
 
     def _run(self) -> None:
+        if self._threads > 0:
+            pin_threads(self._threads)
         while not self._stop.is_set():
             jobs = self._take(self.max_batch, block=True)
             if not jobs:

@@ -12,7 +12,7 @@ from torch import nn
 
 from adapterfleet.common.errors import FailedPrecondition, InvalidArgument
 from adapterfleet.store.base_model import fingerprint
-from adapterfleet.worker.lora import few_rows
+from adapterfleet.worker.lora import few_rows, packed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,7 +32,10 @@ class ModelHost:
     pad_id: int
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32") -> ModelHost:
+    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", *, packed_weights: bool = True,
+             batch_hint: int = 64) -> ModelHost:
+        """Load a ``save_pretrained`` directory. ``packed_weights``: prepack float32 CPU linear weights for oneDNN
+        (:mod:`adapterfleet.worker.lora.packed`; twice the linear weights' memory), laid out for ``batch_hint`` rows."""
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - heavy; only when loading
 
         path = Path(path)
@@ -48,7 +51,10 @@ class ModelHost:
         module: nn.Module = model
         module.to(device).eval()
         model.requires_grad_(False)
+        fp = fingerprint(model)  # of the weights as loaded, before anything is packed beside them
         contiguous_head(model)
+        if packed_weights:
+            packed.pack_linears(model, batch_hint)
         tokenizer = None
         if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -56,7 +62,7 @@ class ModelHost:
         eos = eos if eos is not None else model.config.eos_token_id
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         vocab = embedding_rows(model)
-        return cls(str(path), model, tokenizer, torch.device(device), DTYPES[dtype], fingerprint(model), eos_ids,
+        return cls(str(path), model, tokenizer, torch.device(device), DTYPES[dtype], fp, eos_ids,
                    choose_pad(model.config.pad_token_id, eos_ids, vocab))
 
     @property

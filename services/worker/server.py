@@ -17,6 +17,7 @@ from adapterfleet.store.aio_client import AsyncStoreClient
 from adapterfleet.store.client import StoreClient
 from adapterfleet.store.revocation_follow import RevocationFollower
 from adapterfleet.v1 import worker_pb2, worker_pb2_grpc
+from adapterfleet.worker import threads
 from adapterfleet.worker.announcer import Announcer
 from adapterfleet.worker.backend import WorkerBackend
 from adapterfleet.worker.cache import AdapterCache
@@ -71,7 +72,8 @@ class WorkerServer:
 
 
 def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: ServiceMetrics | None = None) -> WorkerCore:
-    host = host or ModelHost.load(cfg.base_model, cfg.device, cfg.dtype)
+    host = host or ModelHost.load(cfg.base_model, cfg.device, cfg.dtype, packed_weights=cfg.packed_weights,
+                                  batch_hint=cfg.max_batch)
     metrics = metrics or ServiceMetrics("worker", cfg.metrics)
     lora = LoraModel(host.model, max_slots=cfg.max_slots)
     store = StoreClient(cfg.store, security=cfg.security, direct=cfg.direct)
@@ -80,7 +82,7 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
     cache = AdapterCache(backend, max_slots=cfg.max_slots, host_bytes=cfg.host_bytes, disk_bytes=cfg.disk_bytes,
                          slot_wait_s=cfg.slot_wait_s, on_load=load_histogram(metrics).observe)
     engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch,
-                    prefill_chunk_tokens=cfg.prefill_chunk_tokens)
+                    prefill_chunk_tokens=cfg.prefill_chunk_tokens, threads=threads.engine_threads(cfg.threads))
     core = WorkerCore(cfg, host, cache, engine, store, metrics)
     metrics.registry.register(WorkerCollector(core))
     return core
@@ -105,6 +107,9 @@ def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:
 
 
 async def serve(cfg: WorkerConfig, on_ready=None) -> None:
+    # torch's intra-op threads only on the engine's thread (threads.py): not here, not on the executor's threads
+    threads.single()
+    asyncio.get_running_loop().set_default_executor(threads.side_executor())
     core = await asyncio.to_thread(build_core, cfg)
     worker = create_worker_server(cfg, core)
     await worker.start()

@@ -103,3 +103,11 @@ def test_admin_addresses_come_from_the_environment():
     assert parse(["worker", "stats"], {"ADAPTERFLEET_WORKER": "w:1"}).worker == "w:1"
     assert parse(["router", "stats"], {"ADAPTERFLEET_ROUTER": "r:1"}).router == "r:1"
     assert parse(["worker", "load", "a@1", "--worker", "w:2"], {"ADAPTERFLEET_WORKER": "w:1"}).worker == "w:2"
+
+
+def test_worker_engine_threads_and_packed_weights_flags():
+    args = parse(["worker", "serve", "--base-model", "/m", "--insecure", "--threads", "3", "--no-packed-weights"])
+    cfg = config_from_args(args, "store:1")
+    assert (cfg.threads, cfg.packed_weights) == (3, False)
+    cfg = config_from_args(parse(["worker", "serve", "--base-model", "/m", "--insecure"]), "store:1")
+    assert (cfg.threads, cfg.packed_weights) == (0, True)  # 0: every CPU (main() fills $OMP_NUM_THREADS in first)

@@ -40,7 +40,7 @@ from torch import nn
 
 from adapterfleet.common.errors import Incompatible
 
-from . import few_rows
+from . import few_rows, packed
 from .base import SlotWrapper, module_tensor, optional_module_tensor
 from .context import RowContext
 from .plan import RowPlan
@@ -146,23 +146,27 @@ class LoraLinear(SlotWrapper):
         plan = self._plan(stack, batch, x.device)
         if plan is None:
             if not args and not kwargs and self._plain_base(x):
-                return few_rows.linear(x, self.base_weight(), self.bias)
+                return self._base_linear(x)
             return self.base_layer(x, *args, **kwargs)
         carried = plan.carried
         xs = x.reshape(batch, -1, self.in_features)  # [batch, tokens, in]
         shape = (*x.shape[:-1], self.out_features)
         if "A" in carried and not args and not kwargs and self._plain(x, stack):
             # the base GEMM accumulates onto the low-rank term, so the output is written once, not re-read
-            flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan)  # [batch * tokens, out]
-            bias = self.bias
-            if bias is not None:
-                flat.add_(bias)
             x2 = xs.reshape(-1, self.in_features)
-            if few_rows.few_rows(x2):  # a decode step: the transposed GEMM, then one small add
-                flat.add_(few_rows.linear_t(x2, self.base_weight()))
+            pack = packed.of(self.base_layer)
+            if pack is not None and pack.takes(x2):  # the prepacked GEMM (and bias), then the term added in place
+                flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan, into=pack.linear(x2))
             else:
-                weight = self.weight  # nn.Linear [out, in], Conv1D [in, out]
-                flat.addmm_(x2, weight if self.fan_in_fan_out else weight.t())
+                flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan)  # [batch * tokens, out]
+                bias = self.bias
+                if bias is not None:
+                    flat.add_(bias)
+                if few_rows.few_rows(x2):  # a decode step: the transposed GEMM, then one small add
+                    flat.add_(few_rows.linear_t(x2, self.base_weight()))
+                else:
+                    weight = self.weight  # nn.Linear [out, in], Conv1D [in, out]
+                    flat.addmm_(x2, weight if self.fan_in_fan_out else weight.t())
             out = flat.view(batch, -1, self.out_features)  # [batch, tokens, out]
         else:
             y = self.base_layer(x, *args, **kwargs)
@@ -179,6 +183,13 @@ class LoraLinear(SlotWrapper):
         if "shift" in carried:
             out.add_(_per_row(stack.tensor("shift"), plan))
         return out.reshape(shape)
+
+    def _base_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain base layer's ``x @ W.T + b``: prepacked where :mod:`.packed` packed it, else few-row aware."""
+        pack = packed.of(self.base_layer)
+        if pack is not None and pack.takes(x):
+            return pack.linear(x)
+        return few_rows.linear(x, self.base_weight(), self.bias)
 
     def _plain(self, x: torch.Tensor, stack: SlotStack) -> bool:
         """Whether this wrapper may run the base layer's GEMM itself: a plain Linear / Conv1D, one dtype, no autocast
