@@ -39,7 +39,16 @@ from transformers import DynamicCache
 
 from adapterfleet.worker.isolation import batch_error, culprits, non_finite, row_error
 from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
-from adapterfleet.worker.kvcache import drop_left, join_caches, joinable, new_cache, pad_left, subset, truncate
+from adapterfleet.worker.kvcache import (
+    drop_left,
+    fill_order,
+    join_caches,
+    joinable,
+    new_cache,
+    pad_left,
+    subset,
+    truncate,
+)
 from adapterfleet.worker.lora import LoraModel
 from adapterfleet.worker.step import Choice, choose
 from adapterfleet.worker.threads import pin as pin_threads
@@ -51,7 +60,6 @@ Batch = tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor, list[Row]]
 # what the engine just ran, for tests and benchmarks: ("decode" | "prefill", rows, tokens fed to the model)
 StepHook = Callable[[str, int, int], None]
 PREFILL_CHUNK_TOKENS = 256
-TRIM_COLUMNS = 16  # left-padding columns that no row attends to are dropped once there are this many (and 1/4 of T)
 
 
 @dataclass
@@ -300,7 +308,7 @@ class Engine:
                 for r, err in bad:
                     live[r].job.reject(row_error(err, "a decode step"))
                 failed = {r for r, _ in bad}
-                keep = [r for r in range(len(live)) if r not in failed]
+                keep = fill_order([r for r in range(len(live)) if r not in failed])
                 index = torch.tensor(keep, dtype=torch.long, device=self._device)
                 cache.batch_select_indices(index)
                 ids, mask, pos, live = ids[index], mask[index], pos[index], [live[r] for r in keep]
@@ -327,7 +335,7 @@ class Engine:
         while True:
             if live:
                 choices = choose(live, logits)
-                keep = self._emit(live, choices)
+                keep = fill_order(self._emit(live, choices))  # rows that leave: holes filled from the end
                 live = [live[r] for r in keep]
             if live:
                 next_ids = torch.tensor([_token(choices[r]) for r in keep], device=self._device).unsqueeze(-1)  # [B, 1]
@@ -412,12 +420,12 @@ class Engine:
 
 
 def _trimmed(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` [B, T] without its leading columns that no row attends to (dropped from ``cache`` too), once they
-    are worth a copy. A row that joined a longer batch was left-padded to its width, and the width only grows while
-    the batch runs: under steady load the batch never empties, so without this every step would attend over (and
-    keep) the padding of rows long gone."""
+    """``mask`` [B, T] without its leading columns that no row attends to (dropped from ``cache`` too: a growing
+    layer only moves where its view starts, so any such column goes at once). A row that joined a longer batch was
+    left-padded to its width, and the width only grows while the batch runs: under steady load the batch never
+    empties, so without this every step would attend over (and keep) the padding of rows long gone."""
     unused = int(mask.any(0).to(torch.uint8).argmax())  # the first column some row attends to
-    if unused >= max(TRIM_COLUMNS, mask.shape[1] // 4) and joinable(cache):
+    if unused and joinable(cache):
         drop_left(cache, unused)
         return mask[:, unused:]
     return mask

@@ -28,15 +28,24 @@ def pad_left(t: torch.Tensor, width: int, dim: int = -1) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-GROW_MIN = 64  # positions of headroom at least, when a buffer is (re)made
+GROW_MIN = 64  # positions of headroom at least (right, for decode steps; left, for longer newcomers), when made
 
 
 class GrowingLayer(DynamicLayer):
-    """A :class:`DynamicLayer` whose ``keys`` / ``values`` are views [B, heads, :T, head_dim] of buffers with room
-    to grow along T (amortised: a full buffer is replaced by one half again as long)."""
+    """A :class:`DynamicLayer` whose ``keys`` / ``values`` are views [B, heads, start:end, head_dim] of buffers
+    [rows, heads, room, head_dim] with room on both sides along T and, once rows joined, spare rows.
+
+    Nothing is copied that stays where it is: a decode step writes its position at ``end``; rows that leave are
+    replaced by rows moved up from the end of the batch (only those rows are copied; :func:`fill_order` picks that
+    order); newcomers are written into spare rows, right-aligned at ``end`` (a longer newcomer moves ``start`` left
+    and zeroes the older rows' new padding); dropping left padding moves ``start``; undoing a step moves ``end``.
+    Only a buffer that is too small is replaced (by one half again as large), which copies the cache once. Measured
+    in-process at 3x overload (96 Poisson requests, 64 rows): whole-cache copies on every join and every leave had
+    been ~30% of the engine's time."""
 
     _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
     _view: weakref.ref | None = None  # the keys view handed out last: other keys were assigned by surgery
+    _start = 0  # where the view begins along T in the buffers
 
     def _owned(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The buffers behind ``keys`` / ``values``, or None when surgery assigned tensors of its own."""
@@ -48,52 +57,112 @@ class GrowingLayer(DynamicLayer):
     def room(self) -> int:
         """Positions this layer can hold before its next regrowth (0: no buffer of its own)."""
         owned = self._owned()
-        return 0 if owned is None else owned[0].shape[-2]
+        return 0 if owned is None else owned[0].shape[-2] - self._start
+
+    def spare_rows(self) -> int:
+        """Rows newcomers can join into without a regrowth."""
+        owned = self._owned()
+        return 0 if owned is None or self.keys is None else owned[0].shape[0] - self.keys.shape[0]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        keys, values = self.keys, self.values
-        assert keys is not None and values is not None, "initialised above"
-        length = keys.shape[-2] if keys.numel() else 0
+        keys = self.keys
+        assert keys is not None and self.values is not None, "initialised above"
+        rows, length = key_states.shape[0], (keys.shape[-2] if keys.numel() else 0)
         need = length + key_states.shape[-2]
         owned = self._owned()
-        if owned is None or need > owned[0].shape[-2] or owned[0].shape[0] != key_states.shape[0]:
-            room = need + max(GROW_MIN, need // 2)
-            owned = _buffer(key_states, room), _buffer(value_states, room)
-            if length:
-                owned[0][..., :length, :] = keys
-                owned[1][..., :length, :] = values
-        owned[0][..., length:need, :] = key_states
-        owned[1][..., length:need, :] = value_states
-        return self._hold(owned, need)
+        if owned is None or self._start + need > owned[0].shape[-2] or keys.shape[0] != rows:
+            spare = owned[0].shape[0] - rows if owned is not None and keys.shape[0] == rows else 0
+            owned = self._regrow(key_states, rows + max(0, spare), length, left=0, width=length,
+                                 right=key_states.shape[-2] + max(GROW_MIN, need // 2))
+        end = self._start + length
+        owned[0][:rows, :, end:end + key_states.shape[-2]] = key_states
+        owned[1][:rows, :, end:end + key_states.shape[-2]] = value_states
+        return self._hold(owned, rows, self._start, need)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows ``indices``: one gather of the whole buffers, headroom included (selecting the views would copy
-        the rows out, then the next update would copy them again into a buffer with room)."""
+        """Keep rows ``indices`` in that order: rows already in place stay, the others are copied into place."""
         owned = self._owned()
-        if owned is None or self.keys is None or not self.keys.numel():
+        keys = self.keys
+        if owned is None or keys is None or not keys.numel():
             super().batch_select_indices(indices)
             return
-        self._hold((owned[0].index_select(0, indices), owned[1].index_select(0, indices)), self.keys.shape[-2])
+        keep = indices.tolist()
+        moved = [i for i, r in enumerate(keep) if i != r]
+        start, length = self._start, keys.shape[-2]
+        if moved:
+            dst = torch.tensor(moved, device=indices.device)
+            src = indices.index_select(0, dst)
+            for buf in owned:
+                window = buf[:, :, start:start + length]
+                window.index_copy_(0, dst, window.index_select(0, src))  # gathered first: any order is safe
+        self._hold(owned, len(keep), start, length)
 
-    def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        """Take buffers [B, heads, room, head_dim] whose first ``length`` positions are the cache."""
-        self._hold((keys, values), length)
+    def join(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append rows ``keys`` / ``values`` [B2, heads, T2, head_dim], right-aligned with this batch's (the shorter
+        side left-padded with zeros: masked positions)."""
+        mine = self.keys
+        assert mine is not None, "a joined cache was prefilled"
+        rows, length = mine.shape[0], mine.shape[-2]
+        theirs, their_length = keys.shape[0], keys.shape[-2]
+        width = max(length, their_length)
+        owned = self._owned()
+        if owned is None or rows + theirs > owned[0].shape[0] or self._start + length - width < 0:
+            total = rows + theirs
+            owned = self._regrow(keys, total + max(total // 2, 1), length, left=max(GROW_MIN, width // 2),
+                                 width=width, right=max(GROW_MIN, width // 2))
+        end = self._start + length
+        start = end - width
+        for buf, part in zip(owned, (keys, values), strict=True):
+            buf[:rows, :, start:self._start] = 0  # the older rows' new left padding (none unless they are shorter)
+            buf[rows:rows + theirs, :, start:end - their_length] = 0
+            buf[rows:rows + theirs, :, end - their_length:end] = part
+        self._hold(owned, rows + theirs, start, width)
 
-    def _hold(self, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._buffers = buffers
-        keys, values = buffers[0][..., :length, :], buffers[1][..., :length, :]
+    def drop(self, columns: int) -> None:
+        """Forget the first ``columns`` positions (left padding no row attends to any more)."""
+        owned, keys = self._owned(), self.keys
+        assert keys is not None and self.values is not None, "only filled layers are cut"
+        if owned is None:
+            self.keys, self.values = keys[..., columns:, :], self.values[..., columns:, :]
+        else:
+            self._hold(owned, keys.shape[0], self._start + columns, keys.shape[-2] - columns)
+
+    def cut(self, length: int) -> None:
+        """Forget positions past ``length`` (the appends of a forward that raised half-way)."""
+        owned, keys = self._owned(), self.keys
+        assert keys is not None and self.values is not None, "only filled layers are cut"
+        if owned is None:
+            self.keys, self.values = keys[..., :length, :], self.values[..., :length, :]
+        else:
+            self._hold(owned, keys.shape[0], self._start, length)
+
+    def _regrow(self, like: torch.Tensor, rows: int, length: int, *, left: int, width: int, right: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """New buffers shaped as ``like`` [*, heads, *, head_dim] with ``rows`` rows and ``left + width + right``
+        positions, holding this layer's ``length`` positions right-aligned at ``left + width`` (zeros before them);
+        the view starts where they do."""
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None, "initialised before it grows"
+        out = []
+        for part in (keys, values):
+            buf = like.new_empty((rows, like.shape[1], left + width + right, like.shape[-1]), dtype=part.dtype)
+            if length:
+                buf[:part.shape[0], :, left:left + width - length] = 0
+                buf[:part.shape[0], :, left + width - length:left + width] = part
+            out.append(buf)
+        self._start = left + width - length
+        return out[0], out[1]
+
+    def _hold(self, buffers: tuple[torch.Tensor, torch.Tensor], rows: int, start: int, length: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._buffers, self._start = buffers, start
+        keys, values = buffers[0][:rows, :, start:start + length], buffers[1][:rows, :, start:start + length]
         self.keys, self.values = keys, values
         self._view = weakref.ref(keys)
         return keys, values
-
-
-def _buffer(like: torch.Tensor, room: int) -> torch.Tensor:
-    shape = list(like.shape)
-    shape[-2] = room
-    return like.new_empty(shape)
 
 
 def new_cache() -> DynamicCache:
@@ -117,32 +186,25 @@ def _filled(layer: object) -> tuple[DynamicLayer, torch.Tensor, torch.Tensor]:
 
 def join_caches(cache: DynamicCache, new: DynamicCache) -> None:
     """Append ``new``'s rows to ``cache``: keys/values [B, heads, T, head_dim], the shorter left-padded. A growing
-    layer gets the joined rows in a buffer with room, so its next decode step writes in place."""
+    layer writes them into its spare rows (:meth:`GrowingLayer.join`), so its next decode step writes in place."""
     for mine, theirs in zip(cache.layers, new.layers, strict=True):
         layer, keys, values = _filled(mine)
         _, other_keys, other_values = _filled(theirs)
-        width = max(keys.shape[-2], other_keys.shape[-2])
         if isinstance(layer, GrowingLayer):
-            room = width + max(GROW_MIN, width // 2)
-            layer.adopt(_stacked(keys, other_keys, room), _stacked(values, other_values, room), width)
+            layer.join(other_keys, other_values)
         else:
+            width = max(keys.shape[-2], other_keys.shape[-2])
             layer.keys = torch.cat([pad_left(keys, width, -2), pad_left(other_keys, width, -2)], dim=0)
             layer.values = torch.cat([pad_left(values, width, -2), pad_left(other_values, width, -2)], dim=0)
 
 
-def _stacked(first: torch.Tensor, second: torch.Tensor, room: int) -> torch.Tensor:
-    """[B1 + B2, heads, room, head_dim]: both right-aligned at ``width`` = the longer's T (zeros on the left of the
-    shorter: masked positions), the rest left for growth."""
-    width = max(first.shape[-2], second.shape[-2])
-    shape = list(first.shape)
-    shape[0] += second.shape[0]
-    shape[-2] = room
-    out = first.new_empty(shape)
-    for part, rows in ((first, slice(0, first.shape[0])), (second, slice(first.shape[0], None))):
-        pad = width - part.shape[-2]
-        out[rows, :, :pad] = 0
-        out[rows, :, pad:width] = part
-    return out
+def fill_order(keep: list[int]) -> list[int]:
+    """The rows ``keep`` (ascending batch rows) in the order that moves fewest of them: a kept row below
+    ``len(keep)`` stays where it is, and the holes left by rows that leave are filled by kept rows from the end."""
+    n = len(keep)
+    movers = iter(r for r in keep if r >= n)
+    staying = {r for r in keep if r < n}
+    return [r if r in staying else next(movers) for r in range(n)]
 
 
 def subset(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
@@ -154,11 +216,18 @@ def subset(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
 def drop_left(cache: DynamicCache, columns: int) -> None:
     """Drop the first ``columns`` positions of every layer (left padding that no row attends to any more)."""
     for layer, keys, values in map(_filled, cache.layers):
-        layer.keys, layer.values = keys[..., columns:, :], values[..., columns:, :]
+        if isinstance(layer, GrowingLayer):
+            layer.drop(columns)
+        else:
+            layer.keys, layer.values = keys[..., columns:, :], values[..., columns:, :]
 
 
 def truncate(cache: DynamicCache, length: int) -> None:
     """Drop positions past ``length`` in every layer: undoes the appends of a forward that raised half-way."""
     for layer, keys, values in map(_filled, cache.layers):
-        if keys.shape[-2] > length:
+        if keys.shape[-2] <= length:
+            continue
+        if isinstance(layer, GrowingLayer):
+            layer.cut(length)
+        else:
             layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from adapterfleet.worker.engine import _trimmed
-from adapterfleet.worker.kvcache import GrowingLayer, join_caches, joinable, new_cache, truncate
+from adapterfleet.worker.kvcache import GrowingLayer, fill_order, join_caches, joinable, new_cache, truncate
 
 
 def _steps(cache: DynamicCache, gen: torch.Generator, widths: list[int], rows: int = 3) -> list[torch.Tensor]:
@@ -64,21 +64,27 @@ def test_select_join_and_truncate_keep_the_contents():
     assert torch.equal(a, b)
 
 
-def test_padding_no_row_attends_to_is_dropped_once_it_is_worth_a_copy():
+def test_padding_no_row_attends_to_is_dropped_without_a_copy():
     cache = new_cache()
     cache.update(torch.randn(2, 2, 80, 4), torch.randn(2, 2, 80, 4), 0)
     mask = torch.ones(2, 80, dtype=torch.long)
     mask[:, :30] = 0  # both rows joined a wider batch whose longer rows have left
     kept = cache.layers[0].keys[..., 30:, :].clone()
+    storage = cache.layers[0].keys.untyped_storage().data_ptr()
     trimmed = _trimmed(cache, mask)
     assert trimmed.shape == (2, 50) and bool(trimmed.all())
     assert torch.equal(cache.layers[0].keys, kept)
+    assert cache.layers[0].keys.untyped_storage().data_ptr() == storage  # the view moved; nothing was copied
     mask = torch.ones(2, 50, dtype=torch.long)
     mask[0, :40] = 0  # row 1 still attends to every column: nothing to drop
     assert _trimmed(cache, mask) is mask
     small = torch.ones(2, 50, dtype=torch.long)
-    small[:, :5] = 0  # a few columns are not worth a copy of the cache
-    assert _trimmed(cache, small) is small
+    small[:, :5] = 0  # even a few columns go: dropping them costs nothing
+    assert _trimmed(cache, small).shape == (2, 45) and cache.layers[0].keys.shape[-2] == 45
+    step = torch.randn(2, 2, 1, 4)
+    keys, _ = cache.update(step, step, 0)  # and the next step still writes in place
+    assert keys.shape[-2] == 46 and keys.untyped_storage().data_ptr() == storage
+    assert torch.equal(keys[..., :45, :], kept[..., 5:, :]) and torch.equal(keys[..., 45:, :], step)
 
 
 def test_a_join_lands_in_a_buffer_with_room_left_padded():
@@ -97,3 +103,64 @@ def test_a_join_lands_in_a_buffer_with_room_left_padded():
     assert not mine.layers[0].keys[:3, :, :3].any()  # the shorter rows' padding is zeros
     step = torch.randn(5, 2, 1, 4, generator=gen)
     assert torch.equal(mine.update(step, step, 0)[0], theirs.update(step, step, 0)[0])
+
+
+def test_rows_that_leave_are_refilled_from_the_end_moving_only_those_rows():
+    assert fill_order([0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert fill_order([0, 2, 4, 5]) == [0, 4, 2, 5]  # holes 1 and 3 take rows 4 and 5; rows 0 and 2 stay
+    assert fill_order([3, 4]) == [3, 4]
+    assert fill_order([]) == []
+    gen = torch.Generator().manual_seed(4)
+    mine, theirs = new_cache(), DynamicCache()
+    for c in (mine, theirs):
+        _steps(c, torch.Generator().manual_seed(5), [6, 1], rows=6)
+    storage = mine.layers[0].keys.untyped_storage().data_ptr()
+    copies = []
+    real = torch.Tensor.index_select
+
+    def counted(t, dim, index):
+        copies.append(index.numel())
+        return real(t, dim, index)
+
+    order = torch.tensor(fill_order([0, 2, 4, 5]))
+    torch.Tensor.index_select = counted  # type: ignore[method-assign]
+    try:
+        mine.batch_select_indices(order)
+    finally:
+        torch.Tensor.index_select = real  # type: ignore[method-assign]
+    theirs.batch_select_indices(order)
+    assert copies and max(copies) == 2  # the two moved rows only, never the whole batch
+    assert torch.equal(mine.layers[0].keys, theirs.layers[0].keys)
+    assert torch.equal(mine.layers[0].values, theirs.layers[0].values)
+    assert mine.layers[0].keys.untyped_storage().data_ptr() == storage
+    step = torch.randn(4, 2, 1, 4, generator=gen)
+    assert torch.equal(mine.update(step, step, 0)[0], theirs.update(step, step, 0)[0])
+
+
+def test_newcomers_join_into_spare_rows_and_a_longer_one_moves_the_start_left():
+    gen = torch.Generator().manual_seed(6)
+    mine, theirs = new_cache(), DynamicCache()
+    for c in (mine, theirs):
+        _steps(c, torch.Generator().manual_seed(7), [5, 1], rows=2)
+
+    def join(rows: int, width: int) -> None:
+        k, v = torch.randn(rows, 2, width, 4, generator=gen), torch.randn(rows, 2, width, 4, generator=gen)
+        for c in (mine, theirs):
+            other = DynamicCache()
+            other.update(k.clone(), v.clone(), 0)
+            join_caches(c, other)
+
+    join(2, 4)  # the first join regrows: room for more rows and on the left
+    layer = mine.layers[0]
+    storage = layer.keys.untyped_storage().data_ptr()
+    assert layer.spare_rows() >= 1
+    join(1, 3)  # shorter: lands in a spare row, left-padded
+    join(layer.spare_rows(), 10)  # longer than the batch: the start moves left, older rows padded with zeros
+    assert layer.keys.untyped_storage().data_ptr() == storage  # every join written in place
+    assert torch.equal(layer.keys, theirs.layers[0].keys) and torch.equal(layer.values, theirs.layers[0].values)
+    assert not layer.keys[:2, :, :4].any()
+    step = torch.randn(layer.keys.shape[0], 2, 1, 4, generator=gen)
+    assert torch.equal(mine.update(step, step, 0)[0], theirs.update(step, step, 0)[0])
+    join(1, 2)  # no spare row left: one regrowth, same contents
+    assert layer.keys.untyped_storage().data_ptr() != storage
+    assert torch.equal(layer.keys, theirs.layers[0].keys)
