@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from adapterfleet.store.base_model import fingerprint  # noqa: E402
 from adapterfleet.store.client import StoreClient  # noqa: E402
+from adapterfleet.worker import threads  # noqa: E402
 from adapterfleet.worker.backend import WorkerBackend  # noqa: E402
 from adapterfleet.worker.cache import AdapterCache  # noqa: E402
 from adapterfleet.worker.lora import LoraModel  # noqa: E402
@@ -97,6 +98,7 @@ def main() -> None:
             return elapsed
 
         loop = asyncio.new_event_loop()  # one loop (and its executor threads) for every load, as a worker has
+        loop.set_default_executor(threads.side_executor())  # and, as in a worker, one torch thread on each
         try:
             for i, key in enumerate(keys):  # interleaved, so machine noise hits every path alike
                 ours.append(loop.run_until_complete(cold(key)))

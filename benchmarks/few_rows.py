@@ -1,8 +1,9 @@
-"""Few-row GEMMs: ``F.linear`` (what PyTorch and transformers run) against the transposed form that a decode step
-now uses (``adapterfleet.worker.lora.few_rows``), side by side in one process, then whole decode steps of the
-worker's model with the form switched off and on, interleaved.
+"""Few-row GEMMs: ``F.linear`` (what PyTorch and transformers run) against the transposed form
+(``adapterfleet.worker.lora.few_rows``) and the weights prepacked for oneDNN that the worker now serves from
+(``adapterfleet.worker.lora.packed``), side by side in one process, then whole decode steps of the worker's model
+with each of the three, interleaved.
 
-    python benchmarks/few_rows.py [--reps 6] [--rows 1,2,4,8,16,32]
+    python benchmarks/few_rows.py [--reps 6] [--rows 1,2,4,8,16,32,64]
 
 Model: the ``benchmarks/mixed_batch.py`` Llama (56M parameters, float32, seed 0) and 32 rank-16 all-linear adapters
 made by PEFT. GEMMs: every weight shape of that model, 8 distinct weights per shape so they are read from memory,
@@ -22,10 +23,12 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
+import copy  # noqa: E402
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from adapterfleet.worker.lora import AdapterWeights, LoraModel, few_rows  # noqa: E402
+from adapterfleet.worker.lora import AdapterWeights, LoraModel, few_rows, packed  # noqa: E402
 from adapterfleet.worker.model_host import contiguous_head  # noqa: E402
 from benchmarks.mixed_batch import build_base, save_adapters  # noqa: E402
 
@@ -48,8 +51,8 @@ def timed(fn, reps: int, inner: int) -> float:
 
 
 def gemm_table(rows: list[int], reps: int) -> None:
-    print("| weight | rows | F.linear ms | (W @ x.T).T ms | transposed / F.linear |")
-    print("|---|---:|---:|---:|---:|")
+    print("| weight | rows | F.linear ms | (W @ x.T).T ms | packed ms | transposed / F.linear | packed / F.linear |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
     for label, (n_in, n_out) in SHAPES.items():
         copies = 2 if n_out > 4096 else 8
@@ -58,44 +61,55 @@ def gemm_table(rows: list[int], reps: int) -> None:
             x = torch.randn(m, n_in, generator=gen)
             plain = timed(lambda x=x, ws=weights: [F.linear(x, w) for w in ws], reps, 3) / copies
             mine = timed(lambda x=x, ws=weights: [few_rows.linear_t(x, w).contiguous() for w in ws], reps, 3) / copies
-            print(f"| {label} | {m} | {plain * 1e3:.3f} | {mine * 1e3:.3f} | {mine / plain:.2f}x |", flush=True)
+            packs = [packed.Packed(w, None, batch_hint=64) for w in weights]
+            onednn = timed(lambda x=x, ps=packs: [p.linear(x) for p in ps], reps, 3) / copies
+            print(f"| {label} | {m} | {plain * 1e3:.3f} | {mine * 1e3:.3f} | {onednn * 1e3:.3f} | "
+                  f"{mine / plain:.2f}x | {onednn / plain:.2f}x |", flush=True)
 
 
-def decode_table(model, lora: LoraModel, rows: list[int], reps: int) -> None:
+def decode_table(models: dict[str, tuple[torch.nn.Module, LoraModel]], rows: list[int], reps: int) -> None:
+    """``models``: "plain" (F.linear, or the transposed form) and "packed", each with the same adapters."""
     from transformers import DynamicCache
 
     gen = torch.Generator().manual_seed(1)
 
-    def step(slots, cache) -> None:
+    def step(model, lora, slots, cache) -> None:
         ids = torch.randint(1, 32000, (len(slots), 1), generator=gen)
         with torch.inference_mode(), lora.rows(slots):
             model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.crop(-1)
 
-    print("| rows | adapters | F.linear ms/step | transposed ms/step | transposed / F.linear |")
-    print("|---:|---|---:|---:|---:|")
+    variants = {"F.linear": ("plain", 1), "transposed": ("plain", 64), "packed": ("packed", 64)}
+    print("| rows | adapters | F.linear ms/step | transposed ms/step | packed ms/step | transposed / F.linear | "
+          "packed / F.linear |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for b in rows:
         for adapters in (False, True):
             slots = [i % ADAPTERS for i in range(b)] if adapters else [-1] * b
-            cache = DynamicCache()
-            with torch.inference_mode(), lora.rows(slots):
-                model(input_ids=torch.randint(1, 32000, (b, 64), generator=gen), past_key_values=cache,
-                      use_cache=True, logits_to_keep=1)
-            times: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(reps):  # interleaved, so machine noise hits both alike
-                for on in (False, True):
-                    few_rows.MAX_ROWS = 64 if on else 1
-                    times[on].append(timed(lambda s=slots, c=cache: step(s, c), 1, 3))
+            prompt = torch.randint(1, 32000, (b, 64), generator=gen)
+            caches = {}
+            for name, (model, lora) in models.items():
+                caches[name] = DynamicCache()
+                with torch.inference_mode(), lora.rows(slots):
+                    model(input_ids=prompt, past_key_values=caches[name], use_cache=True, logits_to_keep=1)
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for _ in range(reps):  # interleaved, so machine noise hits every variant alike
+                for v, (name, max_rows) in variants.items():
+                    few_rows.MAX_ROWS = max_rows
+                    model, lora = models[name]
+                    times[v].append(timed(lambda m=model, lo=lora, s=slots, c=caches[name]: step(m, lo, s, c), 1, 3))
             few_rows.MAX_ROWS = 64
-            old, new = statistics.median(times[False]), statistics.median(times[True])
-            print(f"| {b} | {f'{min(b, ADAPTERS)} distinct' if adapters else 'none'} | {old * 1e3:.1f} | "
-                  f"{new * 1e3:.1f} | {new / old:.2f}x |", flush=True)
+            med = {v: statistics.median(t) for v, t in times.items()}
+            lin = med["F.linear"]
+            print(f"| {b} | {f'{min(b, ADAPTERS)} distinct' if adapters else 'none'} | {lin * 1e3:.1f} | "
+                  f"{med['transposed'] * 1e3:.1f} | {med['packed'] * 1e3:.1f} | {med['transposed'] / lin:.2f}x | "
+                  f"{med['packed'] / lin:.2f}x |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--rows", default="1,2,4,8,16,32")
+    ap.add_argument("--rows", default="1,2,4,8,16,32,64")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
@@ -108,11 +122,16 @@ def main() -> None:
         names = [f"a{i:02d}" for i in range(ADAPTERS)]
         save_adapters(base, names, Path(tmp), dora=False, seed=0)
         contiguous_head(base)  # what the worker's ModelHost does to the model it serves
-        lora = LoraModel(base, max_slots=ADAPTERS)
-        for i, name in enumerate(names):
-            lora.install(i, AdapterWeights.from_dir(Path(tmp) / name))
+        onednn = copy.deepcopy(base)
+        packed.pack_linears(onednn, batch_hint=64)  # and, by default, this
+        models = {}
+        for label, model in (("plain", base), ("packed", onednn)):
+            lora = LoraModel(model, max_slots=ADAPTERS)
+            for i, name in enumerate(names):
+                lora.install(i, AdapterWeights.from_dir(Path(tmp) / name))
+            models[label] = (model, lora)
         print("\n### Decode steps (the worker's model and LoRA layers)\n")
-        decode_table(base, lora, rows, args.reps)
+        decode_table(models, rows, args.reps)
 
 
 if __name__ == "__main__":
