@@ -29,8 +29,8 @@ class WorkerConfig:
     # still far under vLLM's (benchmarks/engine_vs_vllm.py with "--paths ours --max-batch N")
     max_batch: int = 64
     threads: int = 0                 # torch threads of the engine (0: every CPU the process may run on); see threads.py
-    # float32 CPU linear weights prepacked for oneDNN (lora/packed.py): decode steps ~1.4x faster, and the base
-    # model's linear weights take twice their memory
+    # float32 CPU linear weights prepacked for oneDNN (lora/packed.py): decode steps in 0.40-0.80x the time
+    # (benchmarks/few_rows.py), and the base model's linear weights take twice their memory
     packed_weights: bool = True
     prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
     max_new_tokens_limit: int = 2048
