@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapterfleet.common.errors import NotFound, ResourceExhausted
-from adapterfleet.common.tiers import ACTIVE, CACHE_TIERS, DISK, HOST
+from adapterfleet.common.tiers import ACTIVE, CACHE_TIERS, DISK, HOST, LOADING
 
 log = logging.getLogger("adapterfleet.worker.cache")
 
@@ -52,7 +52,10 @@ class Entry:
 
     @property
     def tier(self) -> str:
-        return ACTIVE if self.slot is not None else HOST if self.weights is not None else DISK
+        """Where the adapter is; LOADING while no tier holds it yet (its first load is under way)."""
+        if self.slot is not None:
+            return ACTIVE
+        return HOST if self.weights is not None else DISK if self.disk_bytes else LOADING
 
 
 @dataclass
@@ -271,9 +274,13 @@ class AdapterCache:
         entry = self._entries.setdefault(key, Entry(key))
         if not entry.disk_bytes:
             try:
-                entry.manifest, files = await asyncio.to_thread(self._b.fetch, key)
+                # parsed too, as a host load is: bytes that never load on this base model are refused here, not
+                # kept on disk and reported resident (a rollout's warm would count them as loaded)
+                entry.manifest, files, _, failure = await asyncio.to_thread(self._fetch_parsed, key)
                 self.stats.cold_loads += 1
                 self.stats.fetched_bytes += sum(map(len, files.values()))
+                if failure is not None:
+                    raise failure
                 await self._save_disk(entry, files)
             except BaseException:
                 self._forget_if_empty(entry)

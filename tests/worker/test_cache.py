@@ -333,3 +333,32 @@ def test_a_disk_write_that_fails_is_logged_and_the_adapter_still_serves(caplog):
     run(main())
     assert backend.fetches == ["a"]
     assert "could not keep a on local disk" in caplog.text and "No space left" in caplog.text
+
+
+def test_a_disk_tier_load_refuses_bytes_that_do_not_load_here_and_keeps_nothing():
+    backend = FakeBackend()
+    backend.bad.add("other-base@sha256:1")
+    _, cache = make(backend)
+
+    async def main():
+        with pytest.raises(InvalidAdapter):  # parsed as a host load is: not kept on disk, not reported resident
+            await cache.prefetch("other-base@sha256:1", tier=DISK)
+        assert cache.entries() == [] and cache.loading() == []
+
+    run(main())
+    assert backend.disk == {}
+
+
+def test_an_entry_whose_first_load_is_under_way_reports_loading_not_disk():
+    backend = FakeBackend(fetch_delay=0.2)
+    _, cache = make(backend)
+
+    async def main():
+        load = asyncio.ensure_future(cache.acquire("a"))
+        await asyncio.sleep(0.05)  # fetching: the entry exists, no tier holds it yet
+        assert [(e.key, e.tier) for e in cache.entries()] == [("a", "loading")]
+        lease = await load
+        assert [(e.key, e.tier) for e in cache.entries()] == [("a", ACTIVE)]
+        lease.release()
+
+    run(main())

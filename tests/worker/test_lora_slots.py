@@ -35,7 +35,8 @@ def _live_tensor_bytes() -> int:
     gc.collect()
     seen: dict[int, int] = {}
     for obj in gc.get_objects():
-        if issubclass(type(obj), torch.Tensor) and obj.device.type != "meta":
+        # a served model's prepacked oneDNN weights (lora/packed.py) have no storage Python can read; not adapters'
+        if issubclass(type(obj), torch.Tensor) and obj.device.type != "meta" and not obj.is_mkldnn:
             storage = obj.untyped_storage()
             seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
     return sum(seen.values())
