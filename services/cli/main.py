@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=WorkerConfig.max_batch)
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads of the engine (default $OMP_NUM_THREADS, else every CPU the process may run "
-                        "on); every other thread of the worker runs torch on one thread")
+                        "on, capped by a cgroup CPU limit); every other thread of the worker runs torch on one thread")
     s.add_argument("--no-packed-weights", action="store_true",
                    help="run float32 CPU linear layers on their own weights instead of a copy prepacked for oneDNN "
                         "(saves the copy's memory, the size of the base model's linear weights; decode is slower)")

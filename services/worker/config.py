@@ -28,7 +28,7 @@ class WorkerConfig:
     # rows decoding at once: at overload, 64 rows against 32 cut TTFT p99 1.7-4.6x at the same or more tok/s, ITL p99
     # still far under vLLM's (benchmarks/engine_vs_vllm.py with "--paths ours --max-batch N")
     max_batch: int = 64
-    threads: int = 0                 # torch threads of the engine (0: every CPU the process may run on); see threads.py
+    threads: int = 0                 # torch threads of the engine (0: the CPUs it may use, cgroup limit included)
     # float32 CPU linear weights prepacked for oneDNN (lora/packed.py): decode steps in 0.40-0.80x the time
     # (benchmarks/few_rows.py), and the base model's linear weights take twice their memory
     packed_weights: bool = True

@@ -17,16 +17,27 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
 
-def cpus() -> int:
-    """CPUs this process may run on."""
+
+def cpus(cpu_max: Path = CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, capped by its cgroup's CPU quota (a container's CPU limit,
+    rounded up), so a worker in a 2-CPU container on a 64-CPU node does not start 64 threads."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or one that does not parse: the mask alone
+        pass
+    return n
 
 
 def engine_threads(requested: int) -> int:

@@ -70,5 +70,18 @@ def test_engine_threads_default_to_the_cpus_this_process_may_use():
     assert threads.engine_threads(0) == threads.cpus() >= 1
 
 
+def test_a_cgroup_cpu_limit_caps_the_default(tmp_path):
+    mask = threads.cpus(tmp_path / "absent")  # no cgroup v2 file: the affinity mask alone
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")  # no limit
+    assert threads.cpus(cpu_max) == mask
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: rounded up
+    assert threads.cpus(cpu_max) == min(mask, 2)
+    cpu_max.write_text("50000 100000\n")
+    assert threads.cpus(cpu_max) == 1
+    cpu_max.write_text("garbage\n")
+    assert threads.cpus(cpu_max) == mask
+
+
 def test_omp_num_threads_sets_the_cli_default():
     assert [_omp_threads(v) for v in ("4", " 2 ", "4,2", "", "auto", "0")] == [4, 2, 4, 0, 0, 0]
