@@ -74,8 +74,8 @@ class GrowingLayer(DynamicLayer):
         need = length + key_states.shape[-2]
         owned = self._owned()
         if owned is None or self._start + need > owned[0].shape[-2] or keys.shape[0] != rows:
-            spare = owned[0].shape[0] - rows if owned is not None and keys.shape[0] == rows else 0
-            owned = self._regrow(key_states, rows + max(0, spare), length, left=0, width=length,
+            capacity = owned[0].shape[0] if owned is not None and keys.shape[0] == rows else rows  # spare rows kept
+            owned = self._regrow(key_states, capacity, length, left=0, width=length,
                                  right=key_states.shape[-2] + max(GROW_MIN, need // 2))
         end = self._start + length
         owned[0][:rows, :, end:end + key_states.shape[-2]] = key_states
@@ -121,23 +121,15 @@ class GrowingLayer(DynamicLayer):
             buf[rows:rows + theirs, :, end - their_length:end] = part
         self._hold(owned, rows + theirs, start, width)
 
-    def drop(self, columns: int) -> None:
-        """Forget the first ``columns`` positions (left padding no row attends to any more)."""
+    def narrow(self, begin: int, length: int) -> None:
+        """Keep positions ``begin:begin + length`` of the view: dropping left padding no row attends to any more, or
+        undoing the appends of a forward that raised half-way. Moves the view over its buffers; copies nothing."""
         owned, keys = self._owned(), self.keys
-        assert keys is not None and self.values is not None, "only filled layers are cut"
+        assert keys is not None, "only filled layers are narrowed"
         if owned is None:
-            self.keys, self.values = keys[..., columns:, :], self.values[..., columns:, :]
+            _slice(self, begin, length)
         else:
-            self._hold(owned, keys.shape[0], self._start + columns, keys.shape[-2] - columns)
-
-    def cut(self, length: int) -> None:
-        """Forget positions past ``length`` (the appends of a forward that raised half-way)."""
-        owned, keys = self._owned(), self.keys
-        assert keys is not None and self.values is not None, "only filled layers are cut"
-        if owned is None:
-            self.keys, self.values = keys[..., :length, :], self.values[..., :length, :]
-        else:
-            self._hold(owned, keys.shape[0], self._start, length)
+            self._hold(owned, keys.shape[0], self._start + begin, length)
 
     def _regrow(self, like: torch.Tensor, rows: int, length: int, *, left: int, width: int, right: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,19 +207,25 @@ def subset(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
 
 def drop_left(cache: DynamicCache, columns: int) -> None:
     """Drop the first ``columns`` positions of every layer (left padding that no row attends to any more)."""
-    for layer, keys, values in map(_filled, cache.layers):
-        if isinstance(layer, GrowingLayer):
-            layer.drop(columns)
-        else:
-            layer.keys, layer.values = keys[..., columns:, :], values[..., columns:, :]
+    for layer, keys, _ in map(_filled, cache.layers):
+        _narrow(layer, columns, keys.shape[-2] - columns)
 
 
 def truncate(cache: DynamicCache, length: int) -> None:
     """Drop positions past ``length`` in every layer: undoes the appends of a forward that raised half-way."""
-    for layer, keys, values in map(_filled, cache.layers):
-        if keys.shape[-2] <= length:
-            continue
-        if isinstance(layer, GrowingLayer):
-            layer.cut(length)
-        else:
-            layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]
+    for layer, keys, _ in map(_filled, cache.layers):
+        if keys.shape[-2] > length:
+            _narrow(layer, 0, length)
+
+
+def _narrow(layer: DynamicLayer, begin: int, length: int) -> None:
+    if isinstance(layer, GrowingLayer):
+        layer.narrow(begin, length)
+    else:
+        _slice(layer, begin, length)
+
+
+def _slice(layer: DynamicLayer, begin: int, length: int) -> None:
+    """Views of positions ``begin:begin + length`` of a layer's own keys and values."""
+    _, keys, values = _filled(layer)
+    layer.keys, layer.values = keys[..., begin:begin + length, :], values[..., begin:begin + length, :]

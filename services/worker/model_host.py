@@ -51,7 +51,6 @@ class ModelHost:
         module: nn.Module = model
         module.to(device).eval()
         model.requires_grad_(False)
-        fp = fingerprint(model)  # of the weights as loaded, before anything is packed beside them
         contiguous_head(model)
         if packed_weights:
             packed.pack_linears(model, batch_hint)
@@ -62,7 +61,7 @@ class ModelHost:
         eos = eos if eos is not None else model.config.eos_token_id
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         vocab = embedding_rows(model)
-        return cls(str(path), model, tokenizer, torch.device(device), DTYPES[dtype], fp, eos_ids,
+        return cls(str(path), model, tokenizer, torch.device(device), DTYPES[dtype], fingerprint(model), eos_ids,
                    choose_pad(model.config.pad_token_id, eos_ids, vocab))
 
     @property

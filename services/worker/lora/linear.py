@@ -154,9 +154,9 @@ class LoraLinear(SlotWrapper):
         if "A" in carried and not args and not kwargs and self._plain(x, stack):
             # the base GEMM accumulates onto the low-rank term, so the output is written once, not re-read
             x2 = xs.reshape(-1, self.in_features)
-            pack = packed.of(self.base_layer)
-            if pack is not None and pack.takes(x2):  # the prepacked GEMM (and bias), then the term added in place
-                flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan, into=pack.linear(x2))
+            base = packed.linear(self.base_layer, x2)
+            if base is not None:  # the prepacked GEMM (and bias), then the term added in place
+                flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan, into=base)
             else:
                 flat = self._low_rank(xs, stack.tensor("A"), stack.tensor("B"), plan)  # [batch * tokens, out]
                 bias = self.bias
@@ -186,10 +186,8 @@ class LoraLinear(SlotWrapper):
 
     def _base_linear(self, x: torch.Tensor) -> torch.Tensor:
         """The plain base layer's ``x @ W.T + b``: prepacked where :mod:`.packed` packed it, else few-row aware."""
-        pack = packed.of(self.base_layer)
-        if pack is not None and pack.takes(x):
-            return pack.linear(x)
-        return few_rows.linear(x, self.base_weight(), self.bias)
+        y = packed.linear(self.base_layer, x)
+        return few_rows.linear(x, self.base_weight(), self.bias) if y is None else y
 
     def _plain(self, x: torch.Tensor, stack: SlotStack) -> bool:
         """Whether this wrapper may run the base layer's GEMM itself: a plain Linear / Conv1D, one dtype, no autocast

@@ -29,21 +29,19 @@ from torch import nn
 class Packed:
     """One linear layer's weight (and bias) in oneDNN's layout: ``y = x @ W.T + b``."""
 
-    __slots__ = ("bias", "dtype", "source", "weight")
+    __slots__ = ("bias", "source", "weight")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
         self.source = weight  # the module's own parameter: a module whose weight was replaced is not served from here
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)  # noqa: SLF001 - torch's op name
         self.bias = None if bias is None else bias.detach()
-        self.dtype = weight.dtype
 
-    def takes(self, x: torch.Tensor) -> bool:
-        return x.dtype == self.dtype and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """``F.linear(x, W, b)`` for ``x`` [..., in]: a new contiguous [..., out]."""
+    def linear(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``F.linear(x, W, b)`` for ``x`` [..., in] (a new contiguous [..., out]); None for an input it does not
+        take (another dtype or device, or under autocast)."""
+        if x.dtype != self.source.dtype or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return None
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")  # noqa: SLF001
-
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Module, Packed] = weakref.WeakKeyDictionary()
@@ -60,6 +58,12 @@ def of(module: nn.Module) -> Packed | None:
     found here and runs ``F.linear`` on its own tensors."""
     pack = _PACKED.get(module)
     return pack if pack is not None and getattr(module, "weight", None) is pack.source else None
+
+
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``module``'s ``x @ W.T + b`` from its packed weight; None where it has none or does not take ``x``."""
+    pack = of(module)
+    return None if pack is None else pack.linear(x)
 
 
 def pack_linears(model: nn.Module, batch_hint: int) -> int:
@@ -81,7 +85,5 @@ def pack_linears(model: nn.Module, batch_hint: int) -> int:
 
 
 def _forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    pack = of(module)
-    if pack is not None and pack.takes(x):
-        return pack.linear(x)
-    return F.linear(x, module.weight, module.bias)
+    y = linear(module, x)
+    return F.linear(x, module.weight, module.bias) if y is None else y
