@@ -18,7 +18,8 @@ Model: the ``benchmarks/mixed_batch.py`` Llama (~56M parameters, float32, seed 0
 at its length) saved with a 32000-entry word-level tokenizer (vLLM needs one to load the directory), and 32
 rank-16 adapters on all linear layers made by PEFT (``save_adapters`` of mixed_batch.py), all in ``--work-dir``.
 
-Three paths, started once and measured interleaved (the order rotates per workload):
+Three paths, started once and measured interleaved (the order rotates per workload; each run starts once the CPUs
+have been under 10% busy for 0.3 s, since vLLM-CPU's worker spins a core for about a second after each of its runs):
 
 * ours:          ``adapterfleet store serve`` (embedded) + ``adapterfleet worker serve`` processes; adapters
                  pushed with the SDK, loaded and pinned on the worker, Generate streamed over gRPC by asyncio
@@ -589,15 +590,49 @@ class VllmServer:
 # --- the run ---------------------------------------------------------------------------------------------------------
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot from /proc/stat; None where there is none. Busy is user, nice,
+    system, irq and softirq time: steal (the host's) is not this machine's work and waiting does not end it."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal
+
+
+def settle(quiet: float = 0.10, window: float = 0.3, limit: float = 15.0) -> float:
+    """Wait until the CPUs are less than ``quiet`` busy over ``window`` seconds (at most ``limit``); the seconds
+    waited. vLLM-CPU's worker process spins a whole core for about a second after every run (measured: 0.98 CPU-s in
+    the 1.5 s after each of its runs, ours ~0.01), so whichever path ran next had its first second, its prefills, on
+    a shared core: ours' base-wave TTFT was 1.3-1.6 s right after a vLLM run against 0.4-0.6 s otherwise."""
+    start = time.perf_counter()
+    last = _cpu_jiffies()
+    while last is not None and time.perf_counter() - start < limit:
+        time.sleep(window)
+        now = _cpu_jiffies()
+        if now is None:
+            break
+        busy, total = now[0] - last[0], now[1] - last[1]
+        last = now
+        if total > 0 and busy / total < quiet:
+            break
+    return time.perf_counter() - start
+
+
 class Bench:
     def __init__(self, args, paths: dict[str, object]):
         self.args, self.paths = args, paths
+        self.settled = 0.0  # seconds spent waiting for a quiet machine before runs
         self.stats: dict[tuple[str, float, str], Stats] = {}  # (kind, key, path) -> Stats
         self.outputs: dict[tuple[str, float, int, str], dict[str, Result]] = {}  # (kind, key, rep, path)
         self.labels: dict[tuple[str, float], str] = {}
         self.turn = 0
 
     def run_path(self, path: str, requests: list[Request]) -> dict[str, Result]:
+        """Run ``requests`` on ``path`` once the machine is quiet (the run before it may still be winding down)."""
+        self.settled += settle()
         engine = self.paths[path]
         if path == "vllm-offline":
             return engine.run(requests)
@@ -950,7 +985,8 @@ def main() -> None:
         print()
         for line in agreement(bench):
             print("greedy tokens:", line)
-        print(f"every request on every path produced exactly the tokens it asked for; total {total:.0f} s")
+        print(f"every request on every path produced exactly the tokens it asked for; total {total:.0f} s "
+              f"({bench.settled:.0f} s of it waiting for a quiet machine before runs)")
         if args.json:
             args.json.write_text(json.dumps({
                 "threads": args.threads, "rates": rates, "waves": counts,
