@@ -1,7 +1,8 @@
 """Every route a LoRA linear takes to add its term gives PEFT's numbers.
 
 ``LoraLinear`` picks a route per forward: one adapter for the whole batch (plain matmuls on that slot's tensors),
-rows of at most ``BAG_TOKENS`` tokens (``embedding_bag`` gathers, as in decode) or longer rows (``bmm``, as in
+rows of at most ``BAG_TOKENS`` tokens (as in decode: ``bmm`` over views of the stacks laid out by stack row where
+``RowPlan.grouped`` allows, else ``embedding_bag`` gathers) or longer rows (``bmm`` on gathered rows, as in
 prefill); and either runs the base GEMM itself (plain Linear / Conv1D) or calls the base module as it is (DoRA,
 other module types). Each is checked against PEFT run on one adapter alone, with DoRA scales, adapter biases
 (GPT-2's Conv1D and LayerNorms), rank padding (rank_pattern) and rows on the base model.
@@ -16,6 +17,7 @@ import torch
 
 import adapterfleet.worker.lora.linear as lora_linear
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.lora import plan as row_plan
 from adapterfleet.worker.lora.linear import BAG_TOKENS
 from tests.helpers.models import load_base_model
 
@@ -28,6 +30,8 @@ ROW_SETS = {  # rows as adapter names; None = base model
     "two adapters": ("X", "Y", None),
 }
 TOKENS = (1, BAG_TOKENS, BAG_TOKENS + 5)
+# rows of at most BAG_TOKENS tokens take one of two routes; longer rows take neither
+ROUTES = [(t, few) for t in TOKENS for few in (("grouped", "embedding_bag") if t <= BAG_TOKENS else ("bmm",))]
 
 
 def _peft(base, adapter_dir):
@@ -58,9 +62,11 @@ def setup(request, zoo) -> Setup:
 
 
 @pytest.mark.parametrize("base_gemm", ("ours", "base module's"))
-@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize(("tokens", "route"), ROUTES)
 @pytest.mark.parametrize("row_set", sorted(ROW_SETS))
-def test_route_matches_peft_per_row(setup, row_set, tokens, base_gemm, monkeypatch):
+def test_route_matches_peft_per_row(setup, row_set, tokens, route, base_gemm, monkeypatch):
+    if route == "embedding_bag":
+        monkeypatch.setattr(row_plan, "HOLE_LIMIT", -1.0)  # no grouping
     if base_gemm != "ours":  # as for a Linear subclass (quantised layers): the base module runs its own forward
         monkeypatch.setattr(lora_linear, "_PLAIN", ())
     names = ROW_SETS[row_set]

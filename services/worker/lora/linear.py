@@ -43,7 +43,7 @@ from adapterfleet.common.errors import Incompatible
 from . import few_rows, packed
 from .base import SlotWrapper, module_tensor, optional_module_tensor
 from .context import RowContext
-from .plan import RowPlan
+from .plan import Grouped, RowPlan
 from .slot_stack import Entry, Field, Scaled, SlotStack
 from .weights import ModuleLora
 
@@ -212,6 +212,8 @@ class LoraLinear(SlotWrapper):
         if plan.single is not None:
             h = xs.reshape(-1, self.in_features) @ a[plan.single]  # [batch * tokens, rank]
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
+        if tokens <= BAG_TOKENS and (grouped := plan.grouped(tokens)) is not None:
+            return self._grouped(xs.reshape(-1, self.in_features), a, b, grouped, into)
         if tokens <= BAG_TOKENS:
             index, offsets = plan.bags(tokens, self.in_features)
             h = F.embedding_bag(  # [batch * tokens, rank]
@@ -227,6 +229,29 @@ class LoraLinear(SlotWrapper):
         if into is None:
             return torch.bmm(h, b_rows).view(-1, self.out_features)
         return into.view(h.shape[0], tokens, -1).baddbmm_(h, b_rows)
+
+
+    def _grouped(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, g: Grouped,
+                 into: torch.Tensor | None) -> torch.Tensor:
+        """The low-rank term of few-token rows laid out by stack row (:class:`.plan.Grouped`): x2 [items, in] ->
+        [items, out], added in place to ``into`` if given."""
+        a_rows, b_rows = a.narrow(0, g.lo, g.span), b.narrow(0, g.lo, g.span)  # views: nothing gathered
+        out_features = self.out_features
+        if g.identity:
+            h = torch.bmm(x2.view(g.span, 1, -1), a_rows)  # [span, 1, rank]
+            if into is None:
+                return torch.bmm(h, b_rows).view(-1, out_features)
+            into.view(g.span, 1, out_features).baddbmm_(h, b_rows)
+            return into
+        xp = x2.new_zeros(g.span * g.per, x2.shape[1])
+        xp.index_copy_(0, g.pos, x2 if g.used is None else x2.index_select(0, g.used))
+        h = torch.bmm(xp.view(g.span, g.per, -1), a_rows)  # [span, per, rank]
+        delta = torch.bmm(h, b_rows).view(-1, out_features).index_select(0, g.pos)  # [used items, out]
+        if g.used is None:
+            return delta if into is None else into.add_(delta)
+        if into is None:
+            into = x2.new_zeros(x2.shape[0], out_features)
+        return into.index_add_(0, g.used, delta)
 
 
 def _per_row(t: torch.Tensor, plan: RowPlan) -> torch.Tensor:
