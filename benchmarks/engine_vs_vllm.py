@@ -354,8 +354,10 @@ class Logs:
 class Ours:
     """``adapterfleet store serve`` + ``adapterfleet worker serve``, adapters pushed and pinned."""
 
-    def __init__(self, work: Path, base: Path, cores: list[int], logs: Logs, max_batch: int):
+    def __init__(self, work: Path, base: Path, cores: list[int], logs: Logs, max_batch: int,
+                 extra: tuple[str, ...] = ()):
         self.work, self.base, self.cores, self.logs, self.max_batch = work, base, cores, logs, max_batch
+        self.extra = extra  # more `adapterfleet worker serve` flags
         self.store = self.worker = None
         self.keys: dict[str, str] = {}
 
@@ -378,7 +380,8 @@ class Ours:
         self.worker = subprocess.Popen(
             [*cli, "worker", "serve", "--base-model", str(self.base), "--store", self.store_addr, "--port",
              str(self.port), "--max-slots", str(N_ADAPTERS), "--max-batch", str(self.max_batch), "--dtype", "float32",
-             "--disk-cache-dir", str(self.work / "run" / "worker-cache"), "--insecure", "--log-level", "WARNING"],
+             "--disk-cache-dir", str(self.work / "run" / "worker-cache"), "--insecure", "--log-level", "WARNING",
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=self.logs.open("worker"), env=env, cwd=REPO,
             preexec_fn=_pin(self.cores))
 
@@ -887,6 +890,7 @@ def main() -> None:
                     help="LD_PRELOAD for vLLM's processes (vLLM recommends tcmalloc and libiomp5; default: none, "
                          "and vLLM preloads torch's libgomp itself)")
     ap.add_argument("--max-batch", type=int, default=64, help="our worker's --max-batch (its default: 64)")
+    ap.add_argument("--worker-args", default="", help="more flags for our worker, e.g. '--prefill-chunk-tokens 512'")
     ap.add_argument("--work-dir", type=Path,
                     help="model, adapters and logs (kept and reused; default: a temporary directory)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
@@ -931,8 +935,9 @@ def main() -> None:
         logs = Logs(work / "run" / "logs")
         env = _vllm_env(cores, args.vllm_kv_gib, args.vllm_ld_preload) if python else {}
         engines: dict[str, object] = {}
+        worker_args = tuple(shlex.split(args.worker_args))
         for p in names:
-            engines[p] = (Ours(work, base, cores, logs, args.max_batch) if p == "ours" else
+            engines[p] = (Ours(work, base, cores, logs, args.max_batch, worker_args) if p == "ours" else
                           VllmOffline(python, base, dirs, env, work, logs) if p == "vllm-offline" else
                           VllmServer(python, base, dirs, env, work, logs))
         try:
