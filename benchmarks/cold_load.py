@@ -2,10 +2,10 @@
 
     python benchmarks/cold_load.py [--repeat 7] [--plot-dir benchmarks/plots]
 
-Ours:   resolve (one store RPC; for a ref whose version it would have to fetch, a worker asks it for presigned
-        URLs too) + GET of the files from S3 by those URLs (no Fetch call) + sha256 of every byte + parse +
-        compatibility check + install into a slot (AdapterCache.acquire on an uncached key, through the real store
-        process and moto S3).
+Ours:   resolve (one store RPC on the event loop, as a worker makes it; for a ref whose version it would have to
+        fetch, a worker asks it for presigned URLs too) + GET of the files from S3 by those URLs (no Fetch call) +
+        sha256 of every byte + parse + compatibility check + install into a slot (AdapterCache.acquire on an uncached
+        key, through the real store process and moto S3).
 Naive:  a raw boto3 GET of the same safetensors bytes from the same S3 endpoint, plus PEFT's load_adapter
         from a local directory onto a PeftModel of the same base (no verification at all).
 Switch: serving adapter B right after adapter A, both resident. Ours changes a slot index (no copy); PEFT's
@@ -28,6 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import boto3  # noqa: E402
 import torch  # noqa: E402
 
+from adapterfleet.store.aio_client import AsyncStoreClient  # noqa: E402
 from adapterfleet.store.base_model import fingerprint  # noqa: E402
 from adapterfleet.store.client import StoreClient  # noqa: E402
 from adapterfleet.worker import threads  # noqa: E402
@@ -86,11 +87,17 @@ def main() -> None:
         peft_model = PeftModel.from_pretrained(load_base_model(base), str(dirs[0]), adapter_name="warm")
         ours, raw_get, peft_load = [], [], []
 
+        resolver: list[AsyncStoreClient] = []  # made on the loop below, as a worker's is
+
         async def cold(key: str) -> float:
+            if not resolver:
+                resolver.append(AsyncStoreClient(address, timeout=10.0))
             t = time.perf_counter()
             name = key.split("@")[0]
-            # the ref -> key step a request pays; URLs too, as WorkerCore.resolve asks for a ref it would fetch
-            resolved = await asyncio.to_thread(backend_store.resolve, name, direct=True)
+            # the ref -> key step a request pays, on the event loop with URLs too, as WorkerCore.resolve asks for a
+            # ref it would fetch (and hands the URLs to the blocking client that fetches in the cache's thread)
+            resolved = await resolver[0].resolve(name, direct=True)
+            backend_store.keep_urls(resolved)
             lease = await cache.acquire(str(resolved.manifest.key))
             elapsed = time.perf_counter() - t
             lease.release()
@@ -109,6 +116,8 @@ def main() -> None:
                 peft_model.load_adapter(str(dirs[i]), adapter_name=f"a{i}")
                 peft_load.append(time.perf_counter() - t)
         finally:
+            if resolver:
+                loop.run_until_complete(resolver[0].close())
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 

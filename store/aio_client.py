@@ -32,10 +32,11 @@ class AsyncStoreClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def resolve(self, ref: str, routing_key: str = "") -> Resolved:
+    async def resolve(self, ref: str, routing_key: str = "", *, direct: bool = False) -> Resolved:
+        """``direct``: also ask for presigned URLs of the chosen version's files (a caller about to fetch it)."""
         try:
             r = await self._store.Resolve(store_pb2.ResolveRequest(ref=ref, routing_key=routing_key,
-                                                                   region=self.region),
+                                                                   region=self.region, direct=direct),
                                           timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             raise error_from_rpc(err) from None

@@ -300,13 +300,21 @@ class StoreClient:
         (they are kept, and the next ``fetch`` of that key GETs them without a Fetch call)."""
         r = self._call("Resolve", store_pb2.ResolveRequest(ref=ref, routing_key=routing_key, direct=direct))
         resolved = pc.resolution_from_pb(r)
-        if resolved.urls and direct:
-            with self._urls_lock:
-                self._resolved_urls[resolved.key] = (resolved.manifest, resolved.urls, self.direct.clock())
-                self._resolved_urls.move_to_end(resolved.key)
-                while len(self._resolved_urls) > RESOLVED_URLS_KEPT:
-                    self._resolved_urls.popitem(last=False)
+        if direct:
+            self.keep_urls(resolved)
         return resolved
+
+    def keep_urls(self, resolved: Resolved) -> None:
+        """Keep the presigned URLs of a Resolve answer that has them (asked with ``direct``), received just now, for
+        the ``fetch`` of its key that usually follows. A worker resolves on its event loop with an asyncio client
+        and hands the answer here."""
+        if not resolved.urls:
+            return
+        with self._urls_lock:
+            self._resolved_urls[resolved.key] = (resolved.manifest, resolved.urls, self.direct.clock())
+            self._resolved_urls.move_to_end(resolved.key)
+            while len(self._resolved_urls) > RESOLVED_URLS_KEPT:
+                self._resolved_urls.popitem(last=False)
 
     def list_adapters(self, prefix: str = "") -> list[AdapterSummary]:
         return [pc.summary_from_pb(a)

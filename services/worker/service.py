@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from adapterfleet.common.errors import AdapterFleetError, InvalidArgument, Unavailable
 from adapterfleet.common.metrics import ServiceMetrics
 from adapterfleet.common.tiers import ACTIVE
+from adapterfleet.store.aio_client import AsyncStoreClient
 from adapterfleet.store.client import StoreClient
 from adapterfleet.store.refs import Ref
 from adapterfleet.worker.cache import AdapterCache, Entry, Lease
@@ -49,6 +50,9 @@ class WorkerCore:
         self.cache = cache
         self.engine = engine
         self._store = store
+        # resolves refs on the event loop (create_worker_server sets it): no thread hop per request; None: the
+        # blocking client in a thread
+        self.resolver: AsyncStoreClient | None = None
         self.inflight = 0  # requests in flight: the load the worker announces
         self.draining = False  # set on shutdown: new requests are refused (UNAVAILABLE: routers retry elsewhere)
         self._bounds: Bounds | None = None
@@ -68,7 +72,12 @@ class WorkerCore:
         last = self._last_keys.get(ref)
         direct = self._store.direct.cfg.enabled and (last is None or self.cache.needs_fetch(last))
         try:
-            resolved = await asyncio.to_thread(self._store.resolve, ref, routing_key, direct=direct)
+            if self.resolver is not None:
+                resolved = await self.resolver.resolve(ref, routing_key, direct=direct)
+                if direct:
+                    self._store.keep_urls(resolved)  # for the fetch in the cache's thread
+            else:
+                resolved = await asyncio.to_thread(self._store.resolve, ref, routing_key, direct=direct)
         except AdapterFleetError as err:
             if err.code == "UNAVAILABLE":
                 raise Unavailable(f"cannot resolve {ref}: the store at {self._store.address} is unreachable") from err

@@ -4,6 +4,7 @@ URLs cannot deliver comes through the store as before. Real moto S3 server and r
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -54,6 +55,30 @@ def test_resolve_with_direct_answers_a_url_per_file_and_the_fetch_that_follows_m
     assert store.core.stats.bytes_sent == 0
     _, again = client.fetch(resolved.key)  # the URLs are used once: a later fetch asks the store again
     assert again == files and fetches.calls == 1
+
+
+def test_urls_resolved_by_the_asyncio_client_and_handed_over_spare_the_fetch_call(store, pushed):
+    """A worker resolves on its event loop (AsyncStoreClient) and fetches in a thread (StoreClient): keep_urls carries
+    the answer's URLs across, so the cold load still makes no Fetch call."""
+    from adapterfleet.store.aio_client import AsyncStoreClient
+
+    src, manifest = pushed
+    client = store.client()
+    fetches = CountingFetch(client)
+
+    async def resolve():
+        aio = AsyncStoreClient(store.address)
+        try:
+            return await aio.resolve("acme/resolved", direct=True), await aio.resolve("acme/resolved")
+        finally:
+            await aio.close()
+
+    resolved, plain = asyncio.run(resolve())
+    assert plain.urls == () and [u.file for u in resolved.urls] == [e.name for e in manifest.files]
+    client.keep_urls(plain)  # an answer without URLs changes nothing
+    client.keep_urls(resolved)
+    assert client.fetch(resolved.key)[1] == local_bytes(src)
+    assert fetches.calls == 0 and store.core.stats.bytes_sent == 0
 
 
 def test_a_plain_resolve_carries_no_urls_and_issues_none(store, pushed):

@@ -225,11 +225,18 @@ def test_load_adapter_to_a_tier_travels_as_the_tier_enum(fleet):
 
 def test_a_cold_ref_resolves_with_urls_and_loads_without_a_fetch_call_a_hot_one_resolves_plainly(fleet):
     stub, core, keys, _store = fleet
-    client = core._store  # the worker's own store client
+    client = core._store  # the worker's own store client: it fetches, in the cache's thread
+    resolver = core.resolver  # resolves on the worker's event loop and hands the URLs to the client
+    assert resolver is not None
     asked: list[bool] = []
-    resolve, fetch = client.resolve, client._stub.Fetch
+    resolve, fetch = resolver.resolve, client._stub.Fetch
     fetches: list[object] = []
-    client.resolve = lambda *a, **kw: asked.append(kw.get("direct", False)) or resolve(*a, **kw)
+
+    async def spy(*a, **kw):
+        asked.append(kw.get("direct", False))
+        return await resolve(*a, **kw)
+
+    resolver.resolve = spy
     client._stub.Fetch = lambda *a, **kw: fetches.append(a) or fetch(*a, **kw)
     for _ in range(2):
         stub.Score(worker_pb2.ScoreRequest(adapter="acme/plain", token_ids=PROMPTS[0]))
