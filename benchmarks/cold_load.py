@@ -87,16 +87,12 @@ def main() -> None:
         peft_model = PeftModel.from_pretrained(load_base_model(base), str(dirs[0]), adapter_name="warm")
         ours, raw_get, peft_load = [], [], []
 
-        resolver: list[AsyncStoreClient] = []  # made on the loop below, as a worker's is
-
         async def cold(key: str) -> float:
-            if not resolver:
-                resolver.append(AsyncStoreClient(address, timeout=10.0))
             t = time.perf_counter()
             name = key.split("@")[0]
             # the ref -> key step a request pays, on the event loop with URLs too, as WorkerCore.resolve asks for a
             # ref it would fetch (and hands the URLs to the blocking client that fetches in the cache's thread)
-            resolved = await resolver[0].resolve(name, direct=True)
+            resolved = await resolver.resolve(name, direct=True)
             backend_store.keep_urls(resolved)
             lease = await cache.acquire(str(resolved.manifest.key))
             elapsed = time.perf_counter() - t
@@ -106,6 +102,11 @@ def main() -> None:
 
         loop = asyncio.new_event_loop()  # one loop (and its executor threads) for every load, as a worker has
         loop.set_default_executor(threads.side_executor())  # and, as in a worker, one torch thread on each
+
+        async def open_resolver() -> AsyncStoreClient:  # its channel belongs to the loop it is made on
+            return AsyncStoreClient(address, timeout=10.0)
+
+        resolver = loop.run_until_complete(open_resolver())
         try:
             for i, key in enumerate(keys):  # interleaved, so machine noise hits every path alike
                 ours.append(loop.run_until_complete(cold(key)))
@@ -116,8 +117,7 @@ def main() -> None:
                 peft_model.load_adapter(str(dirs[i]), adapter_name=f"a{i}")
                 peft_load.append(time.perf_counter() - t)
         finally:
-            if resolver:
-                loop.run_until_complete(resolver[0].close())
+            loop.run_until_complete(resolver.close())
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 

@@ -44,7 +44,6 @@ class WorkerServer:
     metrics_port: int = 0  # the /metrics endpoint once started (0: none)
     revocations: RevocationFollower | None = None  # with auth on: revoked token ids, followed from the store
     revocation_store: AsyncStoreClient | None = None
-    resolver: AsyncStoreClient | None = None  # the core's Resolve client on this loop
 
     async def start(self) -> None:
         if self.revocations is not None:  # a store that is down must not keep the worker from serving
@@ -69,9 +68,9 @@ class WorkerServer:
             await self.revocations.stop()
         if self.revocation_store is not None:
             await self.revocation_store.close()
-        if self.resolver is not None:
-            self.core.resolver = None
-            await self.resolver.close()
+        if (resolver := self.core.resolver) is not None:
+            self.core.resolver = None  # a late resolve uses the blocking client, not a closed channel
+            await resolver.close()
         self.core.engine.stop()
         self.core.metrics.close()
 
@@ -111,7 +110,7 @@ def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:
     # against 1.53-1.55 / 2.04-2.06 in a thread (the 2-core VM, interleaved; cold loads unchanged within noise)
     core.resolver = AsyncStoreClient(cfg.store, security=cfg.security, timeout=RESOLVE_TIMEOUT_S)
     return WorkerServer(server, port, core, announcer, health, revocations=follower,
-                        revocation_store=revocation_store, resolver=core.resolver)
+                        revocation_store=revocation_store)
 
 
 async def serve(cfg: WorkerConfig, on_ready=None) -> None:

@@ -212,9 +212,10 @@ class LoraLinear(SlotWrapper):
         if plan.single is not None:
             h = xs.reshape(-1, self.in_features) @ a[plan.single]  # [batch * tokens, rank]
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
-        if tokens <= BAG_TOKENS and (grouped := plan.grouped(tokens)) is not None:
-            return self._grouped(xs.reshape(-1, self.in_features), a, b, grouped, into)
         if tokens <= BAG_TOKENS:
+            grouped = plan.grouped(tokens)
+            if grouped is not None:
+                return self._grouped(xs.reshape(-1, self.in_features), a, b, grouped, into)
             index, offsets = plan.bags(tokens, self.in_features)
             h = F.embedding_bag(  # [batch * tokens, rank]
                 index, a.view(-1, rank), offsets, mode="sum", per_sample_weights=xs.reshape(-1)
@@ -229,7 +230,6 @@ class LoraLinear(SlotWrapper):
         if into is None:
             return torch.bmm(h, b_rows).view(-1, self.out_features)
         return into.view(h.shape[0], tokens, -1).baddbmm_(h, b_rows)
-
 
     def _grouped(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, g: Grouped,
                  into: torch.Tensor | None) -> torch.Tensor:
