@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(saves the copy's memory, the size of the base model's linear weights; decode is slower)")
     s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
                    help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
+    s.add_argument("--no-fused-steps", action="store_true",
+                   help="run a newcomer's prefill chunk as a forward of its own, not inside the next decode step's")
     s.add_argument("--advertise", default=WorkerConfig.advertise, help="address routers should use (default HOST:PORT)")
     s.add_argument("--no-direct-blobs", action="store_true",
                    help="always read adapter bytes through the store's stream, never from the presigned S3 URLs it "

@@ -33,6 +33,8 @@ class WorkerConfig:
     # (benchmarks/few_rows.py), and the base model's linear weights take twice their memory
     packed_weights: bool = True
     prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
+    # a decode step and a newcomer's prefill chunk as one forward (worker/ragged.py; Llama, Mistral, Qwen2)
+    fused_steps: bool = True
     max_new_tokens_limit: int = 2048
     max_prompt_tokens: int = 32768   # also bounded by the model's positions
     max_prompt_chars: int = 1 << 20  # text longer than this is refused before it is tokenized

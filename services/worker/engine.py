@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from adapterfleet.worker import ragged
 from adapterfleet.worker.isolation import batch_error, culprits, non_finite, row_error
 from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
 from adapterfleet.worker.kvcache import (
@@ -73,6 +74,7 @@ class Prefill:
     step: int                # columns per chunk
     cache: DynamicCache = field(default_factory=new_cache)
     done: int = 0            # columns already in the cache
+    separate: bool = False   # a fused step with these raised: its chunks run as forwards of their own
 
 
 @dataclass
@@ -94,8 +96,9 @@ class EngineStats:
 class Engine:
     def __init__(self, model: torch.nn.Module, lora: LoraModel, *, pad_id: int, device: torch.device,
                  max_batch: int = 32, prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
-                 on_step: StepHook | None = None, threads: int = 0):
+                 on_step: StepHook | None = None, threads: int = 0, fuse: bool = True):
         self._model = model
+        self.fuse = fuse  # run a decode step and a prefill chunk as one forward where ragged supports the model
         self._threads = threads  # > 0: torch's intra-op threads on the engine's thread (0: torch's default)
         self._lora = lora
         self._pad = pad_id
@@ -333,6 +336,7 @@ class Engine:
         logits, cache, mask, last_pos, live = started
         pending: Prefill | None = None  # newcomers being prefilled in chunks
         while True:
+            fused = None
             if live:
                 choices = choose(live, logits)
                 keep = fill_order(self._emit(live, choices))  # rows that leave: holes filled from the end
@@ -344,11 +348,22 @@ class Engine:
                     cache.batch_select_indices(index)
                     mask, last_pos = _trimmed(cache, mask[index]), last_pos[index]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)                   # [B, T+1]
-                logits, live, mask, last_pos = self._decode(live, next_ids, cache, mask, last_pos + 1)
-                self._stepped("decode", len(live), len(live))
+                if pending is not None and not pending.separate and self._fusable(cache, mask, pending.jobs):
+                    fused = self._fused(live, next_ids, cache, mask, last_pos + 1, pending)
+                if fused is not None:  # the step carried the next chunk of the newcomers' prefill
+                    logits, started = fused
+                    last_pos = last_pos + 1
+                    if started is not None:
+                        pending = None
+                        logits, cache, mask, last_pos, live = self._join((logits, cache, mask, last_pos, live),
+                                                                         started)
+                else:
+                    logits, live, mask, last_pos = self._decode(live, next_ids, cache, mask, last_pos + 1)
+                    self._stepped("decode", len(live), len(live))
             if not live and pending is None:
                 return
-            # between two decode steps: scoring requests run, new generations join (at most one chunk of prefill)
+            # between two decode steps: scoring requests run, new generations join (at most one chunk of prefill per
+            # step: run here, or with the next decode step as one forward where the model allows, see ragged.py)
             waiting = self._take(self.max_batch - len(live) - (len(pending.jobs) if pending else 0), block=False)
             self._run_scores([j for j in waiting if isinstance(j, ScoreJob)])
             joining = [j for j in waiting if isinstance(j, GenerateJob) and not j.cancelled.is_set()]
@@ -362,11 +377,14 @@ class Engine:
                 if joining:
                     jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
                     pending = self._begin(joining, decoding=len(live))
-                    if pending is None:
+                    if pending is None and live and self._fusable(cache, mask, joining):
+                        pending = Prefill(joining, *self._inputs(joining), step=max(len(j.prompt_ids) for j in joining))
+                    elif pending is None:
                         started = self._start(joining)
                         if started is not None:
                             self._stepped("prefill", len(started[4]), started[2].numel())
-                if pending is not None:
+                if pending is not None and fused is None and (pending.separate or not live
+                                                              or not self._fusable(cache, mask, pending.jobs)):
                     started = self._advance(pending, whole=not live)
                     if pending.done == pending.ids.shape[1]:
                         pending = None
@@ -379,6 +397,42 @@ class Engine:
             if not live and pending is None:
                 return
             self.stats.running = len(live) + (len(pending.jobs) if pending else 0)
+
+    def _fusable(self, cache: DynamicCache, mask: torch.Tensor, newcomers: list[GenerateJob]) -> bool:
+        if not self.fuse:
+            return False
+        longest = max(mask.shape[1], max(len(j.prompt_ids) for j in newcomers))
+        return ragged.unsupported(self._model, [cache], longest) is None
+
+    def _fused(self, live: list[Row], ids: torch.Tensor, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
+               pre: Prefill) -> tuple[torch.Tensor, Batch | None] | None:
+        """The decode step of ``live`` and the next chunk of ``pre`` as one forward: (the running rows' logits, the
+        newcomers' started batch once their last chunk is in). None if it raised: both caches are as they were, and
+        the caller runs them as separate forwards (which find the rows that fail alone)."""
+        width = pre.ids.shape[1]
+        begin, end = pre.done, min(width, pre.done + pre.step)
+        segments = [
+            ragged.Segment(cache, ids, pos, mask, [r.job.slot for r in live], keep=True),
+            ragged.Segment(pre.cache, pre.ids[:, begin:end], pre.positions[:, begin:end], pre.mask[:, :end],
+                           [j.slot for j in pre.jobs], keep=end == width),
+        ]
+        try:
+            logits, theirs = ragged.forward(self._model, self._lora, segments)
+        except Exception:  # noqa: BLE001 - the separate forwards sort out whose fault it was
+            truncate(cache, mask.shape[1] - 1)
+            if begin:
+                truncate(pre.cache, begin)
+            else:
+                pre.cache = new_cache()
+            pre.separate = True
+            return None
+        assert logits is not None, "the running rows keep their logits"
+        self._stepped("decode", len(live), len(live))
+        self._stepped("prefill", len(pre.jobs), len(pre.jobs) * (end - begin))
+        pre.done = end
+        if theirs is None:
+            return logits, None
+        return logits, (theirs, pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs])
 
     @staticmethod
     def _join(running: Batch, newcomers: Batch) -> Batch:

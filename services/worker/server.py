@@ -86,7 +86,8 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
     cache = AdapterCache(backend, max_slots=cfg.max_slots, host_bytes=cfg.host_bytes, disk_bytes=cfg.disk_bytes,
                          slot_wait_s=cfg.slot_wait_s, on_load=load_histogram(metrics).observe)
     engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch,
-                    prefill_chunk_tokens=cfg.prefill_chunk_tokens, threads=threads.engine_threads(cfg.threads))
+                    prefill_chunk_tokens=cfg.prefill_chunk_tokens, threads=threads.engine_threads(cfg.threads),
+                    fuse=cfg.fused_steps)
     core = WorkerCore(cfg, host, cache, engine, store, metrics)
     metrics.registry.register(WorkerCollector(core))
     return core

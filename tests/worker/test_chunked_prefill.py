@@ -60,7 +60,7 @@ def _job(prompt, slot, n, out: Out) -> GenerateJob:
     return GenerateJob(list(prompt), slot, n, Sampling(), frozenset(), out.emit, out.fail)
 
 
-def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=RUNNING):
+def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=RUNNING, fuse: bool = True):
     """``running`` (RUNNING) starts on an idle engine; ``newcomers`` [(prompt, slot, n)] are submitted right after
     decode step ``after_decode``. Returns (running outputs, newcomer outputs, step log)."""
     log: list[tuple[str, int, int]] = []
@@ -73,7 +73,7 @@ def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=R
                 engine.submit(job)
 
     engine = Engine(model, lora, pad_id=0, device=model.device, max_batch=8, prefill_chunk_tokens=chunk,
-                    on_step=on_step)
+                    on_step=on_step, fuse=fuse)
     early = [Out() for _ in running]
     for (p, s, n), o in zip(running, early, strict=True):
         engine.submit(_job(p, s, n, o))  # queued before the engine starts: one batch
@@ -142,20 +142,23 @@ def reference(setup):
     return alone, peft
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("chunk", [1, 7, 16, 40, 0])
-def test_long_newcomer_prefilled_in_chunks_between_decodes_matches_one_shot_and_peft(setup, reference, chunk):
+def test_long_newcomer_prefilled_in_chunks_between_decodes_matches_one_shot_and_peft(setup, reference, chunk, fuse):
     _, _, model, lora = setup
     alone, peft = reference
-    running, (late,), log = _run(model, lora, chunk, [(LONG, 0, NEW)])
+    running, (late,), log = _run(model, lora, chunk, [(LONG, 0, NEW)], fuse=fuse)
     assert late == alone[tuple(LONG)] == peft[tuple(LONG)]
     assert running == [alone[tuple(p)] for p, _, _ in RUNNING]
-    # the step log: the initial prefill, 3 decodes, then one chunk after each decode until the newcomer joins
+    # the step log: the initial prefill, 3 decodes, then one chunk with each decode until the newcomer joins. Fused,
+    # a chunk rides in the next decode step's forward (logged as that decode, then the chunk); separate, it runs on
+    # its own right after the decode step that its arrival followed.
     chunks = math.ceil(len(LONG) / chunk) if chunk else 1
     sizes = [min(chunk, len(LONG) - i * chunk) for i in range(chunks)] if chunk else [len(LONG)]
     want = [("prefill", 2, 2 * 4), *[("decode", 2, 2)] * 3]
-    for size in sizes[:-1]:
-        want += [("prefill", 1, size), ("decode", 2, 2)]
-    want += [("prefill", 1, sizes[-1]), ("decode", 3, 3)]
+    for size in sizes:
+        want += [("decode", 2, 2), ("prefill", 1, size)] if fuse else [("prefill", 1, size), ("decode", 2, 2)]
+    want = [*want[:-1], ("decode", 3, 3)] if not fuse else [*want, ("decode", 3, 3)]
     assert log[: len(want)] == want
     assert all(k == "decode" for k, _, _ in log[len(want):])
 

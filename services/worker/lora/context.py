@@ -26,9 +26,13 @@ class Rows:
     A forward may see ``k * len(slots)`` rows: ``generate`` expands each row ``k`` times next to each other
     (``repeat_interleave``) for beams / ``num_return_sequences``, and flattening [batch, tokens] also keeps the rows
     of one sequence together. Row b of such a batch uses the slot of row ``b // k``.
+
+    ``flat``: the slots are per *token* of a forward whose batch is one row of many sequences' tokens laid end to
+    end (the engine's fused step, ``adapterfleet.worker.ragged``): a wrapper views its input [1, tokens, ...] as
+    [tokens, 1, ...] (:meth:`per_token`), so each token is a row with its own slot.
     """
 
-    def __init__(self, slots: Sequence[int], max_slots: int):
+    def __init__(self, slots: Sequence[int], max_slots: int, flat: bool = False):
         slots = tuple(int(s) for s in slots)
         if not slots:
             raise ValueError("rows need at least one slot id (use -1 for a row on the base model)")
@@ -36,12 +40,21 @@ class Rows:
         if bad:
             raise ValueError(f"slot ids {bad} are out of range; use 0..{max_slots - 1}, or -1 for no adapter")
         self.slots = slots
+        self.flat = flat
         self.present = frozenset(s for s in slots if s != NO_ADAPTER)
         self._rows_of: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self.memo: dict = {}  # per-forward values the wrappers share (see .plan.plan_for)
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def per_token(self, x: torch.Tensor, feature_dims: int = 1) -> torch.Tensor | None:
+        """``x`` [1, tokens, *features] viewed as [tokens, 1, *features] when the rows are per token and ``x`` is not
+        laid out by them yet, else None (use ``x`` as it is)."""
+        if not self.flat or x.shape[0] == len(self.slots) or x.dim() < 1 + feature_dims:
+            return None
+        lead = x.shape[:x.dim() - feature_dims]
+        return x.reshape(lead.numel(), 1, *x.shape[x.dim() - feature_dims:])
 
     def expansion(self, batch: int) -> int:
         """``k``: how many batch rows each slot id stands for (beams, returned sequences)."""
@@ -76,11 +89,12 @@ class RowContext:
         )
 
     @contextmanager
-    def rows(self, slots: Sequence[int] | torch.Tensor) -> Iterator[Rows]:
-        """Run the enclosed forwards with row b on adapter slot ``slots[b]`` (-1: base model)."""
+    def rows(self, slots: Sequence[int] | torch.Tensor, flat: bool = False) -> Iterator[Rows]:
+        """Run the enclosed forwards with row b on adapter slot ``slots[b]`` (-1: base model); ``flat``: per token
+        of a one-row forward (:class:`Rows`)."""
         if isinstance(slots, torch.Tensor):
             slots = slots.tolist()
-        rows = Rows(slots, self.max_slots)
+        rows = Rows(slots, self.max_slots, flat)
         token = self._current.set(rows)
         try:
             yield rows

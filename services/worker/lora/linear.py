@@ -43,7 +43,7 @@ from adapterfleet.common.errors import Incompatible
 from . import few_rows, packed
 from .base import SlotWrapper, module_tensor, optional_module_tensor
 from .context import RowContext
-from .plan import Grouped, RowPlan
+from .plan import Grouped, Part, RowPlan
 from .slot_stack import Entry, Field, Scaled, SlotStack
 from .weights import ModuleLora
 
@@ -141,6 +141,9 @@ class LoraLinear(SlotWrapper):
         return entries, m.rank
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        flat = self._per_token(x)
+        if flat is not None:  # a fused step: each token is a row
+            return self.forward(flat, *args, **kwargs).view(*x.shape[:-1], -1)
         stack = self._stack  # read once: add/remove swap it whole
         batch = x.shape[0]
         plan = self._plan(stack, batch, x.device)
@@ -209,6 +212,8 @@ class LoraLinear(SlotWrapper):
         xs [batch, tokens, in] -> [batch * tokens, out]
         """
         tokens, rank = xs.shape[1], a.shape[-1]
+        if plan.parts is not None:
+            return self._by_parts(xs, a, b, plan.parts, into)
         if plan.single is not None:
             h = xs.reshape(-1, self.in_features) @ a[plan.single]  # [batch * tokens, rank]
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
@@ -230,6 +235,18 @@ class LoraLinear(SlotWrapper):
         if into is None:
             return torch.bmm(h, b_rows).view(-1, self.out_features)
         return into.view(h.shape[0], tokens, -1).baddbmm_(h, b_rows)
+
+    def _by_parts(self, xs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, parts: list[Part],
+                  into: torch.Tensor | None) -> torch.Tensor:
+        """A fused step's low-rank terms part by part (:class:`.plan.Part`): xs [items, 1, in] -> [items, out]."""
+        x2 = xs.reshape(-1, self.in_features)
+        out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
+        for p in parts:
+            if p.plan is not None:
+                self._low_rank(xs[p.start:p.end], a, b, p.plan, into=out[p.start:p.end])
+            elif p.row:
+                out[p.start:p.end].addmm_(x2[p.start:p.end] @ a[p.row], b[p.row])
+        return out
 
     def _grouped(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, g: Grouped,
                  into: torch.Tensor | None) -> torch.Tensor:

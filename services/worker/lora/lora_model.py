@@ -50,8 +50,9 @@ class LoraModel:
     def installed(self) -> frozenset[int]:
         return frozenset(self._slots)
 
-    def rows(self, slots: Sequence[int] | torch.Tensor) -> AbstractContextManager[Rows]:
-        """Context manager: forwards inside run row b on adapter slot ``slots[b]`` (-1: the base model).
+    def rows(self, slots: Sequence[int] | torch.Tensor, flat: bool = False) -> AbstractContextManager[Rows]:
+        """Context manager: forwards inside run row b on adapter slot ``slots[b]`` (-1: the base model). ``flat``:
+        the slots are per token of a one-row forward of several sequences' tokens (:class:`.context.Rows`).
 
         A slot that holds no adapter is refused (ValueError) rather than silently served by the base model.
         """
@@ -60,7 +61,7 @@ class LoraModel:
         empty = sorted({s for s in slots if s != NO_ADAPTER and s not in self._slots})
         if empty:
             raise ValueError(f"slots {empty} hold no adapter; install one there or use -1 for the base model")
-        return self.ctx.rows(slots)
+        return self.ctx.rows(slots, flat)
 
     def check(self, weights: AdapterWeights, shapes: Hashable = None) -> dict[str, str]:
         """Raise Incompatible unless ``weights`` fits this model; return module path -> wrapper kind.

@@ -109,10 +109,15 @@ class ModuleSwitch(nn.Module):
             self._copies = {s: c for s, c in self._copies.items() if s != slot}
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
         copies, rows = self._copies, self.ctx.current()
         if rows is None or not copies:
-            return y
+            return self.base_layer(x, *args, **kwargs)
+        features = 1 if torch.is_floating_point(x) else 0  # an embedding's ids have none
+        flat = rows.per_token(x, features)
+        if flat is not None:  # a fused step: each token is a row
+            y = self.forward(flat, *args, **kwargs)  # [tokens, 1, ...]
+            return y.view(*x.shape[:x.dim() - features], *y.shape[2:])
+        y = self.base_layer(x, *args, **kwargs)
         for slot in sorted(rows.present.intersection(copies)):
             idx = rows.rows_of(slot, x.shape[0], x.device)  # [rows]
             sub = copies[slot](x.index_select(0, idx), *args, **kwargs)  # [rows, ...]
