@@ -18,6 +18,11 @@ for it to end (scoring requests still run between steps). An idle engine, or one
 prefills in one go (nobody is waiting). ``prefill_chunk_tokens=0``: never chunk. Greedy tokens are those of a
 one-shot prefill (the chunks attend to the same keys; only float rounding of the split matmuls differs).
 
+Fused steps: where ``ragged.py`` supports the model (``fuse``, the default), the newcomers' next chunk (or their
+whole prefill, when it is one chunk) is not a forward of its own: it rides in the next decode step's forward, so
+the weights are read once for both. The step log then shows that decode step, then the chunk. A fused forward that
+raises is undone and the step runs as separate forwards (which find the rows that fail alone).
+
 One bad row fails alone (``isolation.py``): a forward that raises is retried on halves of the batch until the rows
 that fail on their own are found; they fail with a typed error and the rest go on. A row whose logits are not
 finite, or whose sampling raises, fails alone too (``step.py``).
