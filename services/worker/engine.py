@@ -46,6 +46,7 @@ from adapterfleet.worker import ragged
 from adapterfleet.worker.isolation import batch_error, culprits, non_finite, row_error
 from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
 from adapterfleet.worker.kvcache import (
+    cache_arg,
     drop_left,
     fill_order,
     join_caches,
@@ -116,9 +117,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stats = EngineStats()
-        params = inspect.signature(model.forward).parameters
-        self._keep_arg = "logits_to_keep" in params
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cache_arg = cache_arg(model)
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -382,8 +382,9 @@ class Engine:
                 if joining:
                     jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
                     pending = self._begin(joining, decoding=len(live))
-                    if pending is None and live and self._fusable(cache, mask, joining):
-                        pending = Prefill(joining, *self._inputs(joining), step=max(len(j.prompt_ids) for j in joining))
+                    if pending is None and live and self._fusable(cache, mask, joining):  # one chunk: all of it
+                        ids, new_mask, positions = self._inputs(joining)
+                        pending = Prefill(joining, ids, new_mask, positions, step=ids.shape[1])
                     elif pending is None:
                         started = self._start(joining)
                         if started is not None:

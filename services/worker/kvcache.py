@@ -11,7 +11,10 @@ other layouts (sliding windows, linear attention) fall back to what needs no sur
 
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
+from collections.abc import Callable
 
 import torch
 from transformers import DynamicCache
@@ -155,6 +158,16 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = keys, values
         self._view = weakref.ref(keys)
         return keys, values
+
+
+def cache_arg(module: torch.nn.Module) -> str:
+    """A model's name for its cache argument (``past_key_values`` became ``cache`` in transformers 5.x)."""
+    return _cache_arg_of(type(module).forward)
+
+
+@functools.cache
+def _cache_arg_of(forward: Callable) -> str:  # read once per class, not on every forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def new_cache() -> DynamicCache:

@@ -22,7 +22,6 @@ separate forwards. Numbers equal separate forwards' up to float rounding of the 
 from __future__ import annotations
 
 import contextvars
-import inspect
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from adapterfleet.worker.kvcache import joinable
+from adapterfleet.worker.kvcache import cache_arg, joinable
 from adapterfleet.worker.lora import LoraModel
 
 __all__ = ["Segment", "forward", "unsupported"]
@@ -83,9 +82,6 @@ class _Cache:
             full.append(p.segment.cache.update(k, v, layer_idx))
         self.full[layer_idx] = full
         return key_states, value_states
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0  # positions are always passed; nothing derives them from here
 
 
 _ACTIVE: contextvars.ContextVar[tuple[_Cache, str] | None] = contextvars.ContextVar("adapterfleet_ragged",
@@ -163,7 +159,7 @@ def forward(model: nn.Module, lora: LoraModel, segments: Sequence[Segment]) -> l
     decoder = causal_lm.get_decoder()
     with _implementation(config, NAME), _active(cache, inner), lora.rows(slots, flat=True):
         hidden = decoder(input_ids=ids, position_ids=positions, use_cache=True,
-                         **{_cache_arg(decoder): cache}).last_hidden_state  # [1, tokens, hidden]
+                         **{cache_arg(decoder): cache}).last_hidden_state  # [1, tokens, hidden]
     kept = [p for p in parts if p.segment.keep]
     if not kept:
         return [None] * len(parts)
@@ -191,10 +187,6 @@ def _mask(mask: torch.Tensor, cols: int, inner: str, dtype: torch.dtype) -> torc
     if inner == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-
-
-def _cache_arg(module: nn.Module) -> str:
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _implementation_of(config) -> str:

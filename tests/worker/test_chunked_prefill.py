@@ -7,7 +7,6 @@ forwards the engine runs (its step log) is deterministic: no sleeps, no wall-clo
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from itertools import pairwise
 
@@ -18,6 +17,7 @@ from adapterfleet.worker.engine import Engine, GenerateJob, Prefill
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from adapterfleet.worker.sampling import Sampling
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter
+from tests.helpers.outputs import Collected
 
 LONG = [(7 * i + 3) % 120 + 1 for i in range(61)]  # 61 tokens: no chunk size below divides it but 1 and 61
 OTHER = [(5 * i + 11) % 120 + 1 for i in range(23)]
@@ -40,23 +40,7 @@ def setup(tmp_path_factory):
     return base, {0: a, 1: b}, model, lora
 
 
-class Out:
-    def __init__(self):
-        self.tokens: list[int] = []
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def emit(self, toks, finished, why, logprobs=None):
-        self.tokens += toks
-        if finished:
-            self.done.set()
-
-    def fail(self, exc):
-        self.error = exc
-        self.done.set()
-
-
-def _job(prompt, slot, n, out: Out) -> GenerateJob:
+def _job(prompt, slot, n, out: Collected) -> GenerateJob:
     return GenerateJob(list(prompt), slot, n, Sampling(), frozenset(), out.emit, out.fail)
 
 
@@ -64,7 +48,7 @@ def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=R
     """``running`` (RUNNING) starts on an idle engine; ``newcomers`` [(prompt, slot, n)] are submitted right after
     decode step ``after_decode``. Returns (running outputs, newcomer outputs, step log)."""
     log: list[tuple[str, int, int]] = []
-    late = [(_job(p, s, n, o), o) for (p, s, n), o in zip(newcomers, [Out() for _ in newcomers], strict=True)]
+    late = [(_job(p, s, n, o), o) for (p, s, n), o in zip(newcomers, [Collected() for _ in newcomers], strict=True)]
 
     def on_step(kind: str, rows: int, tokens: int) -> None:
         log.append((kind, rows, tokens))
@@ -74,7 +58,7 @@ def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=R
 
     engine = Engine(model, lora, pad_id=0, device=model.device, max_batch=8, prefill_chunk_tokens=chunk,
                     on_step=on_step, fuse=fuse)
-    early = [Out() for _ in running]
+    early = [Collected() for _ in running]
     for (p, s, n), o in zip(running, early, strict=True):
         engine.submit(_job(p, s, n, o))  # queued before the engine starts: one batch
     engine.start()
@@ -104,7 +88,7 @@ def _peft_greedy(base, adapter, prompt, n) -> list[int]:
 def test_chunked_prefill_gives_one_shot_logits_and_cache(setup, group):
     _, _, model, lora = setup
     engine = Engine(model, lora, pad_id=0, device=model.device)
-    jobs = [_job(p, s, 1, Out()) for p, s in group]
+    jobs = [_job(p, s, 1, Collected()) for p, s in group]
     with torch.inference_mode():
         want_logits, want_cache, want_mask, want_pos = engine._prefill(jobs)
         for step in (1, 2, 7, 16, 60, 61, 100):
@@ -132,7 +116,7 @@ def reference(setup):
     alone = {}
     try:
         for prompt, slot, n in [*RUNNING, (LONG, 0, NEW), (OTHER, 1, NEW)]:
-            out = Out()
+            out = Collected()
             engine.submit(_job(prompt, slot, n, out))
             assert out.done.wait(60) and out.error is None
             alone[tuple(prompt)] = out.tokens
@@ -186,7 +170,7 @@ def test_newcomers_queued_during_a_chunked_prefill_start_after_it(setup, referen
     _, _, model, lora = setup
     alone, _ = reference
     log: list[tuple[str, int, int]] = []
-    outs = {name: Out() for name in ("a", "b", "long", "other")}
+    outs = {name: Collected() for name in ("a", "b", "long", "other")}
 
     def on_step(kind, rows, tokens):
         log.append((kind, rows, tokens))

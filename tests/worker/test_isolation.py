@@ -21,6 +21,7 @@ from adapterfleet.worker.engine import Engine, GenerateJob, ScoreJob
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from adapterfleet.worker.sampling import Sampling
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter
+from tests.helpers.outputs import Collected
 
 PROMPTS = [[5, 9, 13], [3, 4], [11, 12, 13, 14, 15, 16], [40, 41, 42, 43], [7], [20, 30, 40, 50, 60],
            [99, 98], [1, 2, 3, 4, 5, 6, 7, 8], [64, 65], [33, 34, 35], [70, 71, 72, 73, 74], [17, 18]]
@@ -40,26 +41,10 @@ def model_and_lora(tmp_path_factory):
     return model, lora
 
 
-class Result:
-    def __init__(self):
-        self.tokens: list[int] = []
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-    def emit(self, toks, finished, why, logprobs=None):
-        self.tokens += toks
-        if finished:
-            self.done.set()
-
-    def fail(self, exc):
-        self.error = exc
-        self.done.set()
-
-
-def run_together(model, lora, jobs: list[tuple[list[int], int, Sampling]]) -> list[Result]:
+def run_together(model, lora, jobs: list[tuple[list[int], int, Sampling]]) -> list[Collected]:
     """All jobs in one batch: queued before the engine starts, so its first take holds every one of them."""
     engine = Engine(model, lora, pad_id=0, device=model.device, max_batch=32)
-    results = [Result() for _ in jobs]
+    results = [Collected() for _ in jobs]
     for (prompt, slot, sampling), r in zip(jobs, results, strict=True):
         engine.submit(GenerateJob(prompt, slot, N, sampling, frozenset(), r.emit, r.fail))
     engine.start()

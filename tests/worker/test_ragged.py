@@ -5,7 +5,6 @@ separate forwards when a fused one raises, and unsupported models say why."""
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import pytest
@@ -17,6 +16,7 @@ from adapterfleet.worker.kvcache import new_cache
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from adapterfleet.worker.sampling import Sampling
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter
+from tests.helpers.outputs import Collected
 
 ADAPTERS = {  # slot -> LoraConfig kwargs: one per wrapper kind the fused step must cut per token
     0: dict(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
@@ -141,22 +141,6 @@ def test_the_ragged_attention_refuses_to_run_outside_a_fused_forward(arch):
         model.config._attn_implementation = "sdpa"
 
 
-class _Out:
-    def __init__(self):
-        self.tokens: list[int] = []
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def emit(self, toks, finished, why, logprobs=None):
-        self.tokens += toks
-        if finished:
-            self.done.set()
-
-    def fail(self, exc):
-        self.error = exc
-        self.done.set()
-
-
 def _generate(model, lora, monkeypatch, *, fail_fused: bool):
     """Two rows decoding, two newcomers submitted after the 2nd decode step; every fused forward raises after
     it ran (its caches appended to) when ``fail_fused``. Returns (tokens per request, step log, fused calls)."""
@@ -172,7 +156,7 @@ def _generate(model, lora, monkeypatch, *, fail_fused: bool):
 
     monkeypatch.setattr(ragged, "forward", forward)
     log: list[tuple[str, int, int]] = []
-    outs = [_Out() for _ in range(4)]
+    outs = [Collected() for _ in range(4)]
     jobs = [GenerateJob(p, s, n, Sampling(), frozenset(), o.emit, o.fail) for (p, s, n), o in zip(SPECS, outs,
                                                                                                   strict=True)]
 
@@ -206,7 +190,7 @@ def test_the_engine_fuses_newcomers_into_a_decode_step_and_falls_back_when_that_
     engine.start()
     try:
         for (prompt, slot, n), tokens in zip(SPECS, fused, strict=True):
-            out = _Out()
+            out = Collected()
             engine.submit(GenerateJob(prompt, slot, n, Sampling(), frozenset(), out.emit, out.fail))
             assert out.done.wait(60) and out.error is None
             assert out.tokens == tokens  # each alone on an idle engine

@@ -74,10 +74,11 @@ class SlotWrapper(nn.Module):
     def remove(self, slot: int) -> None:
         self._stack = self._stack.removed(slot)
 
-    def _per_token(self, x: torch.Tensor, feature_dims: int = 1) -> torch.Tensor | None:
-        """``x`` viewed with one row per token when the current rows are per token (a fused step), else None."""
+    def _per_token(self, x: torch.Tensor, *args, feature_dims: int = 1, **kwargs) -> torch.Tensor | None:
+        """This wrapper's forward with one row per token when the current rows are per token (a fused step), else
+        None."""
         rows = self.ctx.current()
-        return None if rows is None else rows.per_token(x, feature_dims)
+        return None if rows is None else rows.per_token(self.forward, x, feature_dims, *args, **kwargs)
 
     def _plan(self, stack: SlotStack, batch: int, device: torch.device) -> RowPlan | None:
         """The current rows' plan for ``stack``, or None when no row uses this module."""

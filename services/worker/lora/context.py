@@ -12,7 +12,7 @@ each see their own rows. No rows set means every row runs on the base model.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -48,13 +48,15 @@ class Rows:
     def __len__(self) -> int:
         return len(self.slots)
 
-    def per_token(self, x: torch.Tensor, feature_dims: int = 1) -> torch.Tensor | None:
-        """``x`` [1, tokens, *features] viewed as [tokens, 1, *features] when the rows are per token and ``x`` is not
-        laid out by them yet, else None (use ``x`` as it is)."""
+    def per_token(self, forward: Callable[..., torch.Tensor], x: torch.Tensor, feature_dims: int, *args,
+                  **kwargs) -> torch.Tensor | None:
+        """``forward`` run with ``x`` [1, tokens, *features] viewed as [tokens, 1, *features] and its output viewed
+        back, when the rows are per token and ``x`` is not laid out by them yet; else None (run on ``x`` as it is)."""
         if not self.flat or x.shape[0] == len(self.slots) or x.dim() < 1 + feature_dims:
             return None
         lead = x.shape[:x.dim() - feature_dims]
-        return x.reshape(lead.numel(), 1, *x.shape[x.dim() - feature_dims:])
+        y = forward(x.reshape(lead.numel(), 1, *x.shape[x.dim() - feature_dims:]), *args, **kwargs)
+        return y.view(*lead, *y.shape[2:])
 
     def expansion(self, batch: int) -> int:
         """``k``: how many batch rows each slot id stands for (beams, returned sequences)."""

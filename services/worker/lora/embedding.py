@@ -72,9 +72,8 @@ class LoraEmbedding(SlotWrapper):
         return entries, m.rank
 
     def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        flat = self._per_token(ids, feature_dims=0)
-        if flat is not None:  # a fused step: each token is a row
-            return self.forward(flat, *args, **kwargs).view(*ids.shape, -1)
+        if (y := self._per_token(ids, *args, feature_dims=0, **kwargs)) is not None:  # a fused step: a row a token
+            return y
         y = self.base_layer(ids, *args, **kwargs)
         stack = self._stack
         local = self._local_rows(stack, ids.shape[0], ids.device)  # [batch]

@@ -141,9 +141,8 @@ class LoraLinear(SlotWrapper):
         return entries, m.rank
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        flat = self._per_token(x)
-        if flat is not None:  # a fused step: each token is a row
-            return self.forward(flat, *args, **kwargs).view(*x.shape[:-1], -1)
+        if (y := self._per_token(x, *args, **kwargs)) is not None:  # a fused step: each token is a row
+            return y
         stack = self._stack  # read once: add/remove swap it whole
         batch = x.shape[0]
         plan = self._plan(stack, batch, x.device)

@@ -113,10 +113,8 @@ class ModuleSwitch(nn.Module):
         if rows is None or not copies:
             return self.base_layer(x, *args, **kwargs)
         features = 1 if torch.is_floating_point(x) else 0  # an embedding's ids have none
-        flat = rows.per_token(x, features)
-        if flat is not None:  # a fused step: each token is a row
-            y = self.forward(flat, *args, **kwargs)  # [tokens, 1, ...]
-            return y.view(*x.shape[:x.dim() - features], *y.shape[2:])
+        if (y := rows.per_token(self.forward, x, features, *args, **kwargs)) is not None:  # a fused step
+            return y
         y = self.base_layer(x, *args, **kwargs)
         for slot in sorted(rows.present.intersection(copies)):
             idx = rows.rows_of(slot, x.shape[0], x.device)  # [rows]

@@ -36,9 +36,8 @@ class RowBias(SlotWrapper):
         return {"shift": (b1 - b0.to(torch.float32)).to(b0.dtype)}, 0
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        flat = self._per_token(x)
-        if flat is not None:  # a fused step: each token is a row
-            return self.forward(flat, *args, **kwargs).view(*x.shape[:-1], -1)
+        if (y := self._per_token(x, *args, **kwargs)) is not None:  # a fused step: each token is a row
+            return y
         y = self.base_layer(x, *args, **kwargs)
         stack = self._stack
         local = self._local_rows(stack, x.shape[0], x.device)  # [batch]
