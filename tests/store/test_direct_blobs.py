@@ -160,6 +160,24 @@ def test_a_url_answering_an_error_status_is_direct_unavailable(store, s3_server)
         fetcher.fetch(url, 10, "0" * 64, deadline=time.monotonic() + 60)
 
 
+def test_an_empty_object_and_a_large_one_come_back_as_plain_bytearrays(store, s3_client):
+    """The buffer is made only once a GET is on its way; an empty object sends no bytes and still gives b"", and
+    the bytearray handed over is the caller's own (nothing still holds a view of it: it can grow)."""
+    import hashlib
+
+    from adapterfleet.store.blobs.s3 import S3BlobStore
+
+    blobs = S3BlobStore(store.config.s3)
+    for body in (b"", bytes(range(256)) * (40 << 10)):  # 10 MiB: past the size hashed in a thread of its own
+        digest = hashlib.sha256(body).hexdigest()
+        s3_client.put_object(Bucket=store.config.s3.bucket, Key=f"sha256/{digest}", Body=body)
+        url, _ = blobs.presign(digest)
+        with DirectFetcher(DirectFetchConfig(streams=1)) as fetcher:
+            got = fetcher.fetch(url, len(body), digest, deadline=time.monotonic() + 60)
+        assert type(got) is bytearray and got == body
+        got += b"!"
+
+
 def test_altered_bytes_behind_the_url_are_data_loss_and_nothing_is_written(store, pushed, s3_client, tmp_path):
     _, manifest = pushed
     flip_bit_in_blob(s3_client, store, manifest.file("adapter_model.safetensors").sha256)
