@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 import grpc
 
@@ -48,6 +48,7 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._metadata = tuple(metadata)
         self._call: grpc.aio.UnaryStreamCall | None = None
+        self._read: Callable[[], Awaitable[worker_pb2.GenerateResponse]] | None = None  # the call's own iterator
         self._route: Route | None = None
         self._worker: Candidate | None = None
         self._sent: list[int] = []
@@ -77,6 +78,7 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
         self._call = router._worker(worker.address).Generate(  # noqa: SLF001
             forward_generate(request, self._route.key, self._sent), timeout=remaining(self._deadline),
             metadata=self._metadata)
+        self._read = aiter(self._call).__anext__  # grpc's own iterator: no extra coroutine per message, unlike read()
         if self._cancelled:
             self._call.cancel()
 
@@ -87,18 +89,20 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
 
     async def __anext__(self) -> worker_pb2.GenerateResponse:
         if self._done:
-            if self._call is not None:  # let the finished call end OK (dropped, it would count as CANCELLED);
-                call, self._call = self._call, None  # its status follows the last message at once
-                with contextlib.suppress(grpc.RpcError):
-                    await call.read()
+            last, self._read = self._read, None
+            if last is not None:  # let the finished call end OK (dropped, it would count as CANCELLED);
+                with contextlib.suppress(grpc.RpcError, StopAsyncIteration):  # its status follows the last message
+                    await last()
             raise StopAsyncIteration
         if self._call is None:
             await self._next_attempt()
         while True:
-            call = self._call
-            assert call is not None and self._route is not None and self._worker is not None
+            call, read = self._call, self._read
+            assert call is not None and read is not None and self._route is not None and self._worker is not None
             try:
-                msg = await call.read()
+                msg = await read()
+            except StopAsyncIteration:  # the worker ended the call OK before the last message
+                verdict, error = ended_early(), ended_early_status(self._worker.address)
             except grpc.RpcError as err:
                 if self._cancelled:  # the caller stopped it: not the worker's failure
                     self._end()
@@ -109,12 +113,10 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
                 self._end()
                 raise
             else:
-                if msg is not grpc.aio.EOF:
-                    self._sent += msg.token_ids
-                    if msg.finished:
-                        self._end()
-                    return msg
-                verdict, error = ended_early(), ended_early_status(self._worker.address)
+                self._sent += msg.token_ids
+                if msg.finished:
+                    self._end()
+                return msg
             if not retryable(verdict, self._attempt):
                 self._end()
                 raise error
@@ -253,11 +255,13 @@ class AsyncDirectRouter:
             self._reports.first(route, worker_id)
         else:
             self._reports.retry(route.key, worker_id)
-        self._flush()
+        if self._timer is None:  # else the timer sends it, at most REPORT_EVERY_S after the last report
+            self._flush()
 
     def _ended(self, key: str, worker_id: str) -> None:
         self._reports.finished(key, worker_id)
-        self._flush()
+        if self._timer is None:
+            self._flush()
 
     def _flush(self) -> None:
         loop = asyncio.get_running_loop()
