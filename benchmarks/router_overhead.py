@@ -6,7 +6,10 @@
 The worker is a stand-in that answers at once (benchmarks/_stub_worker.py), so every microsecond measured is
 transport and routing, not model time. Each round sends N concurrent Generate streams directly, through the
 router, and through a bare 10-line Python gRPC pass-through (benchmarks/_bare_proxy.py: the floor for any proxy
-written in Python), rotating the order per round so machine noise hits all three alike. Reported: per-stream
+written in Python), in an order that changes per round so that each path runs first equally often and follows every
+other path equally often, with ``--settle`` seconds between paths (a proxy still closing its streams slows the next
+path: a path whose processes are still busy after its round would otherwise always slow the same next one; before,
+"lookaside" always ran right after "bare proxy"). Reported: per-stream
 completion latency p50/p99 and the extra over direct. "lookaside" is the fourth path: the SDK's direct mode
 (FleetClient(direct=True)) asks the router where to go and streams straight to the worker (issue 12's goal: it adds
 p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
@@ -78,6 +81,17 @@ async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSE
             await direct.close()
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` paths in which each path runs first equally often and follows every other path equally often
+    (a Williams design): a path whose process still winds down after its round (a proxy closing 100 streams) then
+    slows each of the others alike instead of always the same one."""
+    first = [0]
+    for i in range(1, n):
+        first.append((i + 1) // 2 if i % 2 else n - i // 2)
+    rows = [[(x + k) % n for x in first] for k in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -89,6 +103,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--secure", action="store_true", help="also measure a fleet with mTLS and tokens on every hop")
+    ap.add_argument("--settle", type=float, default=0.1,
+                    help="seconds between paths, for the processes of the one before to go idle")
     _plot.add_argument(ap)
     args = ap.parse_args()
     procs = []
@@ -120,11 +136,12 @@ def main() -> None:
             for n in (int(x) for x in args.concurrency.split(",")):
                 got = {name: [] for name in targets}
                 names = list(targets)
+                orders = balanced_orders(len(names))
                 for r in range(args.rounds):
-                    k = r % len(names)
-                    for name in names[k:] + names[:k]:
-                        run = lookaside_streams if name == "lookaside" else streams
-                        got[name] += asyncio.run(run(targets[name], n, security[name]))
+                    for i in orders[r % len(orders)]:
+                        time.sleep(args.settle)
+                        run = lookaside_streams if names[i] == "lookaside" else streams
+                        got[names[i]] += asyncio.run(run(targets[names[i]], n, security[names[i]]))
                 results[n] = got
             stats = router_pb2_grpc.RouterStub(grpc.insecure_channel(targets["router"])).Stats(
                 router_pb2.RouterStatsRequest())
