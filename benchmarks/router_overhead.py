@@ -6,13 +6,12 @@
 The worker is a stand-in that answers at once (benchmarks/_stub_worker.py), so every microsecond measured is
 transport and routing, not model time. Each round sends N concurrent Generate streams directly, through the
 router, and through a bare 10-line Python gRPC pass-through (benchmarks/_bare_proxy.py: the floor for any proxy
-written in Python), in an order that changes per round so that each path runs first equally often and follows every
-other path equally often, with ``--settle`` seconds between paths (a proxy still closing its streams slows the next
-path: a path whose processes are still busy after its round would otherwise always slow the same next one; before,
-"lookaside" always ran right after "bare proxy"). Reported: per-stream
-completion latency p50/p99 and the extra over direct. "lookaside" is the fourth path: the SDK's direct mode
-(FleetClient(direct=True)) asks the router where to go and streams straight to the worker (issue 12's goal: it adds
-p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
+written in Python). The order changes per round so that each path runs first equally often and follows every other
+path equally often, with ``--settle`` seconds between paths: a path whose processes are still busy after its round
+then slows each of the others alike (a plain rotation had "lookaside" run right after "bare proxy" three rounds in
+four). Reported: per-stream completion latency p50/p99 and the extra over direct. "lookaside" is the fourth path:
+the SDK's direct mode (FleetClient(direct=True)) asks the router where to go and streams straight to the worker
+(issue 12's goal: it adds p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
 
 ``--secure`` starts a second, identical fleet with mTLS and tokens on every hop (store, stand-in worker, router,
 client; material from `adapterfleet auth init`) and measures both fleets in the same rotated rounds, so the

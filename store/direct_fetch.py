@@ -56,7 +56,7 @@ def _redact(url: str) -> str:
 
 class _Buffer:
     """One file's bytes, made by the first GET to have sent its request. Zero-filling a fresh 100 MB bytearray costs
-    ~40 ms of page faults on the test VM; made while the server prepares its answer, that overlaps the server's
+    ~40 ms of page faults on the 2-core VM; made while the server prepares its answer, that overlaps the server's
     work instead of delaying the request."""
 
     def __init__(self, size: int):
@@ -251,7 +251,7 @@ class DirectFetcher:
             worker.join()
 
     def _parallel(self, url, size, part, deadline, digest, buf, progress, what) -> None:
-        """Ranged GETs, ``streams`` in flight, each into its place in ``view``; hashed in order as they complete."""
+        """Ranged GETs, ``streams`` in flight, each into its place in ``buf``; hashed in order as they complete."""
         ranges = [(start, min(start + part, size)) for start in range(0, size, part)]
         pool = self._threads()
         window = max(1, self.cfg.streams)

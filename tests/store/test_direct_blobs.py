@@ -5,6 +5,7 @@ backend). Real moto S3 server and real store on free ports (tests/conftest.py)."
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import time
 
@@ -163,8 +164,6 @@ def test_a_url_answering_an_error_status_is_direct_unavailable(store, s3_server)
 def test_an_empty_object_and_a_large_one_come_back_as_plain_bytearrays(store, s3_client):
     """The buffer is made only once a GET is on its way; an empty object sends no bytes and still gives b"", and
     the bytearray handed over is the caller's own (nothing still holds a view of it: it can grow)."""
-    import hashlib
-
     from adapterfleet.store.blobs.s3 import S3BlobStore
 
     blobs = S3BlobStore(store.config.s3)
