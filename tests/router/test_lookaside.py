@@ -155,6 +155,24 @@ def test_direct_async_client_gives_the_same_outputs(fleet):
     assert scored.logprobs == pytest.approx(expected_score.logprobs)
 
 
+def test_the_async_client_sends_deferred_outcomes_while_it_stays_open(fleet):
+    """An outcome that came too soon after the last report waits for the client's alarm (a thread of its own, not a
+    timer in the event loop) and reaches the router within about REPORT_EVERY_S, not only at close."""
+    async def run() -> tuple[int, int]:
+        async with AsyncFleetClient(fleet.address, direct=True) as client:
+            before = fleet.router.requests
+            for _ in range(3):  # counted by Route; sent at once (the first report); deferred: too soon after it
+                await client.generate(PROMPT, adapter="acme/a0", max_new_tokens=2)
+            deadline = time.monotonic() + 5
+            while fleet.router.requests < before + 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            counted_open = fleet.router.requests - before
+        return counted_open, fleet.router.requests - before
+
+    counted_open, counted = asyncio.run(run())
+    assert counted_open == 3 and counted == 3
+
+
 def slow(worker: WorkerHandle, seconds: float = 0.05) -> None:
     """Each engine step of ``worker`` takes ``seconds`` longer, so a stream is surely mid-way when it dies."""
     worker.core.engine.on_step = lambda kind, rows, tokens: time.sleep(seconds)
