@@ -173,6 +173,32 @@ def test_the_async_client_sends_deferred_outcomes_while_it_stays_open(fleet):
     assert counted_open == 3 and counted == 3
 
 
+def test_the_report_alarm_thread_ends_when_idle(fleet, monkeypatch):
+    """The alarm's thread ends once it has had nothing to do for ALARM_IDLE_S, in a client that is still open."""
+    from adapterfleet.sdk import direct_aio
+
+    monkeypatch.setattr(direct_aio, "ALARM_IDLE_S", 0.3)
+
+    def alarm_threads() -> int:
+        return sum(t.name == "adapterfleet-route-reports" for t in threading.enumerate())
+
+    async def run() -> tuple[int, int]:
+        before = alarm_threads()  # another test's client may still have one
+        client = AsyncFleetClient(fleet.address, direct=True)
+        for _ in range(3):  # the third outcome is held back: the alarm starts
+            await client.generate(PROMPT, adapter="acme/a1", max_new_tokens=2)
+        started = alarm_threads() - before
+        deadline = time.monotonic() + 5
+        while alarm_threads() > before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        idle = alarm_threads() - before
+        await client.close()
+        return started, idle
+
+    started, idle = asyncio.run(run())
+    assert started == 1 and idle <= 0
+
+
 def slow(worker: WorkerHandle, seconds: float = 0.05) -> None:
     """Each engine step of ``worker`` takes ``seconds`` longer, so a stream is surely mid-way when it dies."""
     worker.core.engine.on_step = lambda kind, rows, tokens: time.sleep(seconds)
