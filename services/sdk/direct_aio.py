@@ -175,7 +175,8 @@ class _Alarm:
         with self._cond:
             while not self._closed:
                 if self._due is None:
-                    if not self._cond.wait(ALARM_IDLE_S):  # idle: end (a router never closed leaves no thread)
+                    # idle: end (a router never closed leaves no thread), unless an alarm came as the wait timed out
+                    if not self._cond.wait(ALARM_IDLE_S) and self._due is None:
                         self._thread = None
                         return
                     continue
