@@ -11,9 +11,9 @@ path equally often, with ``--settle`` seconds between paths: a path whose proces
 then slows each of the others alike (a plain rotation had "lookaside" run right after "bare proxy" three rounds in
 four). Reported: per-stream completion latency p50/p99 and the extra over direct, pooled over all rounds, and the
 extra paired by round (the median over rounds of a round's p50/p99 less direct's in that round, so that one round the
-machine slowed does not carry the pooled p99). "lookaside" is the fourth path:
-the SDK's direct mode (FleetClient(direct=True)) asks the router where to go and streams straight to the worker
-(issue 12's goal: it adds p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
+machine slowed does not carry the pooled p99). "lookaside" is the fourth path: the SDK's direct mode
+(FleetClient(direct=True)) asks the router where to go and streams straight to the worker (issue 12's goal: it adds
+p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
 
 ``--secure`` starts a second, identical fleet with mTLS and tokens on every hop (store, stand-in worker, router,
 client; material from `adapterfleet auth init`) and measures both fleets in the same rotated rounds, so the

@@ -55,25 +55,20 @@ def _redact(url: str) -> str:
 
 
 class _Buffer:
-    """One file's bytes, made by the first GET to have sent its request. Zero-filling a fresh 100 MB bytearray costs
-    ~40 ms of page faults on the 2-core VM; made while the server prepares its answer, that overlaps the server's
-    work instead of delaying the request."""
+    """One file's bytes, made by the first GET to have sent its request (ranged GETs share it). Zero-filling a fresh
+    100 MB bytearray costs ~40 ms of page faults on the 2-core VM; made while the server prepares its answer, that
+    overlaps the server's work instead of delaying the request."""
 
     def __init__(self, size: int):
         self.size = size
         self._lock = threading.Lock()
         self._bytes: bytearray | None = None
-        self._view: memoryview | None = None
 
     def view(self) -> memoryview:
         with self._lock:
-            if self._view is None:
+            if self._bytes is None:
                 self._bytes = bytearray(self.size)
-                self._view = memoryview(self._bytes)
-            return self._view
-
-    def land(self, offset: int, n: int) -> memoryview:
-        return self.view()[offset:offset + n]
+            return memoryview(self._bytes)
 
     def data(self) -> bytearray:
         self.view()  # a file of 0 bytes sends no request
@@ -232,7 +227,7 @@ class DirectFetcher:
                 if progress:
                     progress(len(chunk))
 
-            self._get(url, 0, size, size, deadline, buf.land, landed, what, ranged=False, sent=buf.view)
+            self._get(url, 0, size, size, deadline, buf, landed, what, ranged=False)
             return
         blocks: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
 
@@ -245,7 +240,7 @@ class DirectFetcher:
         worker = threading.Thread(target=hasher, name="direct-fetch-hash", daemon=True)
         worker.start()
         try:
-            self._get(url, 0, size, size, deadline, buf.land, blocks.put, what, ranged=False, sent=buf.view)
+            self._get(url, 0, size, size, deadline, buf, blocks.put, what, ranged=False)
         finally:
             blocks.put(None)
             worker.join()
@@ -258,7 +253,7 @@ class DirectFetcher:
         futures: list[Future] = []
 
         def get(start: int, end: int) -> memoryview:
-            self._get(url, start, end, size, deadline, buf.land, None, what, ranged=True, sent=buf.view)
+            self._get(url, start, end, size, deadline, buf, None, what, ranged=True)
             return buf.view()[start:end]
 
         try:
@@ -278,10 +273,9 @@ class DirectFetcher:
 
     # --- one GET ------------------------------------------------------------------------------------------------
     def _get(self, url: str, start: int, end: int, total: int, deadline: float,
-             land: Callable[[int, int], memoryview], landed: Callable[[memoryview], None] | None, what: str, *,
-             ranged: bool, sent: Callable[[], object] | None = None) -> None:
-        """GET bytes [start, end) of an object of ``total`` bytes; each block read lands in ``land(offset, n)`` and
-        is then passed to ``landed``. ``sent`` runs once the request is out, while the server prepares its answer."""
+             buf: _Buffer, landed: Callable[[memoryview], None] | None, what: str, *, ranged: bool) -> None:
+        """GET bytes [start, end) of an object of ``total`` bytes into their place in ``buf``; each block read is then
+        passed to ``landed``. The buffer is made once the request is out, while the server prepares its answer."""
         shown = _redact(url)
         if self.clock() >= deadline:
             raise DirectUnavailable(f"the URL for {what} expired before it was used")
@@ -292,8 +286,7 @@ class DirectFetcher:
             conn, reused = self._connection(parts.scheme, parts.hostname or "", parts.port, fresh=fresh)
             try:
                 conn.request("GET", path, headers=headers)
-                if sent is not None:
-                    sent()
+                view = buf.view()
                 resp = conn.getresponse()
                 break
             except (OSError, http.client.HTTPException) as err:
@@ -307,7 +300,7 @@ class DirectFetcher:
             offset = start
             while offset < end:
                 n = min(READ_BLOCK, end - offset)
-                target = land(offset, n)
+                target = view[offset:offset + n]
                 got = resp.readinto(target)
                 if not got:
                     raise DirectUnavailable(f"{shown} ended {end - offset} bytes early for {what}")

@@ -314,20 +314,20 @@ class AsyncDirectRouter:
             self._reports.first(route, worker_id)
         else:
             self._reports.retry(route.key, worker_id)
-        if not self._armed:  # else the alarm sends it, at most REPORT_EVERY_S after the last report
-            self._flush()
+        self._flush()
 
     def _ended(self, key: str, worker_id: str) -> None:
         self._reports.finished(key, worker_id)
-        if not self._armed:
-            self._flush()
+        self._flush()
 
     def _flush(self) -> None:
+        if self._armed:  # the alarm sends it, at most REPORT_EVERY_S after the last report
+            return
         now = time.monotonic()
         report = self._reports.take(now)
         if report is not None:
             self._send(report)
-        elif self._reports.pending and not self._armed:
+        elif self._reports.pending:
             self._armed = True
             self._alarm.set(now + self._reports.wait(now) + 0.001, asyncio.get_running_loop(), self._on_alarm)
 
