@@ -20,8 +20,12 @@ one-shot prefill (the chunks attend to the same keys; only float rounding of the
 
 Fused steps: where ``ragged.py`` supports the model (``fuse``, the default), the newcomers' next chunk (or their
 whole prefill, when it is one chunk) is not a forward of its own: it rides in the next decode step's forward, so
-the weights are read once for both. The step log then shows that decode step, then the chunk. A fused forward that
-raises is undone and the step runs as separate forwards (which find the rows that fail alone).
+the weights are read once for both. The step log then shows that decode step, then the chunk. Each newcomer then
+has a cache of its own and a chunk carries only its own tokens (``Prefill.own``): newcomers of different lengths
+are chunked by the columns of their left-padded prompts, but the padding is never computed (in the open loop of
+``benchmarks/engine_vs_vllm.py`` it was a fifth of the prefill tokens), and the caches are joined once the last
+chunk is in. A fused forward that raises is undone and the newcomers' prefill runs as separate, left-padded
+forwards (which find the rows that fail alone).
 
 One bad row fails alone (``isolation.py``): a forward that raises is retried on halves of the batch until the rows
 that fail on their own are found; they fail with a typed error and the rest go on. A row whose logits are not
@@ -81,6 +85,31 @@ class Prefill:
     cache: DynamicCache = field(default_factory=new_cache)
     done: int = 0            # columns already in the cache
     separate: bool = False   # a fused step with these raised: its chunks run as forwards of their own
+    # ragged (where ragged.py supports the model): one cache per newcomer, fed its own tokens only, so no chunk
+    # computes left padding; None: the left-padded rows share ``cache``
+    own: list[DynamicCache] | None = None
+
+    def segments(self, end: int) -> list[ragged.Segment]:
+        """The newcomers' own tokens in columns ``done:end``, a segment per newcomer that has any there (``own``)."""
+        assert self.own is not None, "a ragged prefill"
+        width, out = self.ids.shape[1], []
+        for i, job in enumerate(self.jobs):
+            first = width - len(job.prompt_ids)  # the newcomer's padding ends here
+            begin = max(self.done, first)
+            if begin < end:
+                out.append(ragged.Segment(self.own[i], self.ids[i:i + 1, begin:end], self.positions[i:i + 1, begin:end],
+                                          self.mask[i:i + 1, first:end], [job.slot], keep=end == width))
+        return out
+
+    def undo(self) -> None:
+        """Put the newcomers' caches back as they were before the chunk of a fused forward that raised. A ragged
+        prefill starts over, left-padded (the separate forwards then find the rows that fail alone)."""
+        if self.own is not None:
+            self.own, self.done = None, 0
+        if self.done:
+            truncate(self.cache, self.done)
+        else:
+            self.cache = new_cache()
 
 
 @dataclass
@@ -261,7 +290,15 @@ class Engine:
         longest = max(len(j.prompt_ids) for j in jobs)
         if not decoding or self.prefill_chunk_tokens <= 0 or len(jobs) * longest <= budget:
             return None
-        return Prefill(jobs, *self._inputs(jobs), step=max(1, budget // len(jobs)))
+        return self._prefill_of(jobs, step=max(1, budget // len(jobs)))
+
+    def _prefill_of(self, jobs: list[GenerateJob], step: int = 0) -> Prefill:
+        """A prefill of ``jobs`` in chunks of ``step`` columns (0: one chunk); ragged where the model allows."""
+        ids, mask, positions = self._inputs(jobs)
+        own = None
+        if self.fuse and ragged.unsupported(self._model, [], ids.shape[1]) is None:
+            own = [new_cache() for _ in jobs]
+        return Prefill(jobs, ids, mask, positions, step=step or ids.shape[1], own=own)
 
     def _advance(self, pre: Prefill, whole: bool) -> Batch | None:
         """The next chunk of ``pre`` (all that is left if ``whole``): its started batch once the last chunk is in,
@@ -270,18 +307,39 @@ class Engine:
         width = pre.ids.shape[1]
         end = width if whole else min(width, pre.done + pre.step)
         try:
-            logits = self._forward([j.slot for j in pre.jobs], input_ids=pre.ids[:, pre.done:end],
-                                   attention_mask=pre.mask[:, :end], position_ids=pre.positions[:, pre.done:end],
-                                   cache=pre.cache)
+            if pre.own is not None:
+                segments = pre.segments(end)
+                kept = ragged.forward(self._model, self._lora, segments)
+                tokens = sum(s.ids.numel() for s in segments)
+            else:
+                logits = self._forward([j.slot for j in pre.jobs], input_ids=pre.ids[:, pre.done:end],
+                                       attention_mask=pre.mask[:, :end], position_ids=pre.positions[:, pre.done:end],
+                                       cache=pre.cache)
+                tokens = len(pre.jobs) * (end - pre.done)
         except Exception:  # noqa: BLE001 - the one-shot prefill sorts out whose fault it was
             pre.done = width
             self._stepped("prefill", len(pre.jobs), len(pre.jobs) * width)
             return self._start(pre.jobs)
-        self._stepped("prefill", len(pre.jobs), len(pre.jobs) * (end - pre.done))
+        self._stepped("prefill", len(pre.jobs), tokens)
         pre.done = end
         if end < width:
             return None
+        if pre.own is not None:
+            return self._ragged_started(pre, kept)
         return logits, pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs]
+
+    def _ragged_started(self, pre: Prefill, logits: Sequence[torch.Tensor | None]) -> Batch:
+        """The newcomers of a ragged prefill as one started batch (their caches joined, left-padded as they go):
+        ``logits`` [1, V] per newcomer, from its last chunk."""
+        assert pre.own is not None, "a ragged prefill"
+        width, batch = pre.ids.shape[1], None
+        for i, (job, mine) in enumerate(zip(pre.jobs, logits, strict=True)):
+            assert mine is not None, "every newcomer has tokens in the last column"
+            first = width - len(job.prompt_ids)
+            one = (mine, pre.own[i], pre.mask[i:i + 1, first:], pre.positions[i:i + 1, -1:], [Row.start(job)])
+            batch = one if batch is None else self._join(batch, one)
+        assert batch is not None, "a prefill has newcomers"
+        return batch
 
     def _start(self, jobs: list[GenerateJob]) -> Batch | None:
         """Prefill ``jobs``, leaving out (and failing) those that fail alone; None if none is left."""
@@ -383,8 +441,7 @@ class Engine:
                     jobs.extend(joining)  # the batch's jobs: if the batch fails as a whole, they are failed with it
                     pending = self._begin(joining, decoding=len(live))
                     if pending is None and live and self._fusable(cache, mask, joining):  # one chunk: all of it
-                        ids, new_mask, positions = self._inputs(joining)
-                        pending = Prefill(joining, ids, new_mask, positions, step=ids.shape[1])
+                        pending = self._prefill_of(joining)
                     elif pending is None:
                         started = self._start(joining)
                         if started is not None:
@@ -417,28 +474,29 @@ class Engine:
         the caller runs them as separate forwards (which find the rows that fail alone)."""
         width = pre.ids.shape[1]
         begin, end = pre.done, min(width, pre.done + pre.step)
-        segments = [
-            ragged.Segment(cache, ids, pos, mask, [r.job.slot for r in live], keep=True),
-            ragged.Segment(pre.cache, pre.ids[:, begin:end], pre.positions[:, begin:end], pre.mask[:, :end],
-                           [j.slot for j in pre.jobs], keep=end == width),
-        ]
+        running = ragged.Segment(cache, ids, pos, mask, [r.job.slot for r in live], keep=True)
+        if pre.own is not None:
+            chunk = pre.segments(end)
+        else:
+            chunk = [ragged.Segment(pre.cache, pre.ids[:, begin:end], pre.positions[:, begin:end], pre.mask[:, :end],
+                                    [j.slot for j in pre.jobs], keep=end == width)]
         try:
-            logits, theirs = ragged.forward(self._model, self._lora, segments)
+            logits, *theirs = ragged.forward(self._model, self._lora, [running, *chunk])
         except Exception:  # noqa: BLE001 - the separate forwards sort out whose fault it was
             truncate(cache, mask.shape[1] - 1)
-            if begin:
-                truncate(pre.cache, begin)
-            else:
-                pre.cache = new_cache()
+            pre.undo()
             pre.separate = True
             return None
         assert logits is not None, "the running rows keep their logits"
         self._stepped("decode", len(live), len(live))
-        self._stepped("prefill", len(pre.jobs), len(pre.jobs) * (end - begin))
+        self._stepped("prefill", len(pre.jobs), sum(s.ids.numel() for s in chunk))
         pre.done = end
-        if theirs is None:
+        if end < width:
             return logits, None
-        return logits, (theirs, pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs])
+        if pre.own is not None:
+            return logits, self._ragged_started(pre, theirs)
+        assert theirs[0] is not None, "the last chunk keeps its logits"
+        return logits, (theirs[0], pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs])
 
     @staticmethod
     def _join(running: Batch, newcomers: Batch) -> Batch:

@@ -84,15 +84,19 @@ def _peft_greedy(base, adapter, prompt, n) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
+@pytest.mark.parametrize("ragged", [False, True], ids=["left-padded", "own-caches"])
 @pytest.mark.parametrize("group", [[(LONG, 0)], [(LONG, 0), (OTHER, 1)]], ids=["one", "two-lengths-two-adapters"])
-def test_chunked_prefill_gives_one_shot_logits_and_cache(setup, group):
+def test_chunked_prefill_gives_one_shot_logits_and_cache(setup, group, ragged):
+    """Chunk by chunk, as one left-padded batch or (ragged) each newcomer's own tokens into a cache of its own,
+    joined once the last chunk is in: the one-shot prefill's logits, mask, positions and cache."""
     _, _, model, lora = setup
     engine = Engine(model, lora, pad_id=0, device=model.device)
     jobs = [_job(p, s, 1, Collected()) for p, s in group]
     with torch.inference_mode():
         want_logits, want_cache, want_mask, want_pos = engine._prefill(jobs)
         for step in (1, 2, 7, 16, 60, 61, 100):
-            pre = Prefill(jobs, *engine._inputs(jobs), step=step)
+            pre = engine._prefill_of(jobs, step) if ragged else Prefill(jobs, *engine._inputs(jobs), step=step)
+            assert (pre.own is not None) == ragged
             chunks = 0
             while (started := engine._advance(pre, whole=False)) is None:
                 chunks += 1
@@ -148,8 +152,9 @@ def test_long_newcomer_prefilled_in_chunks_between_decodes_matches_one_shot_and_
 
 
 def test_a_decode_step_never_waits_for_more_than_one_chunk(setup, reference):
-    """Two newcomers of different lengths and adapters arrive together: they are prefilled as one left-padded
-    group, in chunks of at most the budget (rows x columns), and exactly one chunk runs between two decode steps."""
+    """Two newcomers of different lengths and adapters arrive together: they are prefilled as one group, in chunks
+    of at most the budget (rows x columns of the left-padded prompts), and exactly one chunk runs between two decode
+    steps. A chunk computes each newcomer's own tokens only, never its left padding."""
     _, _, model, lora = setup
     alone, peft = reference
     budget = 9  # 2 rows -> 4 columns a chunk
@@ -161,7 +166,8 @@ def test_a_decode_step_never_waits_for_more_than_one_chunk(setup, reference):
         between = log[before + 1: after]
         assert len(between) <= 1 and all(tokens <= budget for _, _, tokens in between), log
     chunks = [entry for entry in log[decodes[0]:] if entry[0] == "prefill"]
-    assert chunks == [("prefill", 2, 8)] * 15 + [("prefill", 2, 2)]  # 61 columns: 15 x 4 + 1
+    # 61 columns in chunks of 4 (15 x 4 + 1); the 23-token prompt's tokens fill columns 38-60: 61 + 23 tokens fed
+    assert chunks == [("prefill", 2, 4)] * 9 + [("prefill", 2, 6)] + [("prefill", 2, 8)] * 5 + [("prefill", 2, 2)]
 
 
 def test_newcomers_queued_during_a_chunked_prefill_start_after_it(setup, reference):

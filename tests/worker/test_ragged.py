@@ -181,8 +181,9 @@ def _generate(model, lora, monkeypatch, *, fail_fused: bool):
 def test_the_engine_fuses_newcomers_into_a_decode_step_and_falls_back_when_that_raises(arch, monkeypatch):
     model, lora = _model(arch, "sdpa")
     fused, log, calls = _generate(model, lora, monkeypatch, fail_fused=False)
-    assert calls == 1 and ("prefill", 2, 14) in log  # both newcomers in one chunk, inside one decode step
-    assert log.index(("prefill", 2, 14)) == log.index(("decode", 2, 2), 3) + 1
+    # both newcomers in one chunk (their own 7 + 3 tokens, no padding), inside one decode step
+    assert calls == 1 and ("prefill", 2, 10) in log
+    assert log.index(("prefill", 2, 10)) == log.index(("decode", 2, 2), 3) + 1
     fallback, log, calls = _generate(model, lora, monkeypatch, fail_fused=True)
     assert calls == 1  # tried once; the newcomers then ran as a forward of their own
     assert fallback == fused
