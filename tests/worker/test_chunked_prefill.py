@@ -215,3 +215,18 @@ def test_many_newcomers_against_few_running_rows_take_bigger_chunks(setup, refer
     decodes = [i for i, (k, _, _) in enumerate(log) if k == "decode"]
     chunks = [entry for entry in log[decodes[0]:] if entry[0] == "prefill"]
     assert chunks == [("prefill", 4, 64)] * 3 + [("prefill", 4, 52)]  # 61 columns: 3 x 16 + 13
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+def test_newcomers_whose_running_rows_finish_mid_prefill_get_the_rest_in_one_go(setup, reference, fuse):
+    """Two newcomers of different lengths join rows that finish two steps later: the chunks left then run as one
+    forward (no row is waiting), from the newcomers' own caches (fused) or their left-padded one, with their solo
+    tokens."""
+    _, _, model, lora = setup
+    alone, peft = reference
+    short = [(p, s, 5) for p, s, _ in RUNNING]  # 3 decodes before the newcomers arrive, 2 after
+    running, late, log = _run(model, lora, 9, [(LONG, 0, NEW), (OTHER, 1, NEW)], running=short, fuse=fuse)
+    assert late == [alone[tuple(LONG)], alone[tuple(OTHER)]] == [peft[tuple(LONG)], peft[tuple(OTHER)]]
+    assert running == [alone[tuple(p)][:5] for p, _, _ in RUNNING]
+    chunks = [entry for entry in log[1:] if entry[0] == "prefill"]
+    assert len(chunks) < 16 and sum(tokens for _, _, tokens in chunks) == (61 + 23 if fuse else 2 * 61), log
