@@ -57,6 +57,7 @@ from adapterfleet.worker.kvcache import (
     joinable,
     new_cache,
     pad_left,
+    stack_caches,
     subset,
     truncate,
 )
@@ -328,18 +329,14 @@ class Engine:
             return self._ragged_started(pre, kept)
         return logits, pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs]
 
-    def _ragged_started(self, pre: Prefill, logits: Sequence[torch.Tensor | None]) -> Batch:
-        """The newcomers of a ragged prefill as one started batch (their caches joined, left-padded as they go):
-        ``logits`` [1, V] per newcomer, from its last chunk."""
+    @staticmethod
+    def _ragged_started(pre: Prefill, logits: Sequence[torch.Tensor | None]) -> Batch:
+        """The newcomers of a ragged prefill as one started batch, their caches stacked (left-padded): ``logits``
+        [1, V] per newcomer, from its last chunk."""
         assert pre.own is not None, "a ragged prefill"
-        width, batch = pre.ids.shape[1], None
-        for i, (job, mine) in enumerate(zip(pre.jobs, logits, strict=True)):
-            assert mine is not None, "every newcomer has tokens in the last column"
-            first = width - len(job.prompt_ids)
-            one = (mine, pre.own[i], pre.mask[i:i + 1, first:], pre.positions[i:i + 1, -1:], [Row.start(job)])
-            batch = one if batch is None else self._join(batch, one)
-        assert batch is not None, "a prefill has newcomers"
-        return batch
+        assert all(t is not None for t in logits), "every newcomer has tokens in the last column"
+        return (torch.cat([t for t in logits if t is not None]), stack_caches(pre.own), pre.mask,
+                pre.positions[:, -1:], [Row.start(j) for j in pre.jobs])
 
     def _start(self, jobs: list[GenerateJob]) -> Batch | None:
         """Prefill ``jobs``, leaving out (and failing) those that fail alone; None if none is left."""

@@ -203,6 +203,20 @@ def join_caches(cache: DynamicCache, new: DynamicCache) -> None:
             layer.values = torch.cat([pad_left(values, width, -2), pad_left(other_values, width, -2)], dim=0)
 
 
+def stack_caches(caches: list[DynamicCache]) -> DynamicCache:
+    """One cache of the rows of ``caches``, in order, right-aligned (the shorter left-padded with zeros): each layer
+    written once into a growing layer's buffer, instead of joined one cache at a time (each join a regrowth)."""
+    if len(caches) == 1:
+        return caches[0]
+    out = new_cache()
+    for index, layers in enumerate(zip(*(c.layers for c in caches), strict=True)):
+        filled = [_filled(layer) for layer in layers]
+        width = max(keys.shape[-2] for _, keys, _ in filled)
+        out.update(torch.cat([pad_left(keys, width, -2) for _, keys, _ in filled]),
+                   torch.cat([pad_left(values, width, -2) for _, _, values in filled]), index)
+    return out
+
+
 def fill_order(keep: list[int]) -> list[int]:
     """The rows ``keep`` (ascending batch rows) in the order that moves fewest of them: a kept row below
     ``len(keep)`` stays where it is, and the holes left by rows that leave are filled by kept rows from the end."""

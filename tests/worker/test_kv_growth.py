@@ -7,7 +7,15 @@ import torch
 from transformers import DynamicCache
 
 from adapterfleet.worker.engine import _trimmed
-from adapterfleet.worker.kvcache import GrowingLayer, fill_order, join_caches, joinable, new_cache, truncate
+from adapterfleet.worker.kvcache import (
+    GrowingLayer,
+    fill_order,
+    join_caches,
+    joinable,
+    new_cache,
+    stack_caches,
+    truncate,
+)
 
 
 def _steps(cache: DynamicCache, gen: torch.Generator, widths: list[int], rows: int = 3) -> list[torch.Tensor]:
@@ -164,3 +172,28 @@ def test_newcomers_join_into_spare_rows_and_a_longer_one_moves_the_start_left():
     join(1, 2)  # no spare row left: one regrowth, same contents
     assert layer.keys.untyped_storage().data_ptr() != storage
     assert torch.equal(layer.keys, theirs.layers[0].keys)
+
+
+def test_stacked_caches_are_right_aligned_in_one_growing_buffer():
+    """Newcomers prefilled into caches of their own (one row each, different lengths, two layers) become one cache:
+    each row right-aligned, zeros to its left, and the next decode step writes in place."""
+    gen = torch.Generator().manual_seed(2)
+    caches, rows = [], []
+    for length in (3, 6, 1):
+        c = new_cache()
+        for layer in range(2):
+            k = torch.randn(1, 2, length, 4, generator=gen)
+            c.update(k, -k, layer)
+        caches.append(c)
+        rows.append(c.layers[1].keys[0])
+    assert stack_caches(caches[:1]) is caches[0]
+    stacked = stack_caches(caches)
+    assert joinable(stacked) and all(type(layer) is GrowingLayer for layer in stacked.layers)
+    keys, values = stacked.layers[1].keys, stacked.layers[1].values  # [3, 2, 6, 4]
+    assert keys.shape == (3, 2, 6, 4) and torch.equal(values, -keys)
+    for i, row in enumerate(rows):
+        length = row.shape[-2]
+        assert torch.equal(keys[i, :, 6 - length:], row) and not keys[i, :, :6 - length].any()
+    before = keys.data_ptr()
+    stacked.update(torch.randn(3, 2, 1, 4, generator=gen), torch.randn(3, 2, 1, 4, generator=gen), 1)
+    assert stacked.layers[1].keys.data_ptr() == before and stacked.layers[1].keys.shape[-2] == 7
