@@ -91,9 +91,13 @@ class Prefill:
     own: list[DynamicCache] | None = None
 
     def segments(self, end: int) -> list[ragged.Segment]:
-        """The newcomers' own tokens in columns ``done:end``, a segment per newcomer that has any there (``own``)."""
-        assert self.own is not None, "a ragged prefill"
-        width, out = self.ids.shape[1], []
+        """Columns ``done:end`` for a ragged forward: a segment per newcomer that has tokens of its own there
+        (``own``), else the left-padded rows as one."""
+        width = self.ids.shape[1]
+        if self.own is None:
+            return [ragged.Segment(self.cache, self.ids[:, self.done:end], self.positions[:, self.done:end],
+                                   self.mask[:, :end], [j.slot for j in self.jobs], keep=end == width)]
+        out = []
         for i, job in enumerate(self.jobs):
             first = width - len(job.prompt_ids)  # the newcomer's padding ends here
             begin = max(self.done, first)
@@ -101,6 +105,14 @@ class Prefill:
                 out.append(ragged.Segment(self.own[i], self.ids[i:i + 1, begin:end], self.positions[i:i + 1, begin:end],
                                           self.mask[i:i + 1, first:end], [job.slot], keep=end == width))
         return out
+
+    def started(self, logits: Sequence[torch.Tensor | None]) -> Batch:
+        """The newcomers as one batch once their last chunk is in: ``logits`` [1, V] per newcomer with a cache of
+        its own (their caches stacked, left-padded), or [B, V] for the left-padded rows."""
+        kept = [t for t in logits if t is not None]
+        assert len(kept) == len(logits), "the last chunk keeps every newcomer's logits"
+        cache = self.cache if self.own is None else stack_caches(self.own)
+        return torch.cat(kept), cache, self.mask, self.positions[:, -1:], [Row.start(j) for j in self.jobs]
 
     def undo(self) -> None:
         """Put the newcomers' caches back as they were before the chunk of a fused forward that raised. A ragged
@@ -307,15 +319,16 @@ class Engine:
         alone (``_start``)."""
         width = pre.ids.shape[1]
         end = width if whole else min(width, pre.done + pre.step)
+        logits: Sequence[torch.Tensor | None]
         try:
             if pre.own is not None:
                 segments = pre.segments(end)
-                kept = ragged.forward(self._model, self._lora, segments)
+                logits = ragged.forward(self._model, self._lora, segments)
                 tokens = sum(s.ids.numel() for s in segments)
             else:
-                logits = self._forward([j.slot for j in pre.jobs], input_ids=pre.ids[:, pre.done:end],
-                                       attention_mask=pre.mask[:, :end], position_ids=pre.positions[:, pre.done:end],
-                                       cache=pre.cache)
+                logits = [self._forward([j.slot for j in pre.jobs], input_ids=pre.ids[:, pre.done:end],
+                                        attention_mask=pre.mask[:, :end], position_ids=pre.positions[:, pre.done:end],
+                                        cache=pre.cache)]
                 tokens = len(pre.jobs) * (end - pre.done)
         except Exception:  # noqa: BLE001 - the one-shot prefill sorts out whose fault it was
             pre.done = width
@@ -325,18 +338,7 @@ class Engine:
         pre.done = end
         if end < width:
             return None
-        if pre.own is not None:
-            return self._ragged_started(pre, kept)
-        return logits, pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs]
-
-    @staticmethod
-    def _ragged_started(pre: Prefill, logits: Sequence[torch.Tensor | None]) -> Batch:
-        """The newcomers of a ragged prefill as one started batch, their caches stacked (left-padded): ``logits``
-        [1, V] per newcomer, from its last chunk."""
-        assert pre.own is not None, "a ragged prefill"
-        assert all(t is not None for t in logits), "every newcomer has tokens in the last column"
-        return (torch.cat([t for t in logits if t is not None]), stack_caches(pre.own), pre.mask,
-                pre.positions[:, -1:], [Row.start(j) for j in pre.jobs])
+        return pre.started(logits)
 
     def _start(self, jobs: list[GenerateJob]) -> Batch | None:
         """Prefill ``jobs``, leaving out (and failing) those that fail alone; None if none is left."""
@@ -470,13 +472,9 @@ class Engine:
         newcomers' started batch once their last chunk is in). None if it raised: both caches are as they were, and
         the caller runs them as separate forwards (which find the rows that fail alone)."""
         width = pre.ids.shape[1]
-        begin, end = pre.done, min(width, pre.done + pre.step)
+        end = min(width, pre.done + pre.step)
         running = ragged.Segment(cache, ids, pos, mask, [r.job.slot for r in live], keep=True)
-        if pre.own is not None:
-            chunk = pre.segments(end)
-        else:
-            chunk = [ragged.Segment(pre.cache, pre.ids[:, begin:end], pre.positions[:, begin:end], pre.mask[:, :end],
-                                    [j.slot for j in pre.jobs], keep=end == width)]
+        chunk = pre.segments(end)
         try:
             logits, *theirs = ragged.forward(self._model, self._lora, [running, *chunk])
         except Exception:  # noqa: BLE001 - the separate forwards sort out whose fault it was
@@ -488,12 +486,7 @@ class Engine:
         self._stepped("decode", len(live), len(live))
         self._stepped("prefill", len(pre.jobs), sum(s.ids.numel() for s in chunk))
         pre.done = end
-        if end < width:
-            return logits, None
-        if pre.own is not None:
-            return logits, self._ragged_started(pre, theirs)
-        assert theirs[0] is not None, "the last chunk keeps its logits"
-        return logits, (theirs[0], pre.cache, pre.mask, pre.positions[:, -1:], [Row.start(j) for j in pre.jobs])
+        return logits, (pre.started(theirs) if end == width else None)
 
     @staticmethod
     def _join(running: Batch, newcomers: Batch) -> Batch:
