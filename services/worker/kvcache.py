@@ -204,8 +204,9 @@ def join_caches(cache: DynamicCache, new: DynamicCache) -> None:
 
 
 def stack_caches(caches: list[DynamicCache]) -> DynamicCache:
-    """One cache of the rows of ``caches``, in order, right-aligned (the shorter left-padded with zeros): each layer
-    written once into a growing layer's buffer, instead of joined one cache at a time (each join a regrowth)."""
+    """One cache of the rows of ``caches``, in order, right-aligned (the shorter left-padded with zeros): per layer
+    the rows are concatenated and copied into one growing buffer, instead of joined one cache at a time (each join
+    a regrowth of the whole buffer)."""
     if len(caches) == 1:
         return caches[0]
     out = new_cache()
