@@ -106,3 +106,19 @@ def store(store_config):
     for c in clients:
         c.close()
     stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_kernel():
+    """The worker's native LoRA kernel, built once per session where workers look for it by default
+    (``WorkerConfig.native_dir``, relative to the working directory): every worker a test starts then loads it at start
+    and runs the same ops from its first forward. None where this machine has no C++ compiler (workers fall back to
+    torch's ops; the kernel's own tests skip); a compiler that fails to build it fails the session here."""
+    from adapterfleet.worker.config import WorkerConfig
+    from adapterfleet.worker.lora import native
+
+    try:
+        native.compiler()
+    except native.KernelUnavailable:
+        return None
+    return native.build(WorkerConfig.native_dir)

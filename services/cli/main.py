@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-packed-weights", action="store_true",
                    help="run float32 CPU linear layers on their own weights instead of a copy prepacked for oneDNN "
                         "(saves the copy's memory, the size of the base model's linear weights; decode is slower)")
+    s.add_argument("--no-native-kernel", action="store_true",
+                   help="never build or use the native LoRA kernel (C++, compiled here on first start); decode steps "
+                        "with many adapters then run torch's ops, and are slower")
+    s.add_argument("--native-dir", default=WorkerConfig.native_dir,
+                   help="where the native LoRA kernel is built and kept (one build per source, torch and CPU)")
     s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
                    help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
     s.add_argument("--no-fused-steps", action="store_true",

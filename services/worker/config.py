@@ -32,6 +32,11 @@ class WorkerConfig:
     # float32 CPU linear weights prepacked for oneDNN (lora/packed.py): decode steps in 0.40-0.80x the time
     # (benchmarks/few_rows.py), and the base model's linear weights take twice their memory
     packed_weights: bool = True
+    # the native LoRA kernel (lora/native.py): built here in the background on first start (a C++ compiler on PATH),
+    # kept in native_dir; until it loads, or where it cannot, torch's ops serve. Decode steps with 32 distinct adapters
+    # ~1.3 ms faster; open loop +6% tok/s (benchmarks/RESULTS.md)
+    native_kernel: bool = True
+    native_dir: str = ".adapterfleet/native"
     prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
     # a decode step and a newcomer's prefill chunk as one forward (worker/ragged.py; Llama, Mistral, Qwen2)
     fused_steps: bool = True

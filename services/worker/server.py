@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from adapterfleet.common.auth import make_authenticator, server_interceptors
 from adapterfleet.common.metrics import ServiceMetrics
@@ -23,7 +25,7 @@ from adapterfleet.worker.backend import WorkerBackend
 from adapterfleet.worker.cache import AdapterCache
 from adapterfleet.worker.config import WorkerConfig
 from adapterfleet.worker.engine import Engine
-from adapterfleet.worker.lora import LoraModel
+from adapterfleet.worker.lora import LoraModel, native
 from adapterfleet.worker.metrics import WorkerCollector, load_histogram
 from adapterfleet.worker.model_host import ModelHost
 from adapterfleet.worker.service import WorkerCore
@@ -80,6 +82,8 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
                                   batch_hint=cfg.max_batch)
     metrics = metrics or ServiceMetrics("worker", cfg.metrics)
     lora = LoraModel(host.model, max_slots=cfg.max_slots)
+    if cfg.native_kernel and host.device.type == "cpu" and host.dtype == torch.float32:
+        start_native_kernel(lora, cfg.native_dir)
     store = StoreClient(cfg.store, security=cfg.security, direct=cfg.direct)
     backend = WorkerBackend(store, lora, fingerprint=host.fingerprint, disk_dir=cfg.disk_dir, dtype=host.dtype,
                             device=host.device, max_rank=cfg.max_rank, trust=TrustPolicy.from_specs(cfg.trust_keys))
@@ -91,6 +95,32 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
     core = WorkerCore(cfg, host, cache, engine, store, metrics)
     metrics.registry.register(WorkerCollector(core))
     return core
+
+
+def start_native_kernel(lora: LoraModel, directory: str) -> None:
+    """The native LoRA kernel: loaded now where ``directory`` has a build for this source, torch and CPU (so every
+    forward of this worker runs the same ops), else built in the background, the engine taking it up from its next
+    forward once it is ready. Where it cannot be had, torch's ops serve and the log says why."""
+    started = time.monotonic()
+    try:
+        kernel = native.load(directory)
+    except native.KernelUnavailable as exc:
+        log.warning("native LoRA kernel unavailable, decode steps run torch's ops: %s", exc)
+        return
+    if kernel is not None:
+        lora.use_kernel(kernel)
+        log.info("native LoRA kernel %s in use (%s)", kernel.key, directory)
+        return
+
+    def ready(kernel: native.LowRankKernel) -> None:
+        lora.use_kernel(kernel)
+        log.info("native LoRA kernel %s in use (%.1f s after start; %s)", kernel.key, time.monotonic() - started,
+                 directory)
+
+    def failed(exc: native.KernelUnavailable) -> None:
+        log.warning("native LoRA kernel unavailable, decode steps run torch's ops: %s", exc)
+
+    native.build_in_background(directory, ready, failed)
 
 
 def create_worker_server(cfg: WorkerConfig, core: WorkerCore) -> WorkerServer:

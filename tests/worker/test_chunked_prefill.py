@@ -230,3 +230,25 @@ def test_newcomers_whose_running_rows_finish_mid_prefill_get_the_rest_in_one_go(
     assert running == [alone[tuple(p)][:5] for p, _, _ in RUNNING]
     chunks = [entry for entry in log[1:] if entry[0] == "prefill"]
     assert len(chunks) < 16 and sum(tokens for _, _, tokens in chunks) == (61 + 23 if fuse else 2 * 61), log
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+@pytest.mark.parametrize("chunk", [7, 16], ids=["chunk-in-the-kernel", "chunk-a-part-of-its-own"])
+def test_the_native_kernel_serves_decode_rows_and_fused_chunks_with_the_same_tokens(setup, reference, chunk, fuse,
+                                                                                   native_kernel, monkeypatch):
+    """Decode rows on an adapter beside a base row take the kernel; fused, so do a chunk's tokens shorter than
+    ``plan.RUN_MIN`` (7), while a longer chunk (16) is a part of its own beside them."""
+    if native_kernel is None:
+        pytest.skip("no C++ compiler here: the native kernel cannot be built")
+    _, _, model, lora = setup
+    alone, peft = reference
+    ran = []
+    real = native_kernel.add_rows
+    monkeypatch.setattr(native_kernel, "add_rows", lambda *a: ran.append(a[3].numel()) or real(*a))
+    monkeypatch.setattr(lora.ctx, "low_rank", native_kernel)
+    running, (late,), _ = _run(model, lora, chunk, [(LONG, 0, NEW)], fuse=fuse)
+    assert late == alone[tuple(LONG)] == peft[tuple(LONG)]
+    assert running == [alone[tuple(p)] for p, _, _ in RUNNING]
+    assert ran, "no low-rank term went through the native kernel; the test is void"
+    if fuse and chunk < 8:
+        assert max(ran) >= 2 + chunk, "no fused step took the decode rows and the chunk's tokens together"

@@ -1,4 +1,5 @@
-"""Few-token rows laid out by stack row (``RowPlan.grouped``): the layout, and the same numbers as embedding_bag.
+"""Few-token rows laid out by stack row (``RowPlan.grouped``): the layout, and the same numbers as embedding_bag; and
+the native kernel (``lora/native.py``) on the same rows.
 
 A decode step whose rows use a run of stack rows with few holes computes its low-rank terms as two ``bmm`` over
 views of the stacks instead of ``embedding_bag`` gathers. The layout is checked directly; the numbers against the
@@ -102,3 +103,29 @@ def test_grouped_rows_give_embedding_bags_numbers(six, tokens, monkeypatch):
         diff = (got - want).abs().max().item()
         assert diff <= 1e-5, f"rows {rows}, {tokens} tokens: max |grouped - embedding_bag| = {diff:.2e}"
     assert taken, "no forward took the grouped route; the test is void"
+
+
+@pytest.mark.parametrize("tokens", range(1, BAG_TOKENS + 1))
+def test_native_kernel_gives_embedding_bags_numbers(six, tokens, native_kernel, monkeypatch):
+    """Ranks 4, 6 and 8 in one stack (padded to 8), rows reordered, repeated and on the base model."""
+    if native_kernel is None:
+        pytest.skip("no C++ compiler here: the native kernel cannot be built")
+    model, lora = six
+    ran = []
+    real = native_kernel.add_rows
+    monkeypatch.setattr(native_kernel, "add_rows", lambda *a: ran.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(tokens)
+    for rows in _row_sets():
+        ids = torch.randint(3, model.config.vocab_size, (len(rows), tokens), generator=gen)
+        with torch.no_grad():
+            with monkeypatch.context() as m:
+                m.setattr(row_plan, "HOLE_LIMIT", -1.0)  # embedding_bag only
+                with lora.rows(rows):
+                    want = model(input_ids=ids).logits
+            with monkeypatch.context() as m:
+                m.setattr(lora.ctx, "low_rank", native_kernel)
+                with lora.rows(rows):
+                    got = model(input_ids=ids).logits
+        diff = (got - want).abs().max().item()
+        assert diff <= 1e-5, f"rows {rows}, {tokens} tokens: max |native kernel - embedding_bag| = {diff:.2e}"
+    assert ran, "no forward took the native kernel; the test is void"

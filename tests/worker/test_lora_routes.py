@@ -1,11 +1,11 @@
 """Every route a LoRA linear takes to add its term gives PEFT's numbers.
 
-``LoraLinear`` picks a route per forward: one adapter for the whole batch (plain matmuls on that slot's tensors),
-rows of at most ``BAG_TOKENS`` tokens (as in decode: ``bmm`` over views of the stacks laid out by stack row where
-``RowPlan.grouped`` allows, else ``embedding_bag`` gathers) or longer rows (``bmm`` on gathered rows, as in
-prefill); and either runs the base GEMM itself (plain Linear / Conv1D) or calls the base module as it is (DoRA,
-other module types). Each is checked against PEFT run on one adapter alone, with DoRA scales, adapter biases
-(GPT-2's Conv1D and LayerNorms), rank padding (rank_pattern) and rows on the base model.
+``LoraLinear`` picks a route per forward: one adapter for the whole batch (plain matmuls on that slot's tensors), rows
+of at most ``BAG_TOKENS`` tokens (as in decode: the native kernel where it is loaded, else ``bmm`` over views of the
+stacks laid out by stack row where ``RowPlan.grouped`` allows, else ``embedding_bag`` gathers) or longer rows (``bmm``
+on gathered rows, as in prefill); and either runs the base GEMM itself (plain Linear / Conv1D) or calls the base module
+as it is (DoRA, other module types). Each is checked against PEFT run on one adapter alone, with DoRA scales, adapter
+biases (GPT-2's Conv1D and LayerNorms), rank padding (rank_pattern) and rows on the base model.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ ROW_SETS = {  # rows as adapter names; None = base model
     "two adapters": ("X", "Y", None),
 }
 TOKENS = (1, BAG_TOKENS, BAG_TOKENS + 5)
-# rows of at most BAG_TOKENS tokens take one of two routes; longer rows take neither
-ROUTES = [(t, few) for t in TOKENS for few in (("grouped", "embedding_bag") if t <= BAG_TOKENS else ("bmm",))]
+# rows of at most BAG_TOKENS tokens take one of three routes; longer rows take none of them
+FEW_TOKEN_ROUTES = ("grouped", "embedding_bag", "native kernel")
+ROUTES = [(t, few) for t in TOKENS for few in (FEW_TOKEN_ROUTES if t <= BAG_TOKENS else ("bmm",))]
 
 
 def _peft(base, adapter_dir):
@@ -64,9 +65,16 @@ def setup(request, zoo) -> Setup:
 @pytest.mark.parametrize("base_gemm", ("ours", "base module's"))
 @pytest.mark.parametrize(("tokens", "route"), ROUTES)
 @pytest.mark.parametrize("row_set", sorted(ROW_SETS))
-def test_route_matches_peft_per_row(setup, row_set, tokens, route, base_gemm, monkeypatch):
+def test_route_matches_peft_per_row(setup, row_set, tokens, route, base_gemm, native_kernel, monkeypatch):
+    ran = []
     if route == "embedding_bag":
         monkeypatch.setattr(row_plan, "HOLE_LIMIT", -1.0)  # no grouping
+    if route == "native kernel":
+        if native_kernel is None:
+            pytest.skip("no C++ compiler here: the native kernel cannot be built")
+        real = native_kernel.add_rows
+        monkeypatch.setattr(native_kernel, "add_rows", lambda *a: ran.append(1) or real(*a))
+        monkeypatch.setattr(setup.lora.ctx, "low_rank", native_kernel)
     if base_gemm != "ours":  # as for a Linear subclass (quantised layers): the base module runs its own forward
         monkeypatch.setattr(lora_linear, "_PLAIN", ())
     names = ROW_SETS[row_set]
@@ -82,6 +90,8 @@ def test_route_matches_peft_per_row(setup, row_set, tokens, route, base_gemm, mo
             if name is not None:
                 effect = (want - setup.want[None](input_ids=ids[row : row + 1]).logits).abs().max().item()
                 assert effect > 1e-3, f"adapter {name} does not change the logits; the test is void"
+    if route == "native kernel" and any(n is not None for n in names) and len(set(names)) > 1:
+        assert ran, "no low-rank term went through the native kernel; the test is void"
 
 
 @pytest.mark.parametrize("tokens", (1, BAG_TOKENS + 5))

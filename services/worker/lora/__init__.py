@@ -8,12 +8,15 @@ from .compat import check_compatible
 from .context import NO_ADAPTER, RowContext, Rows
 from .inject import inject, wrappers
 from .lora_model import LoraModel
+from .native import KernelUnavailable, LowRankKernel
 from .weights import AdapterWeights, ModuleLora
 
 __all__ = [
     "NO_ADAPTER",
     "AdapterWeights",
+    "KernelUnavailable",
     "LoraModel",
+    "LowRankKernel",
     "ModuleLora",
     "RowContext",
     "Rows",

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .native import LowRankKernel
+
 NO_ADAPTER = -1
 
 
@@ -80,12 +82,14 @@ class Rows:
 
 
 class RowContext:
-    """Shared by all wrappers of one model: the rows of the forward running in this thread / task."""
+    """Shared by all wrappers of one model: the rows of the forward running in this thread / task, and the native
+    low-rank kernel once one is loaded (:mod:`.native`; None: torch's ops)."""
 
     def __init__(self, max_slots: int):
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.max_slots = max_slots
+        self.low_rank: LowRankKernel | None = None  # set whole, between forwards or during one: either route is right
         self._current: contextvars.ContextVar[Rows | None] = contextvars.ContextVar(
             f"adapterfleet_lora_rows_{id(self):x}", default=None
         )

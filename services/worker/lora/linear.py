@@ -15,10 +15,13 @@ where ``base`` already carries the (possibly adapter-replaced) bias and the norm
 (never its bias), detached, i.e. a constant per adapter that we precompute at install. Rows without an adapter
 (or whose adapter does not touch this module) hit local row 0: A = B = 0, scale = 1, shift = 0.
 
-The low-rank term is computed by one of three routes (no loop over adapters):
+The low-rank term is computed by one of these routes (no loop over adapters):
 
 * every row on one adapter: two plain matmuls on that slot's tensors (views, no gather);
-* few tokens per row (decode): ``embedding_bag`` with per-sample weights gathers each row's A and B rows and
+* few tokens per row (decode), where the native kernel is loaded (:mod:`.native`, float32 on a CPU): one pass per
+  row over its own A and B, nothing gathered or padded;
+* few tokens per row otherwise: a ``bmm`` over views of the stacks where the rows' adapters sit together in the
+  stack (:class:`.plan.Grouped`), else ``embedding_bag`` with per-sample weights gathers each row's A and B rows and
   multiplies in one pass, never materialising per-row copies of the weights;
 * many tokens per row (prefill): per-row A and B gathered once (``index_select``) and applied with ``bmm``, the
   gather amortised over the row's tokens.
@@ -217,6 +220,12 @@ class LoraLinear(SlotWrapper):
             h = xs.reshape(-1, self.in_features) @ a[plan.single]  # [batch * tokens, rank]
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
         if tokens <= BAG_TOKENS:
+            kernel = self.ctx.low_rank
+            if kernel is not None:  # the native kernel (lora/native.py), for the tensors it takes
+                x2 = xs.reshape(-1, self.in_features)
+                out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
+                if kernel.takes(x2, a, b, out):
+                    return kernel.add_rows(x2, a, b, plan.items(tokens), out)
             grouped = plan.grouped(tokens)
             if grouped is not None:
                 return self._grouped(xs.reshape(-1, self.in_features), a, b, grouped, into)

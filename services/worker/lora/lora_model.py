@@ -28,6 +28,7 @@ from .compat import COPY, check_compatible
 from .context import NO_ADAPTER, RowContext, Rows
 from .inject import Wrapper, inject, wrappers
 from .modules_to_save import ModuleSwitch, clone_module
+from .native import LowRankKernel
 from .weights import AdapterWeights
 
 FITS_KEPT = 64  # distinct adapter layouts whose fit is remembered
@@ -41,6 +42,11 @@ class LoraModel:
         self._lock = threading.Lock()
         self._fits: Lru[dict[str, str]] = Lru(FITS_KEPT)  # shapes key -> plan of weights that fit (check)
         self._wrappers: dict[tuple[str, str], Wrapper] = {}  # (module path, kind) -> the wrapper placed there
+
+    def use_kernel(self, kernel: LowRankKernel | None) -> None:
+        """Run the decode steps' low-rank terms through ``kernel`` (:mod:`.native`) from the next wrapper on; None:
+        torch's ops."""
+        self.ctx.low_rank = kernel
 
     @property
     def max_slots(self) -> int:

@@ -76,6 +76,7 @@ class RowPlan:
         self._rows = [row for row in local for _ in range(k)]  # self.local, as Python ints
         self._bags: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._grouped: dict[int, Grouped | None] = {}
+        self._items: dict[int, torch.Tensor] = {}
         self.parts = _parts(local, device, carried) if flat and k == 1 else None  # None: the batch as a whole
 
     def grouped(self, tokens: int) -> Grouped | None:
@@ -106,6 +107,15 @@ class RowPlan:
                                identity=every and per == 1 and span == len(items) and pos == list(range(span)))
         self._grouped[tokens] = plan
         return plan
+
+    def items(self, tokens: int) -> torch.Tensor:
+        """The local stack row of each (row, token) item at ``tokens`` per row.  # [batch * tokens] long"""
+        if tokens == 1:
+            return self.local
+        items = self._items.get(tokens)
+        if items is None:
+            items = self._items[tokens] = self.local.repeat_interleave(tokens)
+        return items
 
     def bags(self, tokens: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``embedding_bag`` input and offsets: one bag per (row, token) of ``width`` consecutive table rows starting

@@ -1,0 +1,177 @@
+"""The worker's one native kernel: each row's LoRA term for rows of a few tokens (a decode step), built on first use.
+
+A decode step with many distinct adapters must read every row's A and B once: 153 MB a step for 32 rank-16
+adapters on every linear of the 56M Llama. torch's ops read them well under the memory's streaming rate (bmm /
+baddbmm over stack views 5.7-5.9 ms a step on the 2-core AVX-512 box, embedding_bag slower), so the LoRA terms of a
+32-row step cost about half again what their bytes do. ``native/lora_rows.cpp`` reads each row's A into a
+rank-wide accumulator and adds B's rows scaled by it, one pass per row, rows split across torch's threads: 4.6 ms
+for the same terms (``benchmarks/RESULTS.md``, "the native LoRA kernel").
+
+It is compiled here, with the C++ compiler on PATH and torch's own headers and libraries, for this CPU
+(``-march=native``), into ``directory/<key>/``: the key hashes the source, the flags, torch's version and the CPU's
+feature flags, so a cache directory shared by other machines or torch versions never loads a library built for
+another. A build takes ~6 s on the 2-core box and is then reused by every later process. Where there is no compiler
+(or the build fails) :func:`build` raises :class:`KernelUnavailable` with the compiler's message, and the wrappers
+keep torch's ops: the kernel changes speed, never results beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native") / "lora_rows.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++20", "-shared")
+BUILD_TIMEOUT_S = 300.0
+_LOADED: dict[str, LowRankKernel] = {}  # key -> the kernel loaded in this process (an op library loads once)
+_LOCK = threading.Lock()
+
+
+class KernelUnavailable(RuntimeError):
+    """The native kernel could not be built or loaded here; torch's ops serve instead."""
+
+
+class LowRankKernel:
+    """``out[i] += (x[i] @ a[rows[i]]) @ b[rows[i]]`` for every item whose stack row is not 0, in place."""
+
+    def __init__(self, op: Callable[..., None], key: str):
+        self._op = op
+        self.key = key
+
+    def takes(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether these tensors are ones the kernel runs on: float32 on the CPU, the stacks contiguous, x and out
+        with contiguous rows."""
+        return (
+            x2.dtype == a.dtype == b.dtype == out.dtype == torch.float32
+            and x2.device.type == "cpu" and a.device.type == "cpu"
+            and a.is_contiguous() and b.is_contiguous() and x2.stride(-1) == 1 and out.stride(-1) == 1
+        )
+
+    def add_rows(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor,
+                 out: torch.Tensor) -> torch.Tensor:
+        """x2 [items, in], a [S, in, r], b [S, r, out], rows [items] (long), out [items, out]: returns ``out``."""
+        self._op(x2, a, b, rows, out)
+        return out
+
+
+def compiler() -> str:
+    """The C++ compiler on PATH; :class:`KernelUnavailable` where there is none."""
+    for name in ("c++", "g++", "clang++"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise KernelUnavailable("no C++ compiler on PATH (c++, g++ or clang++); install one (e.g. apt-get install g++) "
+                            "to build the native LoRA kernel")
+
+
+def _cpu_flags() -> str:
+    """This CPU's feature flags (what -march=native compiles for), or the machine name where /proc has none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def key() -> str:
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _library(directory: str | Path, k: str) -> Path:
+    return Path(directory) / k / "lora_rows.so"
+
+
+def load(directory: str | Path) -> LowRankKernel | None:
+    """The kernel if a build for this source, torch and CPU is in ``directory`` (loaded once per process; a
+    millisecond), else None. Raises :class:`KernelUnavailable` where that build does not load."""
+    k = key()
+    with _LOCK:
+        if k in _LOADED:
+            return _LOADED[k]
+        library = _library(directory, k)
+        return _load(library, k) if library.is_file() else None
+
+
+def build(directory: str | Path) -> LowRankKernel:
+    """The kernel, compiled into ``directory`` unless a build for this source, torch and CPU is there already, and
+    loaded (once per process). Raises :class:`KernelUnavailable` saying why not."""
+    k = key()
+    with _LOCK:
+        if k in _LOADED:
+            return _LOADED[k]
+        library = _library(directory, k)
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with open(library.parent / ".build.lock", "a") as lock:  # one build at a time per directory, across processes
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not library.is_file():
+                _compile(library, f"adapterfleet_{k}")
+        return _load(library, k)
+
+
+def _load(library: Path, k: str) -> LowRankKernel:
+    try:
+        torch.ops.load_library(str(library))
+        op = getattr(torch.ops, f"adapterfleet_{k}").lora_rows_
+    except (OSError, RuntimeError, AttributeError) as exc:
+        raise KernelUnavailable(f"the native LoRA kernel at {library} does not load: {exc}; delete that directory "
+                                "to rebuild it") from exc
+    kernel = _LOADED[k] = LowRankKernel(op, k)
+    return kernel
+
+
+def _compile(library: Path, namespace: str) -> None:
+    torch_dir = Path(torch.__file__).parent
+    lib_dir = torch_dir / "lib"
+    # written beside its final name and renamed into place: another process building at the same time, or one that
+    # was killed mid-build, never leaves a half-written library where a loader would find it
+    fd, tmp = tempfile.mkstemp(prefix=".lora_rows-", suffix=".so", dir=library.parent)
+    os.close(fd)
+    include = torch_dir / "include"
+    cmd = [compiler(), *FLAGS, f"-DADAPTERFLEET_NS={namespace}",
+           "-isystem", str(include), "-isystem", str(include / "torch" / "csrc" / "api" / "include"), str(SOURCE),
+           f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}", "-lc10", "-ltorch_cpu", "-o", tmp]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip()[-2000:]
+            raise KernelUnavailable(f"building the native LoRA kernel failed (exit {done.returncode}): {tail}")
+        os.replace(tmp, library)
+    except subprocess.TimeoutExpired as exc:
+        raise KernelUnavailable(f"building the native LoRA kernel took over {BUILD_TIMEOUT_S:.0f} s") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_in_background(directory: str | Path, ready: Callable[[LowRankKernel], None],
+                        failed: Callable[[KernelUnavailable], None]) -> threading.Thread:
+    """:func:`build` on a thread of its own (a first build takes seconds; the worker serves with torch's ops
+    meanwhile), then ``ready(kernel)`` or ``failed(error)`` on that thread."""
+
+    def run() -> None:
+        try:
+            kernel = build(directory)
+        except KernelUnavailable as exc:
+            failed(exc)
+        else:
+            ready(kernel)
+
+    thread = threading.Thread(target=run, name="adapterfleet-native-build", daemon=True)
+    thread.start()
+    return thread

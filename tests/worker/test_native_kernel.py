@@ -1,0 +1,138 @@
+"""The native LoRA kernel (``adapterfleet.worker.lora.native``): its numbers, its refusals, and how a worker takes it.
+
+The kernel adds ``(x[i] @ a[rows[i]]) @ b[rows[i]]`` to ``out[i]`` for every item whose stack row is not 0. Here it
+is checked against that formula in float64, for ranks it has a fixed-size path for and ranks it has not, with strided
+inputs; against out-of-range rows (refused before anything is written); as a build that does not load (refused with
+a message, the worker keeps torch's ops); and as the worker loads it at start. Routes through a whole model, against
+PEFT, are in ``test_lora_routes.py`` and ``test_grouped_rows.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from adapterfleet.worker.lora import LoraModel, native
+from adapterfleet.worker.server import start_native_kernel
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def kernel(native_kernel):
+    if native_kernel is None:
+        pytest.skip("no C++ compiler here: the native kernel cannot be built")
+    return native_kernel
+
+
+def _want(x, a, b, rows, out):
+    want = out.double().clone()
+    for i, r in enumerate(rows.tolist()):
+        if r:
+            want[i] += (x[i].double() @ a[r].double()) @ b[r].double()
+    return want
+
+
+@pytest.mark.parametrize("rank", (1, 5, 8, 16, 32, 64, 100))
+def test_each_item_gets_its_own_rows_term(kernel, rank):
+    gen = torch.Generator().manual_seed(rank)
+    slots, d_in, d_out, n = 5, 96, 72, 11
+    a = torch.randn(slots, d_in, rank, generator=gen)
+    b = torch.randn(slots, rank, d_out, generator=gen)
+    a[0], b[0] = 0, 0
+    rows = torch.tensor([3, 0, 1, 1, 4, 2, 0, 3, 3, 2, 4])  # repeats, base rows, any order
+    x = torch.randn(n, d_in + 7, generator=gen)[:, 3 : 3 + d_in]  # rows that are not contiguous with each other
+    out = torch.randn(n, d_out + 5, generator=gen)[:, :d_out]
+    before = out.clone()
+    want = _want(x, a, b, rows, out)
+    assert kernel.takes(x, a, b, out)
+    got = kernel.add_rows(x, a, b, rows, out)
+    assert got is out
+    scale = want.abs().max().item()
+    assert (out.double() - want).abs().max().item() <= 1e-5 * scale
+    assert torch.equal(out[1], before[1]) and torch.equal(out[6], before[6]), "a row on no adapter was written"
+
+
+def test_out_of_range_rows_are_refused_before_anything_is_written(kernel):
+    a, b = torch.randn(3, 8, 4), torch.randn(3, 4, 6)
+    x, out = torch.randn(2, 8), torch.randn(2, 6)
+    before = out.clone()
+    for bad in ([1, 3], [-1, 1]):
+        with pytest.raises(RuntimeError, match="stack row out of range"):
+            kernel.add_rows(x, a, b, torch.tensor(bad), out)
+        assert torch.equal(out, before)
+
+
+def test_tensors_it_does_not_take_are_left_to_torch(kernel):
+    a, b = torch.randn(3, 8, 4), torch.randn(3, 4, 6)
+    x, out = torch.randn(2, 8), torch.randn(2, 6)
+    assert kernel.takes(x, a, b, out)
+    assert not kernel.takes(x.double(), a.double(), b.double(), out.double())
+    assert not kernel.takes(x.bfloat16(), a.bfloat16(), b.bfloat16(), out.bfloat16())
+    assert not kernel.takes(x, a.transpose(1, 2).contiguous().transpose(1, 2), b, out)  # a stack that is a view
+    assert not kernel.takes(torch.randn(8, 2).t(), a, b, out)  # x with strided columns
+
+
+def test_a_build_is_keyed_by_source_torch_and_cpu(kernel, tmp_path):
+    again = native.build(tmp_path)  # loaded in this process already: the same op, nothing compiled
+    assert again is kernel
+    assert native.load(tmp_path) is kernel
+    assert len(kernel.key) == 16 and kernel.key == native.key()
+
+
+def test_a_build_that_does_not_load_is_refused_and_torch_serves(tmp_path, monkeypatch, caplog, zoo):
+    monkeypatch.setattr(native, "key", lambda: "0123456789abcdef")
+    library = tmp_path / "0123456789abcdef" / "lora_rows.so"
+    library.parent.mkdir()
+    library.write_bytes(b"not a shared library")
+    with pytest.raises(native.KernelUnavailable, match=r"does not load.*delete that directory"):
+        native.load(tmp_path)
+    with pytest.raises(native.KernelUnavailable, match="does not load"):
+        native.build(tmp_path)  # found there: not rebuilt over, refused the same way
+    from tests.helpers.models import load_base_model
+
+    lora = LoraModel(load_base_model(zoo.base("llama")), max_slots=2)
+    with caplog.at_level(logging.WARNING):
+        start_native_kernel(lora, str(tmp_path))
+    assert lora.ctx.low_rank is None
+    assert "native LoRA kernel unavailable, decode steps run torch's ops" in caplog.text
+    assert "not a shared library" in caplog.text or "does not load" in caplog.text
+
+
+def test_a_worker_takes_a_built_kernel_at_start(kernel, tmp_path, zoo):
+    from tests.helpers.models import load_base_model
+
+    lora = LoraModel(load_base_model(zoo.base("llama")), max_slots=2)
+    start_native_kernel(lora, str(tmp_path))  # loaded in this process: found at once, not in the background
+    assert lora.ctx.low_rank is kernel
+
+
+def test_a_missing_build_is_made_in_the_background(tmp_path, monkeypatch):
+    """A directory without a build: the worker starts at once and the kernel arrives from a thread of its own."""
+    import threading
+
+    built = threading.Event()
+    compiled = []
+
+    def fake_compile(library, namespace):  # the real compiler is exercised by the session's build
+        compiled.append(namespace)
+        library.write_bytes(b"")
+
+    class Lora:
+        class ctx:  # stands in for LoraModel.ctx
+            low_rank = None
+
+        def use_kernel(self, k):
+            self.ctx.low_rank = k
+            built.set()
+
+    monkeypatch.setattr(native, "key", lambda: "fedcba9876543210")
+    monkeypatch.setattr(native, "_compile", fake_compile)
+    monkeypatch.setattr(native, "_load", lambda library, k: native.LowRankKernel(lambda *a: None, k))
+    lora = Lora()
+    start_native_kernel(lora, str(tmp_path))  # type: ignore[arg-type]
+    assert built.wait(30), "the background build never handed its kernel over"
+    assert lora.ctx.low_rank.key == "fedcba9876543210" and compiled == ["adapterfleet_fedcba9876543210"]
+    assert (tmp_path / "fedcba9876543210" / "lora_rows.so").is_file()
