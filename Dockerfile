@@ -10,6 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1
 WORKDIR /app
 
+# A C++ compiler: workers build their native LoRA kernel for the CPU they run on, on first start, into
+# --native-dir (kept on the /cache volume), and serve with torch's ops until it is ready.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
+
 # torch first and pinned, from the CPU wheel index unless told otherwise: the project only asks for torch>=2.3,
 # and a bare `torch` from PyPI is a multi-GB CUDA build.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

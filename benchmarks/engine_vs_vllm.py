@@ -375,12 +375,21 @@ class Ours:
             _wait_port(store_port, timeout=60)  # the worker registers with the store as it starts
         except RuntimeError:
             raise SystemExit(f"the store did not start:\n{self.logs.tail('store')}") from None
+        native_dir = self.work / "native"
+        if "--no-native-kernel" not in self.extra:
+            from adapterfleet.worker.lora import native
+
+            try:  # built here, before the worker starts, so that it loads the kernel at start rather than mid-run
+                native.build(native_dir)
+            except native.KernelUnavailable as exc:
+                print(f"note: ours runs torch's ops, the native LoRA kernel is unavailable: {exc}", flush=True)
         threads = str(len(self.cores))
         env = {**ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         self.worker = subprocess.Popen(
             [*cli, "worker", "serve", "--base-model", str(self.base), "--store", self.store_addr, "--port",
              str(self.port), "--max-slots", str(N_ADAPTERS), "--max-batch", str(self.max_batch), "--dtype", "float32",
-             "--disk-cache-dir", str(self.work / "run" / "worker-cache"), "--insecure", "--log-level", "WARNING",
+             "--disk-cache-dir", str(self.work / "run" / "worker-cache"), "--native-dir", str(native_dir), "--insecure",
+             "--log-level", "WARNING",
              *self.extra],
             stdout=subprocess.DEVNULL, stderr=self.logs.open("worker"), env=env, cwd=REPO,
             preexec_fn=_pin(self.cores))

@@ -14,7 +14,9 @@ serving regimes:
 Compared per step (median over interleaved repetitions, so machine noise hits every variant alike):
 
 * base:        the base model alone (no wrappers);
-* ours:        ``LoraModel`` with every adapter installed (64 slots: 32 LoRA + 32 DoRA), rows set per step;
+* ours:        ``LoraModel`` with every adapter installed (64 slots: 32 LoRA + 32 DoRA), rows set per step, on
+               torch's ops; in decode also "32 LoRA, native kernel", the worker's route where its native kernel
+               (``lora/native.py``) is built (``--no-native-kernel``: no such row);
 * peft-mixed:  ``PeftModel(..., adapter_names=[...])``, PEFT's own mixed batch (refuses DoRA);
 * peft-loop:   ``set_adapter`` per distinct adapter and a forward over its rows (each group gets its own KV cache,
                split off untimed, which flatters PEFT: a server would have to gather and scatter them).
@@ -42,7 +44,8 @@ from pathlib import Path
 
 import torch
 
-from adapterfleet.worker.lora import AdapterWeights, LoraModel
+from adapterfleet.worker.config import WorkerConfig
+from adapterfleet.worker.lora import AdapterWeights, LoraModel, native
 from adapterfleet.worker.model_host import contiguous_head
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
@@ -54,6 +57,7 @@ PREFILL_TOKENS = 128
 CACHE_TOKENS = 64
 RANK = 16
 NO_ADAPTER = "no adapter (ours)"
+KERNEL_LABEL = "32 LoRA, native kernel"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHECK_TOL = 1e-3
 CHECK_ROWS = (0, 1, 2, 3, 30, 31)  # rows of the LoRA/DoRA mix compared with PEFT's set_adapter
@@ -176,6 +180,12 @@ class Bench:
         self.ours = copy.deepcopy(self.base)
         contiguous_head(self.ours)  # the output head as the worker serves it (few-row GEMMs in a decode step)
         self.lm = LoraModel(self.ours, max_slots=64)
+        self.kernel = None
+        if not args.no_native_kernel:
+            try:
+                self.kernel = native.build(args.native_dir)
+            except native.KernelUnavailable as exc:
+                print(f"note: no native-kernel row, it is unavailable here: {exc}")
         self.slot = {}
         lora_bytes = []
         for i, name in enumerate(self.lora_names + self.dora_names):
@@ -209,10 +219,11 @@ class Bench:
         return Variant(label, "base", lambda: self.forward(self.base, regime, cache=self.cache),
                        self.crop([self.cache]))
 
-    def ours_variant(self, regime: str, label: str, names: list[str]) -> Variant:
+    def ours_variant(self, regime: str, label: str, names: list[str], kernel=None) -> Variant:
         slots = [self.slot[n] for n in names]
 
         def step():
+            self.lm.use_kernel(kernel)  # torch's ops unless this variant is the native kernel's
             with self.lm.rows(slots):  # a fresh Rows per step, as a continuously batching server would
                 return self.forward(self.ours, regime, cache=self.cache)
 
@@ -222,6 +233,7 @@ class Bench:
         """The same wrapped model with no adapter on any row: the worker's own base path."""
 
         def step():
+            self.lm.use_kernel(None)
             with self.lm.rows([-1] * ROWS):
                 return self.forward(self.ours, regime, cache=self.cache)
 
@@ -301,6 +313,9 @@ class Bench:
         out.append(self.ours_variant(regime, "16 LoRA + 16 DoRA", self.mixed_names()))
         if regime == "decode":  # the floor under "32 LoRA": one streaming read of those adapters' bytes
             out.append(Variant("32 LoRA", "bytes", lambda: self.adapter_bytes.sum()))
+            if self.kernel is not None:  # the worker's decode route where its native kernel is built
+                out.append(self.ours_variant(regime, KERNEL_LABEL, [self.lora_names[b % 32] for b in range(ROWS)],
+                                             kernel=self.kernel))
         return out
 
 
@@ -344,12 +359,14 @@ def table(regime: str, variants: list[Variant]) -> list[str]:
         + ", ".join(f"{label} {med[(label, 'ours')] / own:.2f}x" for label in labels if label != NO_ADAPTER),
     ]
     if floor is not None:
-        extra = med[("32 LoRA", "ours")] - (base if own is None else own)
-        lines_floor = [
-            "",
-            f"32 LoRA adds {extra:.1f} ms/step to ours with no adapter; one streaming read of those 32 adapters' A "
-            f"and B (the bytes a step must read) takes {floor:.1f} ms: added / bytes floor = {extra / floor:.2f}x",
-        ]
+        lines_floor = [""]
+        for label in ("32 LoRA", KERNEL_LABEL):
+            if (label, "ours") in med:
+                extra = med[(label, "ours")] - (base if own is None else own)
+                lines_floor.append(
+                    f"{label} adds {extra:.1f} ms/step to ours with no adapter; one streaming read of those 32 "
+                    f"adapters' A and B (the bytes a step must read) takes {floor:.1f} ms: added / bytes floor = "
+                    f"{extra / floor:.2f}x")
     else:
         lines_floor = []
     spread = max(
@@ -372,6 +389,9 @@ def main() -> None:
     ap.add_argument("--peft-dora", action="store_true",
                     help="also time PEFT's set_adapter loop over 32 DoRA adapters (loading them takes PEFT ~1 min)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for every variant")
+    ap.add_argument("--native-dir", default=WorkerConfig.native_dir,
+                    help="where the worker's native LoRA kernel is built (and found; the worker's default)")
+    ap.add_argument("--no-native-kernel", action="store_true", help="no row for the native kernel")
     ap.add_argument("--decode-reps", type=int, default=None)
     ap.add_argument("--prefill-reps", type=int, default=None)
     _plot.add_argument(ap)

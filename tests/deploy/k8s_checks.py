@@ -225,6 +225,10 @@ def security_problems(docs, cli) -> list[str]:
         if volume is None or mount.get("readOnly") or not {"emptyDir", "persistentVolumeClaim", "ephemeral"} & set(
                 volume):
             problems.append(f"{s.name}: disk-cache-dir {s.args.disk_cache_dir} is not on a writable volume")
+        if not s.args.no_native_kernel:  # built there on first start: a read-only root would leave torch's ops
+            mount, volume = mount_of(s.container, s.pod, s.args.native_dir)
+            if volume is None or mount.get("readOnly"):
+                problems.append(f"{s.name}: native-dir {s.args.native_dir} is not on a writable volume")
         elif "sizeLimit" in volume.get("emptyDir", {}) and quantity(volume["emptyDir"]["sizeLimit"]) < (
                 s.args.disk_cache_mb << 20):
             problems.append(f"{s.name}: the cache emptyDir is smaller than disk-cache-mb {s.args.disk_cache_mb}")
