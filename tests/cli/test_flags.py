@@ -111,3 +111,13 @@ def test_worker_engine_threads_and_packed_weights_flags():
     assert (cfg.threads, cfg.packed_weights) == (3, False)
     cfg = config_from_args(parse(["worker", "serve", "--base-model", "/m", "--insecure"]), "store:1")
     assert (cfg.threads, cfg.packed_weights) == (0, True)  # 0: every CPU (main() fills $OMP_NUM_THREADS in first)
+
+
+def test_worker_native_kernel_flags():
+    args = parse(["worker", "serve", "--base-model", "/m", "--insecure", "--no-native-kernel", "--native-dir", "/k"])
+    cfg = config_from_args(args, "store:1")
+    assert (cfg.native_kernel, cfg.native_dir) == (False, "/k")
+    cfg = config_from_args(parse(["worker", "serve", "--base-model", "/m", "--insecure"]), "store:1")
+    assert (cfg.native_kernel, cfg.native_dir) == (True, ".adapterfleet/native")
+    args = parse(["worker", "serve", "--base-model", "/m", "--insecure"], {"ADAPTERFLEET_NO_NATIVE_KERNEL": "1"})
+    assert config_from_args(args, "store:1").native_kernel is False

@@ -136,3 +136,36 @@ def test_a_missing_build_is_made_in_the_background(tmp_path, monkeypatch):
     assert built.wait(30), "the background build never handed its kernel over"
     assert lora.ctx.low_rank.key == "fedcba9876543210" and compiled == ["adapterfleet_fedcba9876543210"]
     assert (tmp_path / "fedcba9876543210" / "lora_rows.so").is_file()
+
+
+def test_the_kernel_leaves_the_calling_threads_torch_threads_as_they_are(kernel):
+    """The worker's engine thread runs torch at ``--threads`` (``threads.pin``) while every other thread runs it at
+    one. A kernel built on ``at::parallel_for`` re-initialised the calling thread's count from the one last set by
+    any thread on its first call, and the engine then ran every op on one thread (base-model waves at 0.65-0.70x)."""
+    import threading
+
+    from adapterfleet.worker import threads
+
+    seen = {}
+    a, b = torch.randn(3, 64, 16), torch.randn(3, 16, 32)
+    x, out = torch.randn(8, 64), torch.zeros(8, 32)
+    pinned, others_done = threading.Event(), threading.Event()
+
+    def engine():
+        threads.pin(2)
+        pinned.set()
+        others_done.wait(30)  # another thread has set one thread since: the process-wide count is now 1
+        kernel.add_rows(x, a, b, torch.tensor([1, 2, 0, 1, 2, 1, 0, 2]), out)
+        seen["after"] = torch.get_num_threads()
+
+    def other():
+        pinned.wait(30)
+        threads.single()
+        others_done.set()
+
+    workers = [threading.Thread(target=engine), threading.Thread(target=other)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    assert seen == {"after": 2}

@@ -4,8 +4,8 @@ A decode step with many distinct adapters must read every row's A and B once: 15
 adapters on every linear of the 56M Llama. torch's ops read them well under the memory's streaming rate (bmm /
 baddbmm over stack views 5.7-5.9 ms a step on the 2-core AVX-512 box, embedding_bag slower), so the LoRA terms of a
 32-row step cost about half again what their bytes do. ``native/lora_rows.cpp`` reads each row's A into a
-rank-wide accumulator and adds B's rows scaled by it, one pass per row, rows split across torch's threads: 4.6 ms
-for the same terms (``benchmarks/RESULTS.md``, "the native LoRA kernel").
+rank-wide accumulator and adds B's rows scaled by it, one pass per row, rows split across the calling thread's
+OpenMP team (the engine's): 4.6 ms for the same terms (``benchmarks/RESULTS.md``, "the native LoRA kernel").
 
 It is compiled here, with the C++ compiler on PATH and torch's own headers and libraries, for this CPU
 (``-march=native``), into ``directory/<key>/``: the key hashes the source, the flags, torch's version and the CPU's
@@ -31,7 +31,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native") / "lora_rows.cpp"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++20", "-shared")
+# hidden visibility: the library exports nothing but its op registration, so none of the inline ATen code it
+# carries can stand in for torch's own in the process (it is loaded RTLD_GLOBAL)
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++20", "-shared", "-fvisibility=hidden",
+         "-fvisibility-inlines-hidden")
 BUILD_TIMEOUT_S = 300.0
 _LOADED: dict[str, LowRankKernel] = {}  # key -> the kernel loaded in this process (an op library loads once)
 _LOCK = threading.Lock()

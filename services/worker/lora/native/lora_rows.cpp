@@ -4,8 +4,7 @@
 // A decode step's low-rank terms are bound by reading each row's A and B once (rank 16: 32-90 KB a row and module);
 // torch's bmm / baddbmm over stack views or embedding_bag read them at well under the memory's streaming rate. Here
 // one pass per item reads A row by row into a rank-wide accumulator, then adds each of B's rows scaled by it.
-// Items are split across torch's intra-op threads.
-#include <ATen/Parallel.h>
+// Items are split across the calling thread's OpenMP team.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -71,23 +70,27 @@ void lora_rows_(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, c
   const float* bp = b.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t xs = x.stride(0), os = out.stride(0);
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t s = row[i];
-      if (s == 0) continue;
-      const float* ai = ap + s * in * r;
-      const float* bi = bp + s * r * n_out;
-      const float* xi = xp + i * xs;
-      float* oi = op + i * os;
-      switch (r) {
-        case 8: item_fixed<8>(xi, ai, bi, oi, in, n_out); break;
-        case 16: item_fixed<16>(xi, ai, bi, oi, in, n_out); break;
-        case 32: item_fixed<32>(xi, ai, bi, oi, in, n_out); break;
-        case 64: item_fixed<64>(xi, ai, bi, oi, in, n_out); break;
-        default: item_any(xi, ai, bi, oi, in, r, n_out);
-      }
+  // OpenMP directly, on the calling thread's team (the engine's, at its --threads), not at::parallel_for. That
+  // inlines ATen's per-thread "threads initialised" flag, so this library would carry a copy of its own: on its
+  // first call in the engine's thread it re-ran at::init_num_threads(), which set that thread to the count last
+  // set by *any* thread (1: the worker's other threads run torch on one), and every op of every later step ran on
+  // one thread (measured: base-model waves at 0.65-0.70x, the engine thread's partner idle).
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = row[i];
+    if (s == 0) continue;
+    const float* ai = ap + s * in * r;
+    const float* bi = bp + s * r * n_out;
+    const float* xi = xp + i * xs;
+    float* oi = op + i * os;
+    switch (r) {
+      case 8: item_fixed<8>(xi, ai, bi, oi, in, n_out); break;
+      case 16: item_fixed<16>(xi, ai, bi, oi, in, n_out); break;
+      case 32: item_fixed<32>(xi, ai, bi, oi, in, n_out); break;
+      case 64: item_fixed<64>(xi, ai, bi, oi, in, n_out); break;
+      default: item_any(xi, ai, bi, oi, in, r, n_out);
     }
-  });
+  }
 }
 
 }  // namespace
