@@ -73,6 +73,7 @@ def test_tensors_it_does_not_take_are_left_to_torch(kernel):
     assert not kernel.takes(x.bfloat16(), a.bfloat16(), b.bfloat16(), out.bfloat16())
     assert not kernel.takes(x, a.transpose(1, 2).contiguous().transpose(1, 2), b, out)  # a stack that is a view
     assert not kernel.takes(torch.randn(8, 2).t(), a, b, out)  # x with strided columns
+    assert kernel.takes(x, a, b) and not kernel.takes(x, a, b, out.t())  # no out yet: the caller makes one
 
 
 def test_a_build_is_keyed_by_source_torch_and_cpu(kernel, tmp_path):
@@ -99,6 +100,15 @@ def test_a_build_that_does_not_load_is_refused_and_torch_serves(tmp_path, monkey
     assert lora.ctx.low_rank is None
     assert "native LoRA kernel unavailable, decode steps run torch's ops" in caplog.text
     assert "not a shared library" in caplog.text or "does not load" in caplog.text
+
+
+def test_a_directory_it_cannot_write_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "key", lambda: "00000000000000aa")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(native.KernelUnavailable, match="writable --native-dir"):
+        native.build(blocker / "native")
+    assert native.load(blocker / "native") is None  # nothing there: the worker would build in the background
 
 
 def test_a_worker_takes_a_built_kernel_at_start(kernel, tmp_path, zoo):

@@ -221,11 +221,10 @@ class LoraLinear(SlotWrapper):
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
         if tokens <= BAG_TOKENS:
             kernel = self.ctx.low_rank
-            if kernel is not None:  # the native kernel (lora/native.py), for the tensors it takes
-                x2 = xs.reshape(-1, self.in_features)
+            x2 = xs.reshape(-1, self.in_features)
+            if kernel is not None and kernel.takes(x2, a, b, into):  # the native kernel (lora/native.py)
                 out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
-                if kernel.takes(x2, a, b, out):
-                    return kernel.add_rows(x2, a, b, plan.items(tokens), out)
+                return kernel.add_rows(x2, a, b, plan.items(tokens), out)
             grouped = plan.grouped(tokens)
             if grouped is not None:
                 return self._grouped(xs.reshape(-1, self.in_features), a, b, grouped, into)

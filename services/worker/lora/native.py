@@ -51,13 +51,14 @@ class LowRankKernel:
         self._op = op
         self.key = key
 
-    def takes(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
-        """Whether these tensors are ones the kernel runs on: float32 on the CPU, the stacks contiguous, x and out
-        with contiguous rows."""
+    def takes(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> bool:
+        """Whether these tensors are ones the kernel runs on: float32 on the CPU, the stacks contiguous, x and
+        ``out`` (None: one the caller makes) with contiguous rows."""
         return (
-            x2.dtype == a.dtype == b.dtype == out.dtype == torch.float32
+            x2.dtype == a.dtype == b.dtype == torch.float32
             and x2.device.type == "cpu" and a.device.type == "cpu"
-            and a.is_contiguous() and b.is_contiguous() and x2.stride(-1) == 1 and out.stride(-1) == 1
+            and a.is_contiguous() and b.is_contiguous() and x2.stride(-1) == 1
+            and (out is None or (out.dtype == torch.float32 and out.stride(-1) == 1))
         )
 
     def add_rows(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor,
@@ -89,8 +90,14 @@ def _cpu_flags() -> str:
 
 
 def key() -> str:
+    """What a build is kept under: a hash of the source, the flags, torch's version and this CPU's flags."""
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as exc:
+        raise KernelUnavailable(f"the native LoRA kernel's source {SOURCE} cannot be read ({exc}); the package is "
+                                "installed without it: reinstall adapterfleet") from exc
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (source, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -119,11 +126,15 @@ def build(directory: str | Path) -> LowRankKernel:
         if k in _LOADED:
             return _LOADED[k]
         library = _library(directory, k)
-        library.parent.mkdir(parents=True, exist_ok=True)
-        with open(library.parent / ".build.lock", "a") as lock:  # one build at a time per directory, across processes
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not library.is_file():
-                _compile(library, f"adapterfleet_{k}")
+        try:
+            library.parent.mkdir(parents=True, exist_ok=True)
+            with open(library.parent / ".build.lock", "a") as lock:  # one build at a time per directory
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not library.is_file():
+                    _compile(library, f"adapterfleet_{k}")
+        except OSError as exc:
+            raise KernelUnavailable(f"the native LoRA kernel cannot be built in {library.parent} ({exc}); give the "
+                                    "worker a writable --native-dir") from exc
         return _load(library, k)
 
 
