@@ -179,3 +179,28 @@ def test_the_kernel_leaves_the_calling_threads_torch_threads_as_they_are(kernel)
     for t in workers:
         t.join(60)
     assert seen == {"after": 2}
+
+
+def test_builds_racing_for_one_directory_compile_once(tmp_path, monkeypatch):
+    """Two workers (here: threads) starting on an empty --native-dir at once: one compiles, the other waits for it
+    and loads its library."""
+    import threading
+    import time
+
+    compiled = []
+
+    def slow_compile(library, namespace):
+        compiled.append(namespace)
+        time.sleep(0.5)  # long enough for the other build to arrive while this one holds the lock
+        library.write_bytes(b"")
+
+    monkeypatch.setattr(native, "key", lambda: "0000000000000abc")
+    monkeypatch.setattr(native, "_compile", slow_compile)
+    monkeypatch.setattr(native, "_load", lambda library, k: native.LowRankKernel(lambda *a: None, k))
+    got = []
+    racers = [threading.Thread(target=lambda: got.append(native.build(tmp_path))) for _ in range(2)]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join(30)
+    assert compiled == ["adapterfleet_0000000000000abc"] and len(got) == 2

@@ -125,17 +125,19 @@ def build(directory: str | Path) -> LowRankKernel:
     with _LOCK:
         if k in _LOADED:
             return _LOADED[k]
-        library = _library(directory, k)
-        try:
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with open(library.parent / ".build.lock", "a") as lock:  # one build at a time per directory
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not library.is_file():
-                    _compile(library, f"adapterfleet_{k}")
-        except OSError as exc:
-            raise KernelUnavailable(f"the native LoRA kernel cannot be built in {library.parent} ({exc}); give the "
-                                    "worker a writable --native-dir") from exc
-        return _load(library, k)
+    library = _library(directory, k)
+    try:  # not under _LOCK: a build takes seconds, and load() in another thread need not wait for it
+        library.parent.mkdir(parents=True, exist_ok=True)
+        # one build at a time per directory, across processes and threads (each open of the file locks on its own)
+        with open(library.parent / ".build.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not library.is_file():
+                _compile(library, f"adapterfleet_{k}")
+    except OSError as exc:
+        raise KernelUnavailable(f"the native LoRA kernel cannot be built in {library.parent} ({exc}); give the "
+                                "worker a writable --native-dir") from exc
+    with _LOCK:
+        return _LOADED[k] if k in _LOADED else _load(library, k)
 
 
 def _load(library: Path, k: str) -> LowRankKernel:
