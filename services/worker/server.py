@@ -102,15 +102,6 @@ def start_native_kernel(lora: LoraModel, directory: str) -> None:
     forward of this worker runs the same ops), else built in the background, the engine taking it up from its next
     forward once it is ready. Where it cannot be had, torch's ops serve and the log says why."""
     started = time.monotonic()
-    try:
-        kernel = native.load(directory)
-    except native.KernelUnavailable as exc:
-        log.warning("native LoRA kernel unavailable, decode steps run torch's ops: %s", exc)
-        return
-    if kernel is not None:
-        lora.use_kernel(kernel)
-        log.info("native LoRA kernel %s in use (%s)", kernel.key, directory)
-        return
 
     def ready(kernel: native.LowRankKernel) -> None:
         lora.use_kernel(kernel)
@@ -120,6 +111,14 @@ def start_native_kernel(lora: LoraModel, directory: str) -> None:
     def failed(exc: native.KernelUnavailable) -> None:
         log.warning("native LoRA kernel unavailable, decode steps run torch's ops: %s", exc)
 
+    try:
+        kernel = native.load(directory)
+    except native.KernelUnavailable as exc:
+        failed(exc)
+        return
+    if kernel is not None:
+        ready(kernel)
+        return
     native.build_in_background(directory, ready, failed)
 
 

@@ -83,13 +83,9 @@ def _row_sets() -> list[list[int]]:
     return sets
 
 
-@pytest.mark.parametrize("tokens", range(1, BAG_TOKENS + 1))
-def test_grouped_rows_give_embedding_bags_numbers(six, tokens, monkeypatch):
-    model, lora = six
-    taken = []
-    real = lora_linear.LoraLinear._grouped
-    monkeypatch.setattr(lora_linear.LoraLinear, "_grouped",
-                        lambda self, *a: taken.append(1) or real(self, *a))
+def _matches_embedding_bag(model, lora, tokens: int, monkeypatch, route: str, **ctx) -> None:
+    """Every row set of ``_row_sets`` through ``route`` (the model as it stands, with ``ctx`` set on ``lora.ctx``)
+    gives the logits of the embedding_bag route (``HOLE_LIMIT`` < 0 turns grouping off), within 1e-5."""
     gen = torch.Generator().manual_seed(tokens)
     for rows in _row_sets():
         ids = torch.randint(3, model.config.vocab_size, (len(rows), tokens), generator=gen)
@@ -98,10 +94,23 @@ def test_grouped_rows_give_embedding_bags_numbers(six, tokens, monkeypatch):
                 m.setattr(row_plan, "HOLE_LIMIT", -1.0)  # embedding_bag only
                 with lora.rows(rows):
                     want = model(input_ids=ids).logits
-            with lora.rows(rows):
-                got = model(input_ids=ids).logits
+            with monkeypatch.context() as m:
+                for name, value in ctx.items():
+                    m.setattr(lora.ctx, name, value)
+                with lora.rows(rows):
+                    got = model(input_ids=ids).logits
         diff = (got - want).abs().max().item()
-        assert diff <= 1e-5, f"rows {rows}, {tokens} tokens: max |grouped - embedding_bag| = {diff:.2e}"
+        assert diff <= 1e-5, f"rows {rows}, {tokens} tokens: max |{route} - embedding_bag| = {diff:.2e}"
+
+
+@pytest.mark.parametrize("tokens", range(1, BAG_TOKENS + 1))
+def test_grouped_rows_give_embedding_bags_numbers(six, tokens, monkeypatch):
+    model, lora = six
+    taken = []
+    real = lora_linear.LoraLinear._grouped
+    monkeypatch.setattr(lora_linear.LoraLinear, "_grouped",
+                        lambda self, *a: taken.append(1) or real(self, *a))
+    _matches_embedding_bag(model, lora, tokens, monkeypatch, "grouped")
     assert taken, "no forward took the grouped route; the test is void"
 
 
@@ -114,18 +123,5 @@ def test_native_kernel_gives_embedding_bags_numbers(six, tokens, native_kernel, 
     ran = []
     real = native_kernel.add_rows
     monkeypatch.setattr(native_kernel, "add_rows", lambda *a: ran.append(1) or real(*a))
-    gen = torch.Generator().manual_seed(tokens)
-    for rows in _row_sets():
-        ids = torch.randint(3, model.config.vocab_size, (len(rows), tokens), generator=gen)
-        with torch.no_grad():
-            with monkeypatch.context() as m:
-                m.setattr(row_plan, "HOLE_LIMIT", -1.0)  # embedding_bag only
-                with lora.rows(rows):
-                    want = model(input_ids=ids).logits
-            with monkeypatch.context() as m:
-                m.setattr(lora.ctx, "low_rank", native_kernel)
-                with lora.rows(rows):
-                    got = model(input_ids=ids).logits
-        diff = (got - want).abs().max().item()
-        assert diff <= 1e-5, f"rows {rows}, {tokens} tokens: max |native kernel - embedding_bag| = {diff:.2e}"
+    _matches_embedding_bag(model, lora, tokens, monkeypatch, "native kernel", low_rank=native_kernel)
     assert ran, "no forward took the native kernel; the test is void"

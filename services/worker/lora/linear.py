@@ -227,7 +227,7 @@ class LoraLinear(SlotWrapper):
                 return kernel.add_rows(x2, a, b, plan.items(tokens), out)
             grouped = plan.grouped(tokens)
             if grouped is not None:
-                return self._grouped(xs.reshape(-1, self.in_features), a, b, grouped, into)
+                return self._grouped(x2, a, b, grouped, into)
             index, offsets = plan.bags(tokens, self.in_features)
             h = F.embedding_bag(  # [batch * tokens, rank]
                 index, a.view(-1, rank), offsets, mode="sum", per_sample_weights=xs.reshape(-1)

@@ -18,6 +18,7 @@ keep torch's ops: the kernel changes speed, never results beyond float rounding.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import platform
@@ -89,8 +90,10 @@ def _cpu_flags() -> str:
     return platform.machine()
 
 
+@functools.cache
 def key() -> str:
-    """What a build is kept under: a hash of the source, the flags, torch's version and this CPU's flags."""
+    """What a build is kept under: a hash of the source, the flags, torch's version and this CPU's flags (worked out
+    once per process: load and build both ask)."""
     try:
         source = SOURCE.read_bytes()
     except OSError as exc:

@@ -127,7 +127,7 @@ class RowPlan:
         bags = self._bags.get(key)
         if bags is None:
             device = self.local.device
-            start = self.local.repeat_interleave(tokens) * width  # [batch * tokens]
+            start = self.items(tokens) * width  # [batch * tokens]
             index = (start.unsqueeze(1) + torch.arange(width, device=device)).reshape(-1)
             offsets = torch.arange(0, start.numel() * width, width, device=device)
             bags = self._bags[key] = (index, offsets)

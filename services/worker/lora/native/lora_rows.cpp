@@ -14,16 +14,19 @@
 
 namespace {
 
+// One item's term, accumulated in h (rank floats, zeroed). R > 0: the rank, known when compiling (the loops over it
+// are unrolled and, with h a local array of the caller's, h stays in registers); R == 0: any rank, given as r.
 template <int R>
-void item_fixed(const float* x, const float* a, const float* b, float* out, int64_t in, int64_t n_out) {
-  float h[R] = {};
+inline void add_term(float* h, const float* x, const float* a, const float* b, float* out, int64_t in, int64_t r,
+                     int64_t n_out) {
+  const int64_t rank = R > 0 ? R : r;
   for (int64_t i = 0; i < in; ++i) {
     const float xi = x[i];
-    const float* ai = a + i * R;
+    const float* ai = a + i * rank;
 #pragma omp simd
-    for (int k = 0; k < R; ++k) h[k] += xi * ai[k];
+    for (int64_t k = 0; k < rank; ++k) h[k] += xi * ai[k];
   }
-  for (int k = 0; k < R; ++k) {
+  for (int64_t k = 0; k < rank; ++k) {
     const float hk = h[k];
     const float* bk = b + k * n_out;
 #pragma omp simd
@@ -31,19 +34,15 @@ void item_fixed(const float* x, const float* a, const float* b, float* out, int6
   }
 }
 
+template <int R>
+void item(const float* x, const float* a, const float* b, float* out, int64_t in, int64_t n_out) {
+  float h[R] = {};
+  add_term<R>(h, x, a, b, out, in, R, n_out);
+}
+
 void item_any(const float* x, const float* a, const float* b, float* out, int64_t in, int64_t r, int64_t n_out) {
   std::vector<float> h(r, 0.f);
-  for (int64_t i = 0; i < in; ++i) {
-    const float xi = x[i];
-    const float* ai = a + i * r;
-    for (int64_t k = 0; k < r; ++k) h[k] += xi * ai[k];
-  }
-  for (int64_t k = 0; k < r; ++k) {
-    const float hk = h[k];
-    const float* bk = b + k * n_out;
-#pragma omp simd
-    for (int64_t o = 0; o < n_out; ++o) out[o] += hk * bk[o];
-  }
+  add_term<0>(h.data(), x, a, b, out, in, r, n_out);
 }
 
 void lora_rows_(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& rows,
@@ -84,10 +83,10 @@ void lora_rows_(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, c
     const float* xi = xp + i * xs;
     float* oi = op + i * os;
     switch (r) {
-      case 8: item_fixed<8>(xi, ai, bi, oi, in, n_out); break;
-      case 16: item_fixed<16>(xi, ai, bi, oi, in, n_out); break;
-      case 32: item_fixed<32>(xi, ai, bi, oi, in, n_out); break;
-      case 64: item_fixed<64>(xi, ai, bi, oi, in, n_out); break;
+      case 8: item<8>(xi, ai, bi, oi, in, n_out); break;
+      case 16: item<16>(xi, ai, bi, oi, in, n_out); break;
+      case 32: item<32>(xi, ai, bi, oi, in, n_out); break;
+      case 64: item<64>(xi, ai, bi, oi, in, n_out); break;
       default: item_any(xi, ai, bi, oi, in, r, n_out);
     }
   }
