@@ -15,7 +15,7 @@ Compared per step (median over interleaved repetitions, so machine noise hits ev
 
 * base:        the base model alone (no wrappers);
 * ours:        ``LoraModel`` with every adapter installed (64 slots: 32 LoRA + 32 DoRA), rows set per step, on
-               torch's ops; in decode also "32 LoRA, native kernel", the worker's route where its native kernel
+               torch's ops; also "32 LoRA, native kernel", the worker's route where its native kernel
                (``lora/native.py``) is built (``--no-native-kernel``: no such row);
 * peft-mixed:  ``PeftModel(..., adapter_names=[...])``, PEFT's own mixed batch (refuses DoRA);
 * peft-loop:   ``set_adapter`` per distinct adapter and a forward over its rows (each group gets its own KV cache,
@@ -313,9 +313,9 @@ class Bench:
         out.append(self.ours_variant(regime, "16 LoRA + 16 DoRA", self.mixed_names()))
         if regime == "decode":  # the floor under "32 LoRA": one streaming read of those adapters' bytes
             out.append(Variant("32 LoRA", "bytes", lambda: self.adapter_bytes.sum()))
-            if self.kernel is not None:  # the worker's decode route where its native kernel is built
-                out.append(self.ours_variant(regime, KERNEL_LABEL, [self.lora_names[b % 32] for b in range(ROWS)],
-                                             kernel=self.kernel))
+        if self.kernel is not None:  # the worker's route (prefill and decode) where its native kernel is built
+            out.append(self.ours_variant(regime, KERNEL_LABEL, [self.lora_names[b % 32] for b in range(ROWS)],
+                                         kernel=self.kernel))
         return out
 
 

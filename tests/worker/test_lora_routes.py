@@ -1,11 +1,11 @@
 """Every route a LoRA linear takes to add its term gives PEFT's numbers.
 
-``LoraLinear`` picks a route per forward: one adapter for the whole batch (plain matmuls on that slot's tensors), rows
-of at most ``BAG_TOKENS`` tokens (as in decode: the native kernel where it is loaded, else ``bmm`` over views of the
-stacks laid out by stack row where ``RowPlan.grouped`` allows, else ``embedding_bag`` gathers) or longer rows (``bmm``
-on gathered rows, as in prefill); and either runs the base GEMM itself (plain Linear / Conv1D) or calls the base module
-as it is (DoRA, other module types). Each is checked against PEFT run on one adapter alone, with DoRA scales, adapter
-biases (GPT-2's Conv1D and LayerNorms), rank padding (rank_pattern) and rows on the base model.
+``LoraLinear`` picks a route per forward: one adapter for the whole batch (plain matmuls on that slot's tensors), the
+native kernel where it is loaded (rows of any length), else rows of at most ``BAG_TOKENS`` tokens (as in decode: ``bmm``
+over views of the stacks laid out by stack row where ``RowPlan.grouped`` allows, else ``embedding_bag`` gathers) or
+longer rows (``bmm`` on gathered rows, as in prefill); and either runs the base GEMM itself (plain Linear / Conv1D) or
+calls the base module as it is (DoRA, other module types). Each is checked against PEFT run on one adapter alone, with
+DoRA scales, adapter biases (GPT-2's Conv1D and LayerNorms), rank padding (rank_pattern) and rows on the base model.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ ROW_SETS = {  # rows as adapter names; None = base model
     "two adapters": ("X", "Y", None),
 }
 TOKENS = (1, BAG_TOKENS, BAG_TOKENS + 5)
-# rows of at most BAG_TOKENS tokens take one of three routes; longer rows take none of them
+# rows of at most BAG_TOKENS tokens take one of three routes; longer rows bmm or the native kernel
 FEW_TOKEN_ROUTES = ("grouped", "embedding_bag", "native kernel")
-ROUTES = [(t, few) for t in TOKENS for few in (FEW_TOKEN_ROUTES if t <= BAG_TOKENS else ("bmm",))]
+ROUTES = [(t, few) for t in TOKENS for few in (FEW_TOKEN_ROUTES if t <= BAG_TOKENS else ("bmm", "native kernel"))]
 
 
 def _peft(base, adapter_dir):

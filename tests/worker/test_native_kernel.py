@@ -1,10 +1,11 @@
 """The native LoRA kernel (``adapterfleet.worker.lora.native``): its numbers, its refusals, and how a worker takes it.
 
-The kernel adds ``(x[i] @ a[rows[i]]) @ b[rows[i]]`` to ``out[i]`` for every item whose stack row is not 0. Here it
-is checked against that formula in float64, for ranks it has a fixed-size path for and ranks it has not, with strided
-inputs; against out-of-range rows (refused before anything is written); as a build that does not load (refused with
-a message, the worker keeps torch's ops); and as the worker loads it at start. Routes through a whole model, against
-PEFT, are in ``test_lora_routes.py`` and ``test_grouped_rows.py``.
+The kernel adds ``(x[i] @ a[rows[i]]) @ b[rows[i]]`` to ``out[i]`` for every item whose stack row is not 0. Here it is
+checked against that formula in float64, for ranks it has a fixed-size path for and ranks it has not, with strided
+inputs, for decode rows and for runs of one row (a prefill's tokens, taken a few at a time); against out-of-range rows
+(refused before anything is written); as a build that does not load (refused with a message, the worker keeps torch's
+ops); and as the worker loads it at start. Routes through a whole model, against PEFT, are in ``test_lora_routes.py``
+and ``test_grouped_rows.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,29 @@ def test_each_item_gets_its_own_rows_term(kernel, rank):
     scale = want.abs().max().item()
     assert (out.double() - want).abs().max().item() <= 1e-5 * scale
     assert torch.equal(out[1], before[1]) and torch.equal(out[6], before[6]), "a row on no adapter was written"
+
+
+@pytest.mark.parametrize("rank", (5, 8, 16, 32, 64))
+def test_runs_of_one_row_get_what_each_item_gets_alone(kernel, rank):
+    """A prefill's tokens come as runs of one stack row, which the kernel takes a few items at a time: every item's
+    result is the formula's, and bit for bit what the item gets on its own, wherever the run's blocks fall."""
+    gen = torch.Generator().manual_seed(100 + rank)
+    slots, d_in, d_out = 4, 40, 53  # 53 outputs: three chunks of 16 and a tail
+    a = torch.randn(slots, d_in, rank, generator=gen)
+    b = torch.randn(slots, rank, d_out, generator=gen)
+    a[0], b[0] = 0, 0
+    runs = [(1, 1), (2, 2), (0, 3), (3, 4), (1, 5), (2, 7), (3, 16), (1, 19), (2, 33)]  # (stack row, run length)
+    rows = torch.tensor([r for r, n in runs for _ in range(n)])
+    n = rows.numel()
+    x = torch.randn(n, d_in + 3, generator=gen)[:, 1 : 1 + d_in]
+    out = torch.randn(n, d_out + 2, generator=gen)[:, :d_out]
+    alone = out.clone()
+    want = _want(x, a, b, rows, out)
+    kernel.add_rows(x, a, b, rows, out)
+    assert (out.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    for i in range(n):
+        kernel.add_rows(x[i : i + 1], a, b, rows[i : i + 1], alone[i : i + 1])
+    assert torch.equal(out, alone), "an item's term depends on the run it came in"
 
 
 def test_out_of_range_rows_are_refused_before_anything_is_written(kernel):

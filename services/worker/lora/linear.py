@@ -18,13 +18,15 @@ where ``base`` already carries the (possibly adapter-replaced) bias and the norm
 The low-rank term is computed by one of these routes (no loop over adapters):
 
 * every row on one adapter: two plain matmuls on that slot's tensors (views, no gather);
-* few tokens per row (decode), where the native kernel is loaded (:mod:`.native`, float32 on a CPU): one pass per
-  row over its own A and B, nothing gathered or padded;
-* few tokens per row otherwise: a ``bmm`` over views of the stacks where the rows' adapters sit together in the
-  stack (:class:`.plan.Grouped`), else ``embedding_bag`` with per-sample weights gathers each row's A and B rows and
-  multiplies in one pass, never materialising per-row copies of the weights;
-* many tokens per row (prefill): per-row A and B gathered once (``index_select``) and applied with ``bmm``, the
-  gather amortised over the row's tokens.
+* where the native kernel is loaded (:mod:`.native`, float32 on a CPU): one call for the whole batch, whatever its
+  tokens per row, decode rows, prefill rows and a fused step's mix alike. Each row's A and B are read from the stacks
+  where they lie, nothing gathered or padded, a run of one row's tokens a few at a time;
+* otherwise, a fused step (per-token rows) part by part (:class:`.plan.Part`);
+* otherwise, few tokens per row (decode): a ``bmm`` over views of the stacks where the rows' adapters sit together in
+  the stack (:class:`.plan.Grouped`), else ``embedding_bag`` with per-sample weights gathers each row's A and B rows
+  and multiplies in one pass, never materialising per-row copies of the weights;
+* otherwise, many tokens per row (prefill): per-row A and B gathered once (``index_select``) and applied with
+  ``bmm``, the gather amortised over the row's tokens.
 
 On a plain ``nn.Linear`` / ``Conv1D`` the base GEMM then accumulates into that term (``addmm_``), so the layer's
 output is written once instead of written and re-read to add the term: on a CPU the extra pass over a prefill's
@@ -214,17 +216,17 @@ class LoraLinear(SlotWrapper):
         xs [batch, tokens, in] -> [batch * tokens, out]
         """
         tokens, rank = xs.shape[1], a.shape[-1]
-        if plan.parts is not None:
-            return self._by_parts(xs, a, b, plan.parts, into)
         if plan.single is not None:
             h = xs.reshape(-1, self.in_features) @ a[plan.single]  # [batch * tokens, rank]
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
+        kernel = self.ctx.low_rank
+        x2 = xs.reshape(-1, self.in_features)
+        if kernel is not None and kernel.takes(x2, a, b, into):  # the native kernel (lora/native.py), any tokens
+            out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
+            return kernel.add_rows(x2, a, b, plan.items(tokens), out)
+        if plan.parts is not None:
+            return self._by_parts(xs, a, b, plan.parts, into)
         if tokens <= BAG_TOKENS:
-            kernel = self.ctx.low_rank
-            x2 = xs.reshape(-1, self.in_features)
-            if kernel is not None and kernel.takes(x2, a, b, into):  # the native kernel (lora/native.py)
-                out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
-                return kernel.add_rows(x2, a, b, plan.items(tokens), out)
             grouped = plan.grouped(tokens)
             if grouped is not None:
                 return self._grouped(x2, a, b, grouped, into)

@@ -1,11 +1,14 @@
-"""The worker's one native kernel: each row's LoRA term for rows of a few tokens (a decode step), built on first use.
+"""The worker's one native kernel: each row's LoRA term, for decode rows, prefill rows and a fused step's mix alike,
+built on first use.
 
 A decode step with many distinct adapters must read every row's A and B once: 153 MB a step for 32 rank-16
 adapters on every linear of the 56M Llama. torch's ops read them well under the memory's streaming rate (bmm /
 baddbmm over stack views 5.7-5.9 ms a step on the 2-core AVX-512 box, embedding_bag slower), so the LoRA terms of a
 32-row step cost about half again what their bytes do. ``native/lora_rows.cpp`` reads each row's A into a
 rank-wide accumulator and adds B's rows scaled by it, one pass per row, rows split across the calling thread's
-OpenMP team (the engine's): 4.6 ms for the same terms (``benchmarks/RESULTS.md``, "the native LoRA kernel").
+OpenMP team (the engine's): 4.6 ms for the same terms (``benchmarks/RESULTS.md``, "the native LoRA kernel"). A
+prefill's tokens, runs of one stack row, are taken a few at a time with each of A's and B's rows loaded once for
+them all, so rank-16 terms run near the FMA units' rate where torch's skinny matmuls do not.
 
 It is compiled here, with the C++ compiler on PATH and torch's own headers and libraries, for this CPU
 (``-march=native``), into ``directory/<key>/``: the key hashes the source, the flags, torch's version and the CPU's
