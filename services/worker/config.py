@@ -34,7 +34,7 @@ class WorkerConfig:
     packed_weights: bool = True
     # the native LoRA kernel (lora/native.py): built here in the background on first start (a C++ compiler on PATH),
     # kept in native_dir; until it loads, or where it cannot, torch's ops serve. Decode steps with 32 distinct adapters
-    # ~1.3 ms faster; open loop +6% tok/s (benchmarks/RESULTS.md)
+    # ~1.3 ms faster, a prefill's LoRA terms 1.5-2.5x faster; open loop +6% tok/s (benchmarks/RESULTS.md)
     native_kernel: bool = True
     native_dir: str = ".adapterfleet/native"
     prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
