@@ -39,7 +39,8 @@ class Grouped:
 @dataclass(frozen=True)
 class Part:
     """Items ``start:end`` of a fused step's per-token rows: one run on stack row ``row`` (0: no adapter), computed
-    as one matmul on that adapter's A and B, or (``plan`` set) a stretch of short runs with a plan of its own."""
+    as one matmul on that adapter's A and B, or (``plan`` set) a stretch of short runs with a plan of its own. Parts
+    serve torch's ops only: where the native kernel is loaded it takes the whole step in one call."""
 
     start: int
     end: int
