@@ -198,6 +198,8 @@ def test_store_status_command_reports_role_primary_cursor_lag_and_pending(region
 
     regions.ca.push_dir(write_adapter(tmp_path / "v1", seed=1), "acme/s")
     wait_until(lambda: regions.cb.status().cursor == local_events_cursor(regions.a.cfg), what="replication")
+    # the lag is the one at the last check (every lag_check_s): it may still count the events just applied
+    wait_until(lambda: regions.cb.status().lag_events == 0, what="a lag check after replication")
     assert main(["store", "status", "--json", "--store", regions.b.address]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["role"], out["region"], out["primary"], out["replicate"]) == ("secondary", "b", regions.a.address,
