@@ -8,6 +8,7 @@ up. Everything is derived from Python-side slot ids, so building a plan never wa
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -78,7 +79,13 @@ class RowPlan:
         self._bags: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._grouped: dict[int, Grouped | None] = {}
         self._items: dict[int, torch.Tensor] = {}
-        self.parts = _parts(local, device, carried) if flat and k == 1 else None  # None: the batch as a whole
+        self._flat = flat and k == 1  # per-token rows of a fused step
+
+    @functools.cached_property
+    def parts(self) -> list[Part] | None:
+        """A fused step's per-token rows cut into :class:`Part` s (None: the batch as a whole). Worked out on first
+        use: only torch's ops ask; where the native kernel is loaded it takes the step whole."""
+        return _parts(self._rows, self.local.device, self.carried) if self._flat else None
 
     def grouped(self, tokens: int) -> Grouped | None:
         """The by-stack-row layout of this batch at ``tokens`` per row, or None where it would waste more than
