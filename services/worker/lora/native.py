@@ -37,8 +37,8 @@ import torch
 SOURCE = Path(__file__).with_name("native") / "lora_rows.cpp"
 # hidden visibility: the library exports nothing but its op registration, so none of the inline ATen code it
 # carries can stand in for torch's own in the process (it is loaded RTLD_GLOBAL)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++20", "-shared", "-fvisibility=hidden",
-         "-fvisibility-inlines-hidden")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-std=c++20", "-shared",
+         "-fvisibility=hidden", "-fvisibility-inlines-hidden")
 BUILD_TIMEOUT_S = 300.0
 _LOADED: dict[str, LowRankKernel] = {}  # key -> the kernel loaded in this process (an op library loads once)
 _LOCK = threading.Lock()

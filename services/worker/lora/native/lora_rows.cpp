@@ -28,6 +28,20 @@ inline v8 load8(const float* p) {
   return v;
 }
 inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+inline v8 splat8(float f) { return v8{f, f, f, f, f, f, f, f}; }
+
+// a * b + c rounded once, written out: the library is compiled with -ffp-contract=off, so no product and sum are fused
+// or left apart at the compiler's choice. Left to it, GCC fused them in some blocks and not in others (znver2, rank
+// 8), and an item's result then depended on the block it was in.
+inline v8 fma8(v8 a, v8 b, v8 c) {
+#if defined(__FMA__)
+  return __builtin_ia32_vfmaddps256(a, b, c);
+#else
+  v8 r;
+  for (int l = 0; l < 8; ++l) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
+  return r;
+#endif
+}
 
 // One block's terms: T consecutive items (x rows x[t * xs], out rows out[t * os]) on one stack row, so each of A's and
 // B's rows is loaded once for all T items, and the T items' accumulators are independent chains. T == 1 is a decode
@@ -44,8 +58,8 @@ void block(const float* x, int64_t xs, const float* a, const float* b, float* ou
     v8 ai[V];
     for (int j = 0; j < V; ++j) ai[j] = load8(a + i * R + 8 * j);
     for (int t = 0; t < T; ++t) {
-      const float xt = x[t * xs + i];
-      for (int j = 0; j < V; ++j) h[t][j] += xt * ai[j];
+      const v8 xt = splat8(x[t * xs + i]);
+      for (int j = 0; j < V; ++j) h[t][j] = fma8(xt, ai[j], h[t][j]);
     }
   }
   float hs[T][R];
@@ -60,8 +74,9 @@ void block(const float* x, int64_t xs, const float* a, const float* b, float* ou
     for (int k = 0; k < R; ++k) {
       const v8 b0 = load8(b + k * n_out + o0), b1 = load8(b + k * n_out + o0 + 8);
       for (int t = 0; t < T; ++t) {
-        acc[t][0] += hs[t][k] * b0;
-        acc[t][1] += hs[t][k] * b1;
+        const v8 hk = splat8(hs[t][k]);
+        acc[t][0] = fma8(hk, b0, acc[t][0]);
+        acc[t][1] = fma8(hk, b1, acc[t][1]);
       }
     }
     for (int t = 0; t < T; ++t) {
@@ -72,7 +87,7 @@ void block(const float* x, int64_t xs, const float* a, const float* b, float* ou
   for (int t = 0; t < T; ++t)  // the last n_out % 16 outputs
     for (int64_t o = o0; o < n_out; ++o) {
       float v = out[t * os + o];
-      for (int k = 0; k < R; ++k) v += hs[t][k] * b[k * n_out + o];
+      for (int k = 0; k < R; ++k) v = __builtin_fmaf(hs[t][k], b[k * n_out + o], v);
       out[t * os + o] = v;
     }
 }
@@ -98,13 +113,13 @@ void item_any(const float* x, const float* a, const float* b, float* out, int64_
     const float xi = x[i];
     const float* ai = a + i * r;
 #pragma omp simd
-    for (int64_t k = 0; k < r; ++k) h[k] += xi * ai[k];
+    for (int64_t k = 0; k < r; ++k) h[k] = __builtin_fmaf(xi, ai[k], h[k]);
   }
   for (int64_t k = 0; k < r; ++k) {
     const float hk = h[k];
     const float* bk = b + k * n_out;
 #pragma omp simd
-    for (int64_t o = 0; o < n_out; ++o) out[o] += hk * bk[o];
+    for (int64_t o = 0; o < n_out; ++o) out[o] = __builtin_fmaf(hk, bk[o], out[o]);
   }
 }
 
