@@ -101,3 +101,34 @@ def test_packing_can_be_turned_off(tmp_path):
     host = ModelHost.load(make_base_model("llama", tmp_path / "base", seed=0), packed_weights=False)
     assert all(packed.of(m) is None for m in host.model.modules())
     assert ModelHost.load(tmp_path / "base").fingerprint == host.fingerprint  # packing does not change identity
+
+
+def test_a_wrapper_serves_from_its_layers_pack_only_while_the_layer_holds_that_weight(tmp_path):
+    """A LoRA wrapper keeps its base layer's pack between forwards (the lookup costs microseconds a call): a weight
+    replaced after forwards used the pack is served from the new weight, never the stale pack."""
+    from adapterfleet.worker.lora.linear import LoraLinear
+
+    base = make_base_model("llama", tmp_path / "base", seed=0)
+    adapter = make_peft_adapter(base, tmp_path / "a", seed=1, r=4, target_modules=["q_proj", "v_proj"])
+    host = ModelHost.load(base)
+    lora = LoraModel(host.model, max_slots=2)
+    lora.install(0, AdapterWeights.from_dir(adapter))
+    wrapper = next(m for m in host.model.modules() if isinstance(m, LoraLinear))
+    layer = wrapper.base_layer
+    assert isinstance(layer, nn.Linear)
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(4))
+    a, b = wrapper._stack.tensor("A")[1], wrapper._stack.tensor("B")[1]
+    with torch.inference_mode():
+        for slots, term in (([-1, -1, -1], False), ([0, 0, 0], True)):  # the base route and the adapter's
+            with lora.rows(slots):
+                got = wrapper(x)
+            assert wrapper._pack is not None and wrapper._pack is packed.of(layer)
+            want = F.linear(x, layer.weight, layer.bias) + ((x @ a) @ b if term else 0)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        layer.weight = nn.Parameter(layer.weight * 2, requires_grad=False)  # replaced: the pack no longer describes it
+        assert packed.of(layer) is None
+        for slots, term in (([-1, -1, -1], False), ([0, 0, 0], True)):
+            with lora.rows(slots):
+                got = wrapper(x)
+            want = F.linear(x, layer.weight, layer.bias) + ((x @ a) @ b if term else 0)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -89,6 +89,13 @@ class SlotWrapper(nn.Module):
         plan = self._plan(stack, batch, device)
         return None if plan is None else plan.local
 
+    def base(self) -> nn.Module:
+        """``self.base_layer`` without nn.Module's ``__getattr__``, which costs ~2 us a call on the 2-core box; a
+        forward of every wrapper asks."""
+        base = self._modules["base_layer"]
+        assert base is not None, "a wrapper always holds its base layer"
+        return base
+
     def unwrapped(self) -> nn.Module:
         return self.base_layer
 

@@ -59,11 +59,17 @@ class LowRankKernel:
         """Whether these tensors are ones the kernel runs on: float32 on the CPU, the stacks contiguous, x and
         ``out`` (None: one the caller makes) with contiguous rows."""
         return (
-            x2.dtype == a.dtype == b.dtype == torch.float32
-            and x2.device.type == "cpu" and a.device.type == "cpu"
-            and a.is_contiguous() and b.is_contiguous() and x2.stride(-1) == 1
+            x2.dtype == torch.float32 and x2.device.type == "cpu" and x2.stride(-1) == 1
+            and self.takes_stacks(a, b)
             and (out is None or (out.dtype == torch.float32 and out.stride(-1) == 1))
         )
+
+    @staticmethod
+    def takes_stacks(a: torch.Tensor, b: torch.Tensor) -> bool:
+        """The stacks' part of :meth:`takes` (a wrapper works it out once per stack): float32 on the CPU,
+        contiguous."""
+        return (a.dtype == b.dtype == torch.float32 and a.device.type == "cpu" and b.device.type == "cpu"
+                and a.is_contiguous() and b.is_contiguous())
 
     def add_rows(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor,
                  out: torch.Tensor) -> torch.Tensor:
