@@ -717,6 +717,7 @@ def wave_table(bench: Bench, counts: list[int], size: int, prompt_len: int, new_
             base = bench.stats.get(("wave", 0, p))
             cells.append(f"{tp[p] / base.throughput:.2f}x" if base else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += paired_base(bench, counts, paths, reps)
     lines += ["", "TTFT / inter-token p50, p99 (ms) in the waves:"]
     for n in counts:
         parts = []
@@ -724,6 +725,27 @@ def wave_table(bench: Bench, counts: list[int], size: int, prompt_len: int, new_
             s = bench.stats[("wave", n, p)]
             parts.append(f"{p} {s.ms('ttft', .5):.0f}/{s.ms('ttft', .99):.0f}, {s.ms('itl', .5):.0f}/"
                          f"{s.ms('itl', .99):.0f}")
+        lines.append(f"  {bench.labels[('wave', n)]}: " + "; ".join(parts))
+    return lines
+
+
+def paired_base(bench: Bench, counts: list[int], paths: list[str], reps: int) -> list[str]:
+    """Each wave over the base wave of the same rep, the median over reps (and each rep's): a rep's waves run close
+    together, so a machine that changes speed between reps moves both sides of its ratio alike, where the table's
+    ratio of medians can pair a fast rep's base with a slow rep's adapters."""
+    if reps < 2 or 0 not in counts:
+        return []
+    lines = ["", "each wave over the base wave of the same rep (median over reps; each rep's in brackets):"]
+    for n in counts:
+        if n == 0:
+            continue
+        parts = []
+        for p in paths:
+            base, wave = bench.stats.get(("wave", 0, p)), bench.stats[("wave", n, p)]
+            if base is None:
+                continue
+            ratios = [w / b for w, b in zip(wave.tok_s, base.tok_s, strict=False)]
+            parts.append(f"{p} {statistics.median(ratios):.3f}x ({', '.join(f'{r:.3f}' for r in ratios)})")
         lines.append(f"  {bench.labels[('wave', n)]}: " + "; ".join(parts))
     return lines
 
