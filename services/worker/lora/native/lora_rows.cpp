@@ -12,6 +12,10 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#if defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -34,8 +38,8 @@ inline v8 splat8(float f) { return v8{f, f, f, f, f, f, f, f}; }
 // or left apart at the compiler's choice. Left to it, GCC fused them in some blocks and not in others (znver2, rank
 // 8), and an item's result then depended on the block it was in.
 inline v8 fma8(v8 a, v8 b, v8 c) {
-#if defined(__FMA__)
-  return __builtin_ia32_vfmaddps256(a, b, c);
+#if defined(__FMA__) && defined(__AVX__)
+  return _mm256_fmadd_ps(a, b, c);  // v8 is __m256's own type in GCC and Clang
 #else
   v8 r;
   for (int l = 0; l < 8; ++l) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
