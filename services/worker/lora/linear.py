@@ -93,7 +93,7 @@ class LoraLinear(SlotWrapper):
         self.in_features, self.out_features = linear_shape(base_layer)
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
         self._pack: packed.Packed | None = None  # see _packed
-        self._kernel_memo: tuple[SlotStack, LowRankKernel, bool] | None = None  # see _kernel_takes
+        self._kernel_memo: tuple[torch.Tensor, torch.Tensor, LowRankKernel, bool] | None = None  # _kernel_takes
 
     @property
     def weight(self) -> torch.Tensor:
@@ -172,12 +172,12 @@ class LoraLinear(SlotWrapper):
             shape = y.shape
             out = y.reshape(batch, -1, self.out_features)  # [batch, tokens, out]; the base layer's fresh output
             if "A" in carried:
-                xs = x.reshape(batch, -1, self.in_features)  # [batch, tokens, in]
+                x2, tokens = x.reshape(-1, self.in_features), out.shape[1]
                 a, b = stack.tensor("A"), stack.tensor("B")
                 if a.dtype == out.dtype:
-                    self._low_rank(xs.to(a.dtype), a, b, plan, into=out.view(-1, self.out_features))
+                    self._low_rank(x2.to(a.dtype), tokens, a, b, plan, into=out.view(-1, self.out_features))
                 else:
-                    out.add_(self._low_rank(xs.to(a.dtype), a, b, plan).view(out.shape).to(out.dtype))
+                    out.add_(self._low_rank(x2.to(a.dtype), tokens, a, b, plan).view(out.shape).to(out.dtype))
         if "scale" in carried:  # DoRA
             out.mul_(_per_row(stack.tensor("scale"), plan))
         if "shift" in carried:
@@ -188,19 +188,14 @@ class LoraLinear(SlotWrapper):
                      plan: RowPlan) -> torch.Tensor:
         """The base GEMM and the low-rank terms, run by this wrapper: the base layer's output, written once.
         x [batch, tokens, in] -> [batch * tokens, out]"""
-        batch = x.shape[0]
         x2 = x.reshape(-1, self.in_features)
+        tokens = x2.shape[0] // x.shape[0]
+        a, b = stack.tensor("A"), stack.tensor("B")
         pack = self._packed(base, weight)
         y = None if pack is None else pack.linear(x2)
         if y is not None:  # the prepacked GEMM (and bias), then the terms added in place
-            kernel = self.ctx.low_rank
-            if kernel is not None and x2.stride(-1) == 1 and self._kernel_takes(kernel, stack):
-                # the common route, kept lean (56 wrappers a forward on the 56M Llama): the kernel adds every row's
-                # terms in one call; where it is loaded it beats every other route (see the module's docstring)
-                return kernel.add_rows(x2, stack.tensor("A"), stack.tensor("B"), plan.items(x2.shape[0] // batch), y)
-            return self._low_rank(x2.reshape(batch, -1, self.in_features), stack.tensor("A"), stack.tensor("B"), plan,
-                                  into=y)
-        flat = self._low_rank(x2.reshape(batch, -1, self.in_features), stack.tensor("A"), stack.tensor("B"), plan)
+            return self._low_rank(x2, tokens, a, b, plan, into=y)
+        flat = self._low_rank(x2, tokens, a, b, plan)
         bias = self.bias
         if bias is not None:
             flat.add_(bias)
@@ -208,13 +203,14 @@ class LoraLinear(SlotWrapper):
             return flat.add_(few_rows.linear_t(x2, self.base_weight()))
         return flat.addmm_(x2, weight if self.fan_in_fan_out else weight.t())  # nn.Linear [out, in], Conv1D [in, out]
 
-    def _kernel_takes(self, kernel: LowRankKernel, stack: SlotStack) -> bool:
-        """Whether ``kernel`` takes this stack's A and B, worked out once per stack and kernel (both immutable)."""
+    def _kernel_takes(self, kernel: LowRankKernel, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """:meth:`.native.LowRankKernel.takes_stacks`, worked out once per stack (a stack's tensors are the same
+        objects for as long as it is installed) and kernel: 56 wrappers a forward ask."""
         memo = self._kernel_memo
-        if memo is None or memo[0] is not stack or memo[1] is not kernel:
-            memo = (stack, kernel, kernel.takes_stacks(stack.tensor("A"), stack.tensor("B")))
+        if memo is None or memo[0] is not a or memo[1] is not b or memo[2] is not kernel:
+            memo = (a, b, kernel, kernel.takes_stacks(a, b))
             self.__dict__["_kernel_memo"] = memo  # a plain attribute, not a registered one
-        return memo[2]
+        return memo[3]
 
     def _base_linear(self, base: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The plain base layer's ``x @ W.T + b``: prepacked where :mod:`.packed` packed it, else few-row aware."""
@@ -242,51 +238,50 @@ class LoraLinear(SlotWrapper):
             self.__dict__["_pack"] = pack  # a plain attribute, not a registered one (nn.Module's __setattr__)
         return pack
 
-    def _low_rank(
-        self, xs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, plan: RowPlan, into: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _low_rank(self, x2: torch.Tensor, tokens: int, a: torch.Tensor, b: torch.Tensor, plan: RowPlan,
+                  into: torch.Tensor | None = None) -> torch.Tensor:
         """Each row's ``(xs[b] @ a[l_b]) @ b[l_b]``, added in place to ``into`` if given, else a new tensor.
 
-        xs [batch, tokens, in] -> [batch * tokens, out]
+        x2 [batch * tokens, in] -> [batch * tokens, out]
         """
-        tokens, rank = xs.shape[1], a.shape[-1]
+        rank = a.shape[-1]
         kernel = self.ctx.low_rank
-        x2 = xs.reshape(-1, self.in_features)
-        if kernel is not None and kernel.takes(x2, a, b, into):  # the native kernel (lora/native.py), any tokens
+        if kernel is not None and kernel.takes_rows(x2, into) and self._kernel_takes(kernel, a, b):
+            # the native kernel (lora/native.py), any tokens, one adapter or many: where it is loaded it beats every
+            # other route (see the module's docstring)
             out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
             return kernel.add_rows(x2, a, b, plan.items(tokens), out)
         if plan.single is not None:
             h = x2 @ a[plan.single]  # [batch * tokens, rank]
             return h @ b[plan.single] if into is None else into.addmm_(h, b[plan.single])
         if plan.parts is not None:
-            return self._by_parts(xs, a, b, plan.parts, into)
+            return self._by_parts(x2, a, b, plan.parts, into)
         if tokens <= BAG_TOKENS:
             grouped = plan.grouped(tokens)
             if grouped is not None:
                 return self._grouped(x2, a, b, grouped, into)
             index, offsets = plan.bags(tokens, self.in_features)
             h = F.embedding_bag(  # [batch * tokens, rank]
-                index, a.view(-1, rank), offsets, mode="sum", per_sample_weights=xs.reshape(-1)
+                index, a.view(-1, rank), offsets, mode="sum", per_sample_weights=x2.reshape(-1)
             )
             index, offsets = plan.bags(tokens, rank)
             delta = F.embedding_bag(  # [batch * tokens, out]
                 index, b.view(-1, self.out_features), offsets, mode="sum", per_sample_weights=h.reshape(-1)
             )
             return delta if into is None else into.add_(delta)
-        h = torch.bmm(xs, a.index_select(0, plan.local))  # [batch, tokens, rank]
+        h = torch.bmm(x2.reshape(-1, tokens, self.in_features), a.index_select(0, plan.local))  # [batch, tokens, rank]
         b_rows = b.index_select(0, plan.local)  # [batch, rank, out]
         if into is None:
             return torch.bmm(h, b_rows).view(-1, self.out_features)
         return into.view(h.shape[0], tokens, -1).baddbmm_(h, b_rows)
 
-    def _by_parts(self, xs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, parts: list[Part],
+    def _by_parts(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, parts: list[Part],
                   into: torch.Tensor | None) -> torch.Tensor:
-        """A fused step's low-rank terms part by part (:class:`.plan.Part`): xs [items, 1, in] -> [items, out]."""
-        x2 = xs.reshape(-1, self.in_features)
+        """A fused step's low-rank terms part by part (:class:`.plan.Part`): x2 [items, in] -> [items, out]."""
         out = into if into is not None else x2.new_zeros(x2.shape[0], self.out_features)
         for p in parts:
             if p.plan is not None:
-                self._low_rank(xs[p.start:p.end], a, b, p.plan, into=out[p.start:p.end])
+                self._low_rank(x2[p.start:p.end], 1, a, b, p.plan, into=out[p.start:p.end])
             elif p.row:
                 out[p.start:p.end].addmm_(x2[p.start:p.end] @ a[p.row], b[p.row])
         return out

@@ -58,11 +58,13 @@ class LowRankKernel:
     def takes(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> bool:
         """Whether these tensors are ones the kernel runs on: float32 on the CPU, the stacks contiguous, x and
         ``out`` (None: one the caller makes) with contiguous rows."""
-        return (
-            x2.dtype == torch.float32 and x2.device.type == "cpu" and x2.stride(-1) == 1
-            and self.takes_stacks(a, b)
-            and (out is None or (out.dtype == torch.float32 and out.stride(-1) == 1))
-        )
+        return self.takes_rows(x2, out) and self.takes_stacks(a, b)
+
+    @staticmethod
+    def takes_rows(x2: torch.Tensor, out: torch.Tensor | None = None) -> bool:
+        """The rows' part of :meth:`takes`: float32 on the CPU with contiguous rows."""
+        return (x2.dtype == torch.float32 and x2.device.type == "cpu" and x2.stride(-1) == 1
+                and (out is None or (out.dtype == torch.float32 and out.stride(-1) == 1)))
 
     @staticmethod
     def takes_stacks(a: torch.Tensor, b: torch.Tensor) -> bool:
