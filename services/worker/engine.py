@@ -62,6 +62,7 @@ from adapterfleet.worker.kvcache import (
     truncate,
 )
 from adapterfleet.worker.lora import LoraModel
+from adapterfleet.worker.lora.native import DecodeAttention
 from adapterfleet.worker.step import Choice, choose
 from adapterfleet.worker.threads import pin as pin_threads
 
@@ -154,6 +155,7 @@ class Engine:
         self.max_batch = max_batch
         self.prefill_chunk_tokens = prefill_chunk_tokens  # <= 0: never chunk
         self.on_step = on_step
+        self._attention: DecodeAttention | None = None  # the native decode attention (use_attention)
         self._queue: queue.Queue = queue.Queue()
         self._backlog: list[GenerateJob] = []  # taken from the queue but not joinable into the running batch
         self._thread: threading.Thread | None = None
@@ -172,6 +174,15 @@ class Engine:
         self._queue.put(None)
         if self._thread:
             self._thread.join(10)
+
+    @property
+    def attention(self) -> DecodeAttention | None:
+        return self._attention
+
+    def use_attention(self, attention: DecodeAttention | None) -> None:
+        """Run decode rows' attention through the native kernel (:mod:`.lora.native`) from the next forward on, where
+        ``ragged`` supports the model (decode steps then run as its forwards); None: the model's own attention."""
+        self._attention = attention
 
     def submit(self, job: GenerateJob | ScoreJob) -> None:
         self._queue.put(job)
@@ -323,7 +334,7 @@ class Engine:
         try:
             if pre.own is not None:
                 segments = pre.segments(end)
-                logits = ragged.forward(self._model, self._lora, segments)
+                logits = ragged.forward(self._model, self._lora, segments, self._attention)
                 tokens = sum(s.ids.numel() for s in segments)
             else:
                 logits = [self._forward([j.slot for j in pre.jobs], input_ids=pre.ids[:, pre.done:end],
@@ -360,8 +371,7 @@ class Engine:
         rows that make the step fail on their own are failed and dropped (from ``cache`` too)."""
         while live:
             try:
-                logits = self._forward([r.job.slot for r in live], input_ids=ids, attention_mask=mask,
-                                       position_ids=pos, cache=cache)
+                logits = self._step(live, ids, cache, mask, pos)
                 return logits, live, mask, pos
             except Exception as exc:
                 if not joinable(cache):
@@ -378,6 +388,18 @@ class Engine:
                 cache.batch_select_indices(index)
                 ids, mask, pos, live = ids[index], mask[index], pos[index], [live[r] for r in keep]
         return torch.empty((0, 0), device=self._device), live, mask, pos
+
+    def _step(self, live: list[Row], ids: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
+              pos: torch.Tensor) -> torch.Tensor:
+        """A decode step's forward: through ``ragged`` where the native decode attention is loaded and the model is
+        one it supports (its attention then reads only the positions each row attends to), else the model's own."""
+        slots = [r.job.slot for r in live]
+        if self._attention is not None and self.fuse and ragged.unsupported(self._model, [cache], mask.shape[1]) is None:
+            segment = ragged.Segment(cache, ids, pos, mask, slots, keep=True)
+            logits = ragged.forward(self._model, self._lora, [segment], self._attention)[0]
+            assert logits is not None, "the rows keep their logits"
+            return logits
+        return self._forward(slots, input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
 
     def _retry_step(self, live: list[Row], ids: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
                     pos: torch.Tensor) -> Callable[[list[int]], object]:
@@ -476,7 +498,7 @@ class Engine:
         running = ragged.Segment(cache, ids, pos, mask, [r.job.slot for r in live], keep=True)
         chunk = pre.segments(end)
         try:
-            logits, *theirs = ragged.forward(self._model, self._lora, [running, *chunk])
+            logits, *theirs = ragged.forward(self._model, self._lora, [running, *chunk], self._attention)
         except Exception:  # noqa: BLE001 - the separate forwards sort out whose fault it was
             truncate(cache, mask.shape[1] - 1)
             pre.undo()

@@ -35,6 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from adapterfleet.worker.kvcache import cache_arg, joinable
 from adapterfleet.worker.lora import LoraModel
+from adapterfleet.worker.lora.native import DecodeAttention
 
 __all__ = ["Segment", "forward", "unsupported"]
 
@@ -84,8 +85,8 @@ class _Cache:
         return key_states, value_states
 
 
-_ACTIVE: contextvars.ContextVar[tuple[_Cache, str] | None] = contextvars.ContextVar("adapterfleet_ragged",
-                                                                                     default=None)
+_ACTIVE: contextvars.ContextVar[tuple[_Cache, str, DecodeAttention | None] | None] = contextvars.ContextVar(
+    "adapterfleet_ragged", default=None)
 
 
 def _split(t: torch.Tensor, p: _Part) -> torch.Tensor:
@@ -100,12 +101,16 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     active = _ACTIVE.get()
     if active is None:
         raise RuntimeError(f"the {NAME} attention runs only inside adapterfleet.worker.ragged.forward")
-    cache, inner = active
+    cache, inner, decode = active
     kwargs.pop("sliding_window", None)  # checked by unsupported(): every context fits the window
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(inner, _eager(module))
     outs = []
     for p, (k, v) in zip(cache.parts, cache.full[_layer(module)], strict=True):
         q = _split(query, p)  # [B, heads, C, dim]
+        if p.cols == 1 and decode is not None and decode.takes(q, k, v):  # a decode step's rows: the native kernel
+            scale = kwargs.get("scaling")
+            outs.append(decode(q[:, :, 0], k, v, p.segment.mask, q.shape[-1] ** -0.5 if scale is None else scale))
+            continue
         out, _ = attend(module, q, k, v, p.attend, **kwargs)  # [B, C, heads, dim]
         outs.append(out.reshape(p.rows * p.cols, *out.shape[2:]))
     return torch.cat(outs).unsqueeze(0), None
@@ -141,9 +146,11 @@ def unsupported(model: nn.Module, caches: Sequence[DynamicCache], longest: int) 
     return None
 
 
-def forward(model: nn.Module, lora: LoraModel, segments: Sequence[Segment]) -> list[torch.Tensor | None]:
+def forward(model: nn.Module, lora: LoraModel, segments: Sequence[Segment],
+            decode: DecodeAttention | None = None) -> list[torch.Tensor | None]:
     """One forward over all ``segments``' tokens (their caches grow by their columns): per segment, the logits of
-    each row's last column [B, V] (float32) if it keeps them, else None. The caller checked :func:`unsupported`."""
+    each row's last column [B, V] (float32) if it keeps them, else None. ``decode``: the native kernel for segments
+    of one column (a decode step's rows), where it takes their tensors. The caller checked :func:`unsupported`."""
     config: Any = model.config
     inner = _implementation_of(config)
     causal_lm = cast(PreTrainedModel, model)
@@ -157,7 +164,7 @@ def forward(model: nn.Module, lora: LoraModel, segments: Sequence[Segment]) -> l
     slots = [slot for p in parts for slot in p.segment.slots for _ in range(p.cols)]
     cache = _Cache(parts)
     decoder = causal_lm.get_decoder()
-    with _implementation(config, NAME), _active(cache, inner), lora.rows(slots, flat=True):
+    with _implementation(config, NAME), _active(cache, inner, decode), lora.rows(slots, flat=True):
         hidden = decoder(input_ids=ids, position_ids=positions, use_cache=True,
                          **{cache_arg(decoder): cache}).last_hidden_state  # [1, tokens, hidden]
     kept = [p for p in parts if p.segment.keep]
@@ -206,8 +213,8 @@ def _implementation(config, name: str) -> Iterator[None]:
 
 
 @contextmanager
-def _active(cache: _Cache, inner: str) -> Iterator[None]:
-    token = _ACTIVE.set((cache, inner))
+def _active(cache: _Cache, inner: str, decode: DecodeAttention | None) -> Iterator[None]:
+    token = _ACTIVE.set((cache, inner, decode))
     try:
         yield
     finally:

@@ -82,8 +82,6 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
                                   batch_hint=cfg.max_batch)
     metrics = metrics or ServiceMetrics("worker", cfg.metrics)
     lora = LoraModel(host.model, max_slots=cfg.max_slots)
-    if cfg.native_kernel and host.device.type == "cpu" and host.dtype == torch.float32:
-        start_native_kernel(lora, cfg.native_dir)
     store = StoreClient(cfg.store, security=cfg.security, direct=cfg.direct)
     backend = WorkerBackend(store, lora, fingerprint=host.fingerprint, disk_dir=cfg.disk_dir, dtype=host.dtype,
                             device=host.device, max_rank=cfg.max_rank, trust=TrustPolicy.from_specs(cfg.trust_keys))
@@ -92,19 +90,22 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
     engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch,
                     prefill_chunk_tokens=cfg.prefill_chunk_tokens, threads=threads.engine_threads(cfg.threads),
                     fuse=cfg.fused_steps)
+    if cfg.native_kernel and host.device.type == "cpu" and host.dtype == torch.float32:
+        start_native_kernel(lora, engine, cfg.native_dir)
     core = WorkerCore(cfg, host, cache, engine, store, metrics)
     metrics.registry.register(WorkerCollector(core))
     return core
 
 
-def start_native_kernel(lora: LoraModel, directory: str) -> None:
-    """The native LoRA kernel: loaded now where ``directory`` has a build for this source, torch and CPU (so every
+def start_native_kernel(lora: LoraModel, engine: Engine, directory: str) -> None:
+    """The native kernels (LoRA terms, decode attention): loaded now where ``directory`` has a build for this source, torch and CPU (so every
     forward of this worker runs the same ops), else built in the background, the engine taking it up from its next
     forward once it is ready. Where it cannot be had, torch's ops serve and the log says why."""
     started = time.monotonic()
 
     def ready(kernel: native.LowRankKernel) -> None:
         lora.use_kernel(kernel)
+        engine.use_attention(kernel.attention)
         log.info("native LoRA kernel %s in use (%.1f s after start; %s)", kernel.key, time.monotonic() - started,
                  directory)
 

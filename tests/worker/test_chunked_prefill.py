@@ -44,7 +44,8 @@ def _job(prompt, slot, n, out: Collected) -> GenerateJob:
     return GenerateJob(list(prompt), slot, n, Sampling(), frozenset(), out.emit, out.fail)
 
 
-def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=RUNNING, fuse: bool = True):
+def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=RUNNING, fuse: bool = True,
+         attention=None):
     """``running`` (RUNNING) starts on an idle engine; ``newcomers`` [(prompt, slot, n)] are submitted right after
     decode step ``after_decode``. Returns (running outputs, newcomer outputs, step log)."""
     log: list[tuple[str, int, int]] = []
@@ -58,6 +59,7 @@ def _run(model, lora, chunk: int, newcomers, *, after_decode: int = 3, running=R
 
     engine = Engine(model, lora, pad_id=0, device=model.device, max_batch=8, prefill_chunk_tokens=chunk,
                     on_step=on_step, fuse=fuse)
+    engine.use_attention(attention)
     early = [Collected() for _ in running]
     for (p, s, n), o in zip(running, early, strict=True):
         engine.submit(_job(p, s, n, o))  # queued before the engine starts: one batch
@@ -252,3 +254,29 @@ def test_the_native_kernel_serves_decode_rows_and_fused_chunks_with_the_same_tok
     assert ran, "no low-rank term went through the native kernel; the test is void"
     if fuse and chunk < 8:
         assert max(ran) >= 2 + chunk, "no fused step took the decode rows and the chunk's tokens together"
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+def test_the_native_decode_attention_serves_decode_rows_with_the_same_tokens(setup, reference, fuse, native_kernel,
+                                                                            monkeypatch):
+    """Rows of different lengths decoding (left-padded in one batch) while a newcomer is prefilled in chunks: with
+    the native decode attention, every decode step's rows (a plain step's, and a fused step's beside the chunk) go
+    through it, and the tokens are PEFT's. With fused steps off, the engine keeps the model's own attention."""
+    if native_kernel is None:
+        pytest.skip("no C++ compiler here: the native kernels cannot be built")
+    _, _, model, lora = setup
+    alone, peft = reference
+    attention = native_kernel.attention
+    rows = []
+    real = attention.__call__
+    monkeypatch.setattr(type(attention), "__call__", lambda self, q, *a: rows.append(q.shape[0]) or real(q, *a))
+    running, (late,), log = _run(model, lora, 16, [(LONG, 0, NEW)], fuse=fuse, attention=attention)
+    assert late == alone[tuple(LONG)] == peft[tuple(LONG)]
+    assert running == [alone[tuple(p)] for p, _, _ in RUNNING]
+    if not fuse:
+        assert not rows, "the decode attention ran without fused steps"
+        return
+    layers = model.config.num_hidden_layers
+    decodes = [n for kind, n, _ in log if kind == "decode"]
+    assert len(rows) == layers * len(decodes), "a decode step's attention did not go through the kernel"
+    assert sorted(set(rows)) == sorted(set(decodes)) and 3 in rows, "the newcomer never decoded beside the others"

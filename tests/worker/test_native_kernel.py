@@ -15,6 +15,7 @@ import logging
 import pytest
 import torch
 
+from adapterfleet.worker.engine import Engine
 from adapterfleet.worker.lora import LoraModel, native
 from adapterfleet.worker.server import start_native_kernel
 
@@ -118,10 +119,12 @@ def test_a_build_that_does_not_load_is_refused_and_torch_serves(tmp_path, monkey
         native.build(tmp_path)  # found there: not rebuilt over, refused the same way
     from tests.helpers.models import load_base_model
 
-    lora = LoraModel(load_base_model(zoo.base("llama")), max_slots=2)
+    model = load_base_model(zoo.base("llama"))
+    lora = LoraModel(model, max_slots=2)
+    engine = Engine(model, lora, pad_id=0, device=torch.device("cpu"))
     with caplog.at_level(logging.WARNING):
-        start_native_kernel(lora, str(tmp_path))
-    assert lora.ctx.low_rank is None
+        start_native_kernel(lora, engine, str(tmp_path))
+    assert lora.ctx.low_rank is None and engine.attention is None
     assert "native LoRA kernel unavailable, decode steps run torch's ops" in caplog.text
     assert "not a shared library" in caplog.text or "does not load" in caplog.text
 
@@ -138,9 +141,12 @@ def test_a_directory_it_cannot_write_is_refused_with_what_to_do(tmp_path, monkey
 def test_a_worker_takes_a_built_kernel_at_start(kernel, tmp_path, zoo):
     from tests.helpers.models import load_base_model
 
-    lora = LoraModel(load_base_model(zoo.base("llama")), max_slots=2)
-    start_native_kernel(lora, str(tmp_path))  # loaded in this process: found at once, not in the background
+    model = load_base_model(zoo.base("llama"))
+    lora = LoraModel(model, max_slots=2)
+    engine = Engine(model, lora, pad_id=0, device=torch.device("cpu"))
+    start_native_kernel(lora, engine, str(tmp_path))  # loaded in this process: found at once, not in the background
     assert lora.ctx.low_rank is kernel
+    assert engine.attention is kernel.attention and isinstance(kernel.attention, native.DecodeAttention)
 
 
 def test_a_missing_build_is_made_in_the_background(tmp_path, monkeypatch):
@@ -160,15 +166,22 @@ def test_a_missing_build_is_made_in_the_background(tmp_path, monkeypatch):
 
         def use_kernel(self, k):
             self.ctx.low_rank = k
+
+    class StandInEngine:
+        attention = None
+
+        def use_attention(self, attention):
+            self.attention = attention
             built.set()
 
     monkeypatch.setattr(native, "key", lambda: "fedcba9876543210")
     monkeypatch.setattr(native, "_compile", fake_compile)
     monkeypatch.setattr(native, "_load", lambda library, k: native.LowRankKernel(lambda *a: None, k))
-    lora = Lora()
-    start_native_kernel(lora, str(tmp_path))  # type: ignore[arg-type]
+    lora, engine = Lora(), StandInEngine()
+    start_native_kernel(lora, engine, str(tmp_path))  # type: ignore[arg-type]
     assert built.wait(30), "the background build never handed its kernel over"
     assert lora.ctx.low_rank.key == "fedcba9876543210" and compiled == ["adapterfleet_fedcba9876543210"]
+    assert engine.attention is lora.ctx.low_rank.attention
     assert (tmp_path / "fedcba9876543210" / "lora_rows.so").is_file()
 
 

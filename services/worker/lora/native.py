@@ -1,5 +1,5 @@
-"""The worker's one native kernel: each row's LoRA term, for decode rows, prefill rows and a fused step's mix alike,
-built on first use.
+"""The worker's native kernels, one library built on first use: each row's LoRA term (for decode rows, prefill rows
+and a fused step's mix alike) and a decode step's attention.
 
 A decode step with many distinct adapters must read every row's A and B once: 153 MB a step for 32 rank-16
 adapters on every linear of the 56M Llama. torch's ops read them well under the memory's streaming rate (bmm /
@@ -9,6 +9,10 @@ rank-wide accumulator and adds B's rows scaled by it, one pass per row, rows spl
 OpenMP team (the engine's): 4.6 ms for the same terms (``benchmarks/RESULTS.md``, "the native LoRA kernel"). A
 prefill's tokens, runs of one stack row, are taken a few at a time with each of A's and B's rows loaded once for
 them all, so rank-16 terms run near the FMA units' rate where torch's skinny matmuls do not.
+
+``native/decode_attention.cpp`` is a decode step's attention (one query per row): bound by reading each row's keys
+and values once, which torch's CPU flash attention is far from, and it reads only the positions a row attends to,
+never the left padding of a batch whose rows joined at different times (:class:`DecodeAttention`).
 
 It is compiled here, with the C++ compiler on PATH and torch's own headers and libraries, for this CPU
 (``-march=native``), into ``directory/<key>/``: the key hashes the source, the flags, torch's version and the CPU's
@@ -34,7 +38,9 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native") / "lora_rows.cpp"
+NATIVE = Path(__file__).with_name("native")
+SOURCES = (NATIVE / "lora_rows.cpp", NATIVE / "decode_attention.cpp")  # compiled into one library
+HEADERS = (NATIVE / "simd.h",)
 # hidden visibility: the library exports nothing but its op registration, so none of the inline ATen code it
 # carries can stand in for torch's own in the process (it is loaded RTLD_GLOBAL)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-std=c++20", "-shared",
@@ -48,12 +54,38 @@ class KernelUnavailable(RuntimeError):
     """The native kernel could not be built or loaded here; torch's ops serve instead."""
 
 
-class LowRankKernel:
-    """``out[i] += (x[i] @ a[rows[i]]) @ b[rows[i]]`` for every item whose stack row is not 0, in place."""
+class DecodeAttention:
+    """One query per row against that row's keys and values: ``softmax(q . k * scale) . v`` over the positions the
+    row's mask keeps (and its last, its own token), G = query heads / key-value heads query heads per key-value
+    head."""
 
-    def __init__(self, op: Callable[..., None], key: str):
+    def __init__(self, op: Callable[..., None]):
+        self._op = op
+
+    @staticmethod
+    def takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """Whether these are tensors the kernel runs on: float32 on the CPU, the head dimension contiguous, as many
+        query heads per key-value head for each."""
+        return (q.dtype == k.dtype == v.dtype == torch.float32 and q.device.type == "cpu" and k.device.type == "cpu"
+                and v.device.type == "cpu" and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+                and k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+        """q [B, Hq, D], k and v [B, Hkv, T, D], mask [B, T] (int64 or bool; nonzero: attended) -> [B, Hq, D]."""
+        out = q.new_empty(q.shape)
+        self._op(q, k, v, mask, scale, out)
+        return out
+
+
+class LowRankKernel:
+    """``out[i] += (x[i] @ a[rows[i]]) @ b[rows[i]]`` for every item whose stack row is not 0, in place. ``attention``:
+    the same library's :class:`DecodeAttention` (None: a stand-in without one)."""
+
+    def __init__(self, op: Callable[..., None], key: str, attention: DecodeAttention | None = None):
         self._op = op
         self.key = key
+        self.attention = attention
 
     def takes(self, x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> bool:
         """Whether these tensors are ones the kernel runs on: float32 on the CPU, the stacks contiguous, x and
@@ -106,12 +138,12 @@ def key() -> str:
     """What a build is kept under: a hash of the source, the flags, torch's version and this CPU's flags (worked out
     once per process: load and build both ask)."""
     try:
-        source = SOURCE.read_bytes()
+        sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
     except OSError as exc:
-        raise KernelUnavailable(f"the native LoRA kernel's source {SOURCE} cannot be read ({exc}); the package is "
-                                "installed without it: reinstall adapterfleet") from exc
+        raise KernelUnavailable(f"the native kernels' sources cannot be read ({exc}); the package is installed "
+                                "without them: reinstall adapterfleet") from exc
     digest = hashlib.sha256()
-    for part in (source, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (*sources, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -157,11 +189,12 @@ def build(directory: str | Path) -> LowRankKernel:
 def _load(library: Path, k: str) -> LowRankKernel:
     try:
         torch.ops.load_library(str(library))
-        op = getattr(torch.ops, f"adapterfleet_{k}").lora_rows_
+        ops = getattr(torch.ops, f"adapterfleet_{k}")
+        op, attention = ops.lora_rows_, ops.decode_attention_
     except (OSError, RuntimeError, AttributeError) as exc:
         raise KernelUnavailable(f"the native LoRA kernel at {library} does not load: {exc}; delete that directory "
                                 "to rebuild it") from exc
-    kernel = _LOADED[k] = LowRankKernel(op, k)
+    kernel = _LOADED[k] = LowRankKernel(op, k, DecodeAttention(attention))
     return kernel
 
 
@@ -174,7 +207,7 @@ def _compile(library: Path, namespace: str) -> None:
     os.close(fd)
     include = torch_dir / "include"
     cmd = [compiler(), *FLAGS, f"-DADAPTERFLEET_NS={namespace}",
-           "-isystem", str(include), "-isystem", str(include / "torch" / "csrc" / "api" / "include"), str(SOURCE),
+           "-isystem", str(include), "-isystem", str(include / "torch" / "csrc" / "api" / "include"), *map(str, SOURCES),
            f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}", "-lc10", "-ltorch_cpu", "-o", tmp]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)

@@ -12,9 +12,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#if defined(__FMA__) && defined(__AVX__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #include <cstdint>
 #include <cstring>
@@ -23,29 +21,7 @@
 
 namespace {
 
-// Eight floats as one value: GCC / Clang vector extensions, so the compiler keeps the accumulators below in registers
-// whatever the target's vector width (AVX2 and AVX-512 as one or two ymm/zmm, NEON as two q registers).
-typedef float v8 __attribute__((vector_size(32)));
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);  // unaligned
-  return v;
-}
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-inline v8 splat8(float f) { return v8{f, f, f, f, f, f, f, f}; }
-
-// a * b + c rounded once, written out: the library is compiled with -ffp-contract=off, so no product and sum are fused
-// or left apart at the compiler's choice. Left to it, GCC fused them in some blocks and not in others (znver2, rank
-// 8), and an item's result then depended on the block it was in.
-inline v8 fma8(v8 a, v8 b, v8 c) {
-#if defined(__FMA__) && defined(__AVX__)
-  return _mm256_fmadd_ps(a, b, c);  // v8 is __m256's own type in GCC and Clang
-#else
-  v8 r;
-  for (int l = 0; l < 8; ++l) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
-  return r;
-#endif
-}
+using namespace adapterfleet_simd;
 
 // One block's terms: T consecutive items (x rows x[t * xs], out rows out[t * os]) on one stack row, so each of A's and
 // B's rows is loaded once for all T items, and the T items' accumulators are independent chains. T == 1 is a decode
