@@ -98,9 +98,10 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
 
 
 def start_native_kernel(lora: LoraModel, engine: Engine, directory: str) -> None:
-    """The native kernels (LoRA terms, decode attention): loaded now where ``directory`` has a build for this source, torch and CPU (so every
-    forward of this worker runs the same ops), else built in the background, the engine taking it up from its next
-    forward once it is ready. Where it cannot be had, torch's ops serve and the log says why."""
+    """The native kernels (LoRA terms, decode attention): loaded now where ``directory`` has a build for these sources,
+    torch and CPU (so every forward of this worker runs the same ops), else built in the background, the LoRA model
+    and the engine taking them up from their next forward once they are ready. Where they cannot be had, torch's ops
+    serve and the log says why."""
     started = time.monotonic()
 
     def ready(kernel: native.LowRankKernel) -> None:

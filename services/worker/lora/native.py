@@ -207,7 +207,8 @@ def _compile(library: Path, namespace: str) -> None:
     os.close(fd)
     include = torch_dir / "include"
     cmd = [compiler(), *FLAGS, f"-DADAPTERFLEET_NS={namespace}",
-           "-isystem", str(include), "-isystem", str(include / "torch" / "csrc" / "api" / "include"), *map(str, SOURCES),
+           "-isystem", str(include), "-isystem", str(include / "torch" / "csrc" / "api" / "include"),
+           *map(str, SOURCES),
            f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}", "-lc10", "-ltorch_cpu", "-o", tmp]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
