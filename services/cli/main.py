@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never build or use the native LoRA kernel (C++, compiled here on first start); decode steps "
                         "with many adapters then run torch's ops, and are slower")
     s.add_argument("--native-dir", default=WorkerConfig.native_dir,
-                   help="where the native LoRA kernel is built and kept (one build per source, torch and CPU)")
+                   help="where the native kernels (LoRA terms, decode attention) are built and kept (one build per "
+                        "source, torch and CPU)")
     s.add_argument("--prefill-chunk-tokens", type=int, default=WorkerConfig.prefill_chunk_tokens,
                    help="while rows decode, longer prefills run in chunks of this many tokens (0: off)")
     s.add_argument("--no-fused-steps", action="store_true",

@@ -37,7 +37,7 @@ class WorkerConfig:
     # ~1.3 ms faster, a prefill's LoRA terms 1.5-2.5x faster; open loop +6% tok/s (benchmarks/RESULTS.md)
     native_kernel: bool = True
     native_dir: str = ".adapterfleet/native"
-    prefill_chunk_tokens: int = 256  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
+    prefill_chunk_tokens: int = 512  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
     # a decode step and a newcomer's prefill chunk as one forward (worker/ragged.py; Llama, Mistral, Qwen2)
     fused_steps: bool = True
     max_new_tokens_limit: int = 2048

@@ -72,7 +72,7 @@ __all__ = ["Engine", "EngineStats", "GenerateJob", "ScoreJob"]
 Batch = tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor, list[Row]]
 # what the engine just ran, for tests and benchmarks: ("decode" | "prefill", rows, tokens fed to the model)
 StepHook = Callable[[str, int, int], None]
-PREFILL_CHUNK_TOKENS = 256
+PREFILL_CHUNK_TOKENS = 512
 
 
 @dataclass
