@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-native-kernel", action="store_true",
                    help="never build or use the native LoRA kernel (C++, compiled here on first start); decode steps "
                         "with many adapters then run torch's ops, and are slower")
+    s.add_argument("--no-decode-attention", action="store_true",
+                   help="decode steps attend through the model's own attention (torch's sdpa), not the native kernel's "
+                        "(which reads only the positions each row attends to)")
     s.add_argument("--native-dir", default=WorkerConfig.native_dir,
                    help="where the native kernels (LoRA terms, decode attention) are built and kept (one build per "
                         "source, torch and CPU)")

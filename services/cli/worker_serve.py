@@ -20,6 +20,7 @@ def config_from_args(args, store_addr: str) -> WorkerConfig:
         disk_bytes=args.disk_cache_mb << 20, disk_dir=args.disk_cache_dir, max_batch=args.max_batch,
         prefill_chunk_tokens=args.prefill_chunk_tokens, packed_weights=not args.no_packed_weights,
         fused_steps=not args.no_fused_steps, native_kernel=not args.no_native_kernel, native_dir=args.native_dir,
+        decode_attention=not args.no_decode_attention,
         threads=args.threads or 0,
         advertise=args.advertise, drain_s=args.drain_seconds, metrics=metrics_config(args),
         tls=tls, security=security, reflection=args.reflection, trust_keys=trust_keys(args),

@@ -36,6 +36,10 @@ class WorkerConfig:
     # kept in native_dir; until it loads, or where it cannot, torch's ops serve. Decode steps with 32 distinct adapters
     # ~1.3 ms faster, a prefill's LoRA terms 1.5-2.5x faster; open loop +6% tok/s (benchmarks/RESULTS.md)
     native_kernel: bool = True
+    # decode rows' attention through the native kernels' decode_attention.cpp, only the positions each row attends to
+    # (decode steps then run as ragged forwards; Llama, Mistral, Qwen2): a 48-64-row step of rows of different lengths
+    # -19% (benchmarks/RESULTS.md); off: the model's own attention
+    decode_attention: bool = True
     native_dir: str = ".adapterfleet/native"
     prefill_chunk_tokens: int = 512  # while rows decode, longer prefills run in chunks of this many tokens (0: off)
     # a decode step and a newcomer's prefill chunk as one forward (worker/ragged.py; Llama, Mistral, Qwen2)

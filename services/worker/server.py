@@ -91,22 +91,23 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
                     prefill_chunk_tokens=cfg.prefill_chunk_tokens, threads=threads.engine_threads(cfg.threads),
                     fuse=cfg.fused_steps)
     if cfg.native_kernel and host.device.type == "cpu" and host.dtype == torch.float32:
-        start_native_kernel(lora, engine, cfg.native_dir)
+        start_native_kernel(lora, engine if cfg.decode_attention else None, cfg.native_dir)
     core = WorkerCore(cfg, host, cache, engine, store, metrics)
     metrics.registry.register(WorkerCollector(core))
     return core
 
 
-def start_native_kernel(lora: LoraModel, engine: Engine, directory: str) -> None:
+def start_native_kernel(lora: LoraModel, engine: Engine | None, directory: str) -> None:
     """The native kernels (LoRA terms, decode attention): loaded now where ``directory`` has a build for these sources,
     torch and CPU (so every forward of this worker runs the same ops), else built in the background, the LoRA model
-    and the engine taking them up from their next forward once they are ready. Where they cannot be had, torch's ops
-    serve and the log says why."""
+    and the engine (None: it keeps the model's own attention) taking them up from their next forward once they are
+    ready. Where they cannot be had, torch's ops serve and the log says why."""
     started = time.monotonic()
 
     def ready(kernel: native.LowRankKernel) -> None:
         lora.use_kernel(kernel)
-        engine.use_attention(kernel.attention)
+        if engine is not None:
+            engine.use_attention(kernel.attention)
         log.info("native LoRA kernel %s in use (%.1f s after start; %s)", kernel.key, time.monotonic() - started,
                  directory)
 

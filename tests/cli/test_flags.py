@@ -118,6 +118,8 @@ def test_worker_native_kernel_flags():
     cfg = config_from_args(args, "store:1")
     assert (cfg.native_kernel, cfg.native_dir) == (False, "/k")
     cfg = config_from_args(parse(["worker", "serve", "--base-model", "/m", "--insecure"]), "store:1")
-    assert (cfg.native_kernel, cfg.native_dir) == (True, ".adapterfleet/native")
+    assert (cfg.native_kernel, cfg.native_dir, cfg.decode_attention) == (True, ".adapterfleet/native", True)
+    args = parse(["worker", "serve", "--base-model", "/m", "--insecure", "--no-decode-attention"])
+    assert config_from_args(args, "store:1").decode_attention is False
     args = parse(["worker", "serve", "--base-model", "/m", "--insecure"], {"ADAPTERFLEET_NO_NATIVE_KERNEL": "1"})
     assert config_from_args(args, "store:1").native_kernel is False

@@ -147,6 +147,9 @@ def test_a_worker_takes_a_built_kernel_at_start(kernel, tmp_path, zoo):
     start_native_kernel(lora, engine, str(tmp_path))  # loaded in this process: found at once, not in the background
     assert lora.ctx.low_rank is kernel
     assert engine.attention is kernel.attention and isinstance(kernel.attention, native.DecodeAttention)
+    other = LoraModel(model, max_slots=2)
+    start_native_kernel(other, None, str(tmp_path))  # --no-decode-attention: the LoRA kernel only
+    assert other.ctx.low_rank is kernel
 
 
 def test_a_missing_build_is_made_in_the_background(tmp_path, monkeypatch):
