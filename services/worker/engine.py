@@ -394,8 +394,8 @@ class Engine:
         """A decode step's forward: through ``ragged`` where the native decode attention is loaded and the model is
         one it supports (its attention then reads only the positions each row attends to), else the model's own."""
         slots = [r.job.slot for r in live]
-        supported = ragged.unsupported(self._model, [cache], mask.shape[1]) is None
-        if self._attention is not None and self.fuse and supported:
+        if (self._attention is not None and self.fuse
+                and ragged.unsupported(self._model, [cache], mask.shape[1]) is None):
             segment = ragged.Segment(cache, ids, pos, mask, slots, keep=True)
             logits = ragged.forward(self._model, self._lora, [segment], self._attention)[0]
             assert logits is not None, "the rows keep their logits"
