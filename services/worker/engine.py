@@ -394,8 +394,7 @@ class Engine:
         """A decode step's forward: through ``ragged`` where the native decode attention is loaded and the model is
         one it supports (its attention then reads only the positions each row attends to), else the model's own."""
         slots = [r.job.slot for r in live]
-        if (self._attention is not None and self.fuse
-                and ragged.unsupported(self._model, [cache], mask.shape[1]) is None):
+        if self._attention is not None and self._fusable(cache, mask):
             segment = ragged.Segment(cache, ids, pos, mask, slots, keep=True)
             logits = ragged.forward(self._model, self._lora, [segment], self._attention)[0]
             assert logits is not None, "the rows keep their logits"
@@ -483,10 +482,11 @@ class Engine:
                 return
             self.stats.running = len(live) + (len(pending.jobs) if pending else 0)
 
-    def _fusable(self, cache: DynamicCache, mask: torch.Tensor, newcomers: list[GenerateJob]) -> bool:
+    def _fusable(self, cache: DynamicCache, mask: torch.Tensor, newcomers: Sequence[GenerateJob] = ()) -> bool:
+        """Whether the running rows (and ``newcomers``) can run as a ragged forward."""
         if not self.fuse:
             return False
-        longest = max(mask.shape[1], max(len(j.prompt_ids) for j in newcomers))
+        longest = max([mask.shape[1], *(len(j.prompt_ids) for j in newcomers)])
         return ragged.unsupported(self._model, [cache], longest) is None
 
     def _fused(self, live: list[Row], ids: torch.Tensor, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,

@@ -7,9 +7,9 @@
 // position of the batch's width, while a batch of rows that joined at different times is left-padded to its longest
 // row (in the open loop of benchmarks/engine_vs_vllm.py about half the width is padding). Here each (row, key/value
 // head) is one task: the positions the row attends to are listed once, each key is read once per query head
-// (scores), then each value (the weighted sum, G
-// times: from the cache the first pass left it in); padding is never read. Tasks are split across the calling
-// thread's OpenMP team. The last position (the row's own new token) is always attended to, as in ragged.py's masks.
+// (scores), then each value once per query head (the weighted sum; after the first, from cache); padding is never
+// read. Tasks are split across the calling thread's OpenMP team. The last position (the row's own new token) is
+// always attended to, as in ragged.py's masks.
 //
 // Per task the arithmetic is a fixed sequence that depends only on that row's own query, keys, values and mask, so a
 // row's result does not depend on the batch it is in.
