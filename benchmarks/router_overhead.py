@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,17 @@ from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
 KEY = "bench/a@sha256:" + "ab" * 32  # canonical: the router places it without asking the store
 
 
-async def streams(address: str, n: int, security: ClientSecurity = INSECURE) -> list[float]:
+async def window(one, n: int) -> tuple[list[float], float]:
+    """Warm the channels with 8 streams, then run ``n`` concurrently: (each one's latency, the event loop thread's
+    CPU seconds over those ``n``). The CPU is what the path costs the client itself, a much steadier reading than
+    latency on a box whose two cores also run the worker."""
+    await asyncio.gather(*(one() for _ in range(8)))
+    cpu = time.thread_time()
+    latencies = list(await asyncio.gather(*(one() for _ in range(n))))
+    return latencies, time.thread_time() - cpu
+
+
+async def streams(address: str, n: int, security: ClientSecurity = INSECURE) -> tuple[list[float], float]:
     async with open_aio_channel(address, security) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         req = worker_pb2.GenerateRequest(adapter=KEY, prompt_ids=[1, 2, 3], max_new_tokens=8)
@@ -57,11 +68,10 @@ async def streams(address: str, n: int, security: ClientSecurity = INSECURE) -> 
                 pass
             return time.perf_counter() - t
 
-        await asyncio.gather(*(one() for _ in range(8)))  # warm the channel
-        return list(await asyncio.gather(*(one() for _ in range(n))))
+        return await window(one, n)
 
 
-async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSECURE) -> list[float]:
+async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSECURE) -> tuple[list[float], float]:
     """Lookaside (FleetClient(direct=True)'s machinery at the same message level as ``streams``): the router is
     asked where to go (one Route per key, reused for its TTL, asked again when it lapses, as in production), the
     stream goes straight to the worker, and the outcomes go back to the router in the background."""
@@ -76,8 +86,7 @@ async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSE
             return time.perf_counter() - t
 
         try:
-            await asyncio.gather(*(one() for _ in range(8)))  # warm the channels
-            return list(await asyncio.gather(*(one() for _ in range(n))))
+            return await window(one, n)
         finally:
             await direct.close()
 
@@ -91,6 +100,19 @@ def balanced_orders(n: int) -> list[list[int]]:
         first.append((i + 1) // 2 if i % 2 else n - i // 2)
     rows = [[(x + k) % n for x in first] for k in range(n)]
     return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``xs`` (the sign test's order statistics): the
+    paired extra's median is only as good as the spread of its rounds."""
+    xs, n = sorted(xs), len(xs)
+    below, k = 0.0, 0  # P(Binomial(n, 1/2) <= k - 1) stays within (1 - level) / 2
+    while k < n // 2 and below + math.comb(n, k) / 2 ** n <= (1 - level) / 2:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    if k == 0:
+        return float("-inf"), float("inf")  # too few rounds for this level
+    return xs[k - 1], xs[n - k]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -133,18 +155,22 @@ def main() -> None:
             for port in ports:
                 _wait_port(port)
             time.sleep(1.5)  # the router sees the worker's first announcement
-            results, by_round = {}, {}
+            results, by_round, loop_cpu = {}, {}, {}
             for n in (int(x) for x in args.concurrency.split(",")):
                 rounds: dict[str, list[list[float]]] = {name: [] for name in targets}
+                cpus: dict[str, list[float]] = {name: [] for name in targets}
                 names = list(targets)
                 orders = balanced_orders(len(names))
                 for r in range(args.rounds):
                     for i in orders[r % len(orders)]:
                         time.sleep(args.settle)
                         run = lookaside_streams if names[i] == "lookaside" else streams
-                        rounds[names[i]].append(asyncio.run(run(targets[names[i]], n, security[names[i]])))
+                        latencies, cpu = asyncio.run(run(targets[names[i]], n, security[names[i]]))
+                        rounds[names[i]].append(latencies)
+                        cpus[names[i]].append(cpu)
                 results[n] = {name: [x for one in per for x in one] for name, per in rounds.items()}
                 by_round[n] = rounds
+                loop_cpu[n] = cpus
             stats = router_pb2_grpc.RouterStub(grpc.insecure_channel(targets["router"])).Stats(
                 router_pb2.RouterStatsRequest())
             if args.secure:
@@ -166,12 +192,22 @@ def main() -> None:
           "at 1, 10 and 100)")
     print("paired by round: the median over rounds of a round's p50 / p99 less direct's in the same round (a round "
           "the machine slowed counts once, not in every stream of the pooled p99)")
+    print(f"{'streams':>8} {'path':>11} {'+p50':>7} {'+p99':>7}  95% CI of +p50 (sign test over rounds)")
     for n, rounds in by_round.items():
         for name in (x for x in targets if x != "direct" and "mTLS" not in x):
             diffs = [(pct(a, .5) - pct(b, .5), pct(a, .99) - pct(b, .99))
                      for a, b in zip(rounds[name], rounds["direct"], strict=True)]
+            lo, hi = median_ci([d for d, _ in diffs])
             print(f"{n:>8} {name:>11} {statistics.median(d for d, _ in diffs):+7.2f} "
-                  f"{statistics.median(d for _, d in diffs):+7.2f}")
+                  f"{statistics.median(d for _, d in diffs):+7.2f}  [{lo:+.2f}, {hi:+.2f}]")
+    print("the client's event loop: CPU ms of its thread over a round's N streams (median over rounds), and the "
+          "extra over direct paired by round:")
+    print(f"{'streams':>8} {'path':>11} {'loop ms':>8} {'+paired':>8}")
+    for n, cpus in loop_cpu.items():
+        for name in (x for x in targets if "mTLS" not in x):
+            extra = "" if name == "direct" else \
+                f"{1000 * statistics.median(a - b for a, b in zip(cpus[name], cpus['direct'], strict=True)):+8.2f}"
+            print(f"{n:>8} {name:>11} {1000 * statistics.median(cpus[name]):8.2f} {extra}")
     if args.secure:
         print("mTLS + tokens on every hop vs plaintext (router's added latency; whole stream through the router):")
         print(f"{'streams':>8} {'added p50':>14} {'added p99':>14} {'via router p50':>16} {'via router p99':>16}")

@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
 
 import grpc
 
@@ -36,24 +37,58 @@ from adapterfleet.sdk.direct import (
 )
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
+EOF = grpc.aio.EOF
+try:  # grpc's own response stream (see ``reader``); a grpc without it is read through the public API
+    from grpc.aio._call import _StreamResponseMixin as _GrpcResponseStream
+except ImportError:  # pragma: no cover - every grpcio this package allows has it
+    _GrpcResponseStream = None
+
+
+def reader(call: grpc.aio.UnaryStreamCall) -> Callable[[], Awaitable[Any]]:
+    """A function that awaits ``call``'s next message, or ``EOF`` once it ended (then ask ``raise_for_status``).
+
+    For grpc's own calls that is their ``_read``: the coroutine that grpc's iterator awaits once per message. The
+    public ``read()`` and the iterator each wrap it in one more coroutine per message, and a client at 100 concurrent
+    streams pays that on its one event loop: ~1 ms of the loop's ~23 ms a window (benchmarks/RESULTS.md). So this
+    wrapper, which must see each message for its failover bookkeeping, stands in for grpc's iterator instead of
+    sitting on top of it. Any other call (an intercepted one, or a grpc without ``_read``) is read through
+    ``read()``, which raises a failed call's error itself."""
+    if _GrpcResponseStream is not None and isinstance(call, _GrpcResponseStream):
+        return call._read  # noqa: SLF001 - see above; tests/sdk/test_direct_stream.py pins it
+    return call.read
+
+
+async def raise_for_status(call: grpc.aio.UnaryStreamCall) -> None:
+    """At ``EOF``: raise the call's error if it failed (grpc's iterator does this at its end; ``read()`` did)."""
+    if _GrpcResponseStream is not None and isinstance(call, _GrpcResponseStream):
+        await call._raise_for_status()  # noqa: SLF001 - the check grpc's own iterator makes at EOF
+
+
+FOLD_EVERY = 64  # messages a stream holds before it folds them into token ids (bounds its memory)
+
 
 class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
     """The messages of one direct generation (``async for``), across failovers; ``cancel()`` stops it.
 
-    A plain state machine rather than an async generator: each message costs one ``read()`` of the worker's call
-    and no extra layer of coroutines (the per-message cost is what a client at 100 streams pays for)."""
+    A plain state machine rather than an async generator, reading the worker's call as grpc's own iterator does
+    (``reader``), and starting its first attempt without a coroutine when the route is cached: what a client at
+    100 concurrent streams pays per message and per stream is what this path adds over calling the worker."""
+
+    __slots__ = ("_attempt", "_call", "_cancelled", "_deadline", "_done", "_got", "_last", "_metadata", "_read",
+                 "_request", "_route", "_router", "_sent", "_tried", "_worker")
 
     def __init__(self, router: AsyncDirectRouter, request: worker_pb2.GenerateRequest, timeout: float | None,
                  metadata: Metadata):
         self._router = router
         self._request = request
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata)  # the same object when it is one
         self._call: grpc.aio.UnaryStreamCall | None = None
-        self._read: Callable[[], Awaitable[worker_pb2.GenerateResponse]] | None = None  # the call's own iterator
+        self._read: Callable[[], Awaitable[Any]] | None = None
         self._route: Route | None = None
         self._worker: Candidate | None = None
-        self._sent: list[int] = []
+        self._got: list[worker_pb2.GenerateResponse] = []  # received since the last _fold
+        self._sent: list[int] = []  # the tokens of the messages before those
         self._tried: set[str] = set()
         self._attempt = -1
         self._last: grpc.RpcError | None = None
@@ -62,27 +97,56 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
     def __aiter__(self) -> AsyncDirectStream:
         return self
 
+    def _start(self, worker: Candidate) -> None:
+        """Send the request (again: with the tokens received so far) to ``worker``."""
+        router, route = self._router, self._route
+        assert route is not None
+        self._attempt += 1
+        self._worker = worker
+        self._tried.add(worker.worker_id)
+        router._begun(route, worker.worker_id, self._attempt)  # noqa: SLF001 - its pair
+        self._call = call = router._worker(worker.address).Generate(  # noqa: SLF001
+            forward_generate(self._request, route.key, self._fold()), timeout=remaining(self._deadline),
+            metadata=self._metadata)
+        self._read = reader(call)
+        if self._cancelled:
+            call.cancel()
+
+    def _start_cached(self) -> bool:
+        """Start the first attempt from the cached route, without a coroutine (most requests): False if there is
+        none, or no candidate left in it."""
+        router, request = self._router, self._request
+        route = router._cache.get(request.adapter, request.routing_key, time.monotonic())  # noqa: SLF001
+        if route is None:
+            return False
+        worker = router.first_untried(route, self._tried)
+        if worker is None:
+            return False
+        self._route = route
+        self._start(worker)
+        return True
+
     async def _next_attempt(self) -> None:
         router, request = self._router, self._request
         ref, routing_key = request.adapter, request.routing_key
-        if self._route is None:  # the cached route, without a coroutine on the common path
-            self._route = router._cache.get(ref, routing_key, time.monotonic())  # noqa: SLF001 - its pair
-            if self._route is None:
-                self._route = await router.route(ref, routing_key, self._metadata, remaining(self._deadline))
-        self._attempt += 1
+        if self._route is None:
+            self._route = await router.route(ref, routing_key, self._metadata, remaining(self._deadline))
         worker = router.first_untried(self._route, self._tried)
         if worker is None:
             self._route, worker = await router._next(ref, routing_key, self._route, self._tried,  # noqa: SLF001
                                                      self._metadata, self._deadline, self._last)
-        self._worker = worker
-        self._tried.add(worker.worker_id)
-        router._begun(self._route, worker.worker_id, self._attempt)  # noqa: SLF001 - its pair
-        self._call = router._worker(worker.address).Generate(  # noqa: SLF001
-            forward_generate(request, self._route.key, self._sent), timeout=remaining(self._deadline),
-            metadata=self._metadata)
-        self._read = aiter(self._call).__anext__  # grpc's own iterator: no extra coroutine per message, unlike read()
-        if self._cancelled:
-            self._call.cancel()
+        self._start(worker)
+
+    def _fold(self) -> list[int]:
+        """The tokens received so far (the messages held are folded into them)."""
+        for msg in self._got:
+            ids = msg.token_ids
+            if len(ids) == 1:  # most messages: 2x cheaper than extending the list by the repeated field
+                self._sent.append(ids[0])
+            else:
+                self._sent += ids
+        self._got.clear()
+        return self._sent
 
     def _end(self) -> None:
         self._done = True
@@ -90,48 +154,58 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
             self._router._ended(self._route.key, self._worker.worker_id)  # noqa: SLF001 - its pair
 
     async def __anext__(self) -> worker_pb2.GenerateResponse:
-        if self._done:
-            last, self._read = self._read, None
-            if last is not None:  # let the finished call end OK (dropped, it would count as CANCELLED);
-                try:  # noqa: SIM105 - contextlib.suppress costs 15x a try; the status follows the last message
-                    await last()
-                except (grpc.RpcError, StopAsyncIteration):
-                    pass
-            raise StopAsyncIteration
-        if self._call is None:
-            await self._next_attempt()
+        read = self._read
+        if read is None or self._done:
+            if self._done:  # after the last message: read the call to its end, so that it ends OK (dropped, it
+                self._read = None  # would count as CANCELLED at the worker); its status no longer matters
+                if read is not None:
+                    try:  # noqa: SIM105 - contextlib.suppress costs 15x a try
+                        await read()
+                    except grpc.RpcError:
+                        pass
+                raise StopAsyncIteration
+            if not self._start_cached():
+                await self._next_attempt()
+            read = self._read
+            assert read is not None
         while True:
-            call, read = self._call, self._read
-            assert call is not None and read is not None and self._route is not None and self._worker is not None
             try:
                 msg = await read()
-            except StopAsyncIteration:  # the worker ended the call OK before the last message
+                if msg is EOF:
+                    assert self._call is not None
+                    await raise_for_status(self._call)
+                    raise StopAsyncIteration  # the worker ended the call OK before the last message
+            except StopAsyncIteration:
+                assert self._worker is not None
                 verdict, error = ended_early(), ended_early_status(self._worker.address)
             except grpc.RpcError as err:
                 if self._cancelled:  # the caller stopped it: not the worker's failure
                     self._end()
                     raise
                 verdict, error = verdict_of(err), err
-            except asyncio.CancelledError:  # the caller's task was cancelled
-                call.cancel()
+            except asyncio.CancelledError:  # the caller's task was cancelled, or cancel() while grpc read
+                assert self._call is not None
+                self._call.cancel()
                 self._end()
                 raise
             else:
-                ids = msg.token_ids
-                if len(ids) == 1:  # most messages: 4x cheaper than extending the list by the repeated field
-                    self._sent.append(ids[0])
-                else:
-                    self._sent += ids
+                got = self._got
+                got.append(msg)  # its tokens are read only if they are needed (a resume): 1/6 of the cost
                 if msg.finished:
                     self._end()
+                elif len(got) == FOLD_EVERY:
+                    self._fold()
                 return msg
             if not retryable(verdict, self._attempt):
                 self._end()
                 raise error
+            assert self._route is not None and self._worker is not None
             self._router._stale(self._request.adapter, self._request.routing_key, self._route,  # noqa: SLF001
                                 self._worker.worker_id)
             self._last = error
             await self._next_attempt()
+            read = self._read
+            assert read is not None
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -314,11 +388,13 @@ class AsyncDirectRouter:
             self._reports.first(route, worker_id)
         else:
             self._reports.retry(route.key, worker_id)
-        self._flush()
+        if not self._armed:
+            self._flush()
 
     def _ended(self, key: str, worker_id: str) -> None:
         self._reports.finished(key, worker_id)
-        self._flush()
+        if not self._armed:
+            self._flush()
 
     def _flush(self) -> None:
         if self._armed:  # the alarm sends it, at most REPORT_EVERY_S after the last report
