@@ -134,7 +134,9 @@ class Reports:
         self._add(key, worker_id, 3)
 
     def _add(self, key: str, worker_id: str, i: int) -> None:
-        counts = self.pending.setdefault((key, worker_id), [0, 0, 0, 0])
+        counts = self.pending.get((key, worker_id))
+        if counts is None:  # not setdefault: its default list would be made (and dropped) on every call
+            counts = self.pending[(key, worker_id)] = [0, 0, 0, 0]
         counts[i] += 1
 
     def wait(self, now: float) -> float:
