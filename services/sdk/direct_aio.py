@@ -137,6 +137,15 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
                                                      self._metadata, self._deadline, self._last)
         self._start(worker)
 
+    async def _attempt_or_end(self) -> None:
+        """``_next_attempt``; if it fails (no worker left, the router unreachable), the stream is over: a later
+        ``__anext__`` ends it instead of trying again (the failed worker was reported when it failed)."""
+        try:
+            await self._next_attempt()
+        except BaseException:
+            self._done = True
+            raise
+
     def _fold(self) -> list[int]:
         """The tokens received so far (the messages held are folded into them)."""
         for msg in self._got:
@@ -165,7 +174,7 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
                         pass
                 raise StopAsyncIteration
             if not self._start_cached():
-                await self._next_attempt()
+                await self._attempt_or_end()
             read = self._read
             assert read is not None
         while True:
@@ -203,7 +212,7 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
             self._router._stale(self._request.adapter, self._request.routing_key, self._route,  # noqa: SLF001
                                 self._worker.worker_id)
             self._last = error
-            await self._next_attempt()
+            await self._attempt_or_end()
             read = self._read
             assert read is not None
 

@@ -166,6 +166,23 @@ def test_a_request_error_is_raised_not_retried(reading):
     assert second.requests == []
 
 
+def test_a_stream_that_ran_out_of_workers_stays_ended(reading):
+    """The error reaches the caller once; asking the stream again ends it, without another round of attempts."""
+    worker = ScriptedWorker("die", after=5)
+
+    async def body(router, addresses):
+        stream = router.generate(request(), timeout=10, metadata=())
+        with pytest.raises(grpc.RpcError) as err:
+            await tokens_of(stream)
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+        return err.value.code(), router.route_calls
+
+    code, route_calls = run([worker], body)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert len(worker.requests) == 1 and route_calls == 2  # the first Route, and one without the failed worker
+
+
 def test_a_failure_after_the_last_message_ends_the_stream_as_it_is(reading):
     first, second = ScriptedWorker("die_after_finish"), ScriptedWorker()
 
