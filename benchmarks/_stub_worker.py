@@ -1,5 +1,10 @@
 """A worker stand-in for measuring the router: answers Generate/Score at once and announces itself.
 
+LoadAdapter, too, succeeds at once, and the adapter is announced as held from then on, as a worker announces it: a
+router that wants a copy of a hot adapter asks once. (Refusing it, the stand-in had the router ask again every few
+seconds, each time with a warning in its log, mostly in the rounds whose requests made the adapter hot: proxied and
+lookaside ones, never direct ones.)
+
     python benchmarks/_stub_worker.py STORE_ADDR PORT [TOKENS [SECURITY_DIR]]
 
 With SECURITY_DIR (what `adapterfleet auth init` writes) it serves mTLS, checks tokens as a worker does, and
@@ -16,12 +21,18 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 import grpc  # noqa: E402
 
-from adapterfleet.v1 import registry_pb2, registry_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
+from adapterfleet.v1 import common_pb2, registry_pb2, registry_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 
 
 class Stub(worker_pb2_grpc.WorkerServicer):
     def __init__(self, tokens: int):
         self.tokens = tokens
+        self.held: list[str] = []
+
+    async def LoadAdapter(self, request, context):
+        if request.ref not in self.held:
+            self.held.append(request.ref)
+        return worker_pb2.AdapterState(key=request.ref, tier=common_pb2.TIER_ACTIVE)
 
     async def Generate(self, request, context):
         for i in range(len(request.resume_ids), self.tokens):  # a resumed stream continues, like a worker's
@@ -51,13 +62,15 @@ async def main(store: str, port: int, tokens: int, security_dir: str = "") -> No
         server.add_secure_port(f"127.0.0.1:{port}", server_credentials(ServerTLS(m.cert, m.key, m.ca)))
         token = mint(m.issuer_key, ["*"], ["read", "worker"], 86400, worker_id=f"stub-{port}").token
         channel = open_aio_channel(store, ClientSecurity(m.ca, m.cert, m.key, token))
-    worker_pb2_grpc.add_WorkerServicer_to_server(Stub(tokens), server)
+    stub = Stub(tokens)
+    worker_pb2_grpc.add_WorkerServicer_to_server(stub, server)
     await server.start()
     registry = registry_pb2_grpc.RegistryStub(channel)
     print("ready", flush=True)
     while True:
-        await registry.Announce(registry_pb2.WorkerInfo(id=f"stub-{port}", address=f"127.0.0.1:{port}",
-                                                        region="local", capacity=64, ttl_seconds=3.0))
+        await registry.Announce(registry_pb2.WorkerInfo(
+            id=f"stub-{port}", address=f"127.0.0.1:{port}", region="local", capacity=64, ttl_seconds=3.0,
+            adapters=[registry_pb2.ResidentAdapter(key=k, tier=common_pb2.TIER_ACTIVE) for k in stub.held]))
         await asyncio.sleep(1.0)
 
 
