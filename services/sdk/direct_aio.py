@@ -71,8 +71,8 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
     """The messages of one direct generation (``async for``), across failovers; ``cancel()`` stops it.
 
     A plain state machine rather than an async generator, reading the worker's call as grpc's own iterator does
-    (``reader``), and starting its first attempt without a coroutine when the route is cached: what a client at
-    100 concurrent streams pays per message and per stream is what this path adds over calling the worker."""
+    (``reader``): what a client at 100 concurrent streams pays per message is what this path adds over calling
+    the worker."""
 
     __slots__ = ("_attempt", "_call", "_cancelled", "_deadline", "_done", "_got", "_last", "_metadata", "_read",
                  "_request", "_route", "_router", "_sent", "_tried", "_worker")
@@ -112,25 +112,13 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
         if self._cancelled:
             call.cancel()
 
-    def _start_cached(self) -> bool:
-        """Start the first attempt from the cached route, without a coroutine (most requests): False if there is
-        none, or no candidate left in it."""
-        router, request = self._router, self._request
-        route = router._cache.get(request.adapter, request.routing_key, time.monotonic())  # noqa: SLF001
-        if route is None:
-            return False
-        worker = router.first_untried(route, self._tried)
-        if worker is None:
-            return False
-        self._route = route
-        self._start(worker)
-        return True
-
     async def _next_attempt(self) -> None:
         router, request = self._router, self._request
         ref, routing_key = request.adapter, request.routing_key
-        if self._route is None:
-            self._route = await router.route(ref, routing_key, self._metadata, remaining(self._deadline))
+        if self._route is None:  # the cached route, without a coroutine on the common path
+            self._route = router._cache.get(ref, routing_key, time.monotonic())  # noqa: SLF001 - its pair
+            if self._route is None:
+                self._route = await router.route(ref, routing_key, self._metadata, remaining(self._deadline))
         worker = router.first_untried(self._route, self._tried)
         if worker is None:
             self._route, worker = await router._next(ref, routing_key, self._route, self._tried,  # noqa: SLF001
@@ -173,8 +161,7 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
                     except grpc.RpcError:
                         pass
                 raise StopAsyncIteration
-            if not self._start_cached():
-                await self._attempt_or_end()
+            await self._attempt_or_end()
             read = self._read
             assert read is not None
         while True:
@@ -397,13 +384,11 @@ class AsyncDirectRouter:
             self._reports.first(route, worker_id)
         else:
             self._reports.retry(route.key, worker_id)
-        if not self._armed:
-            self._flush()
+        self._flush()
 
     def _ended(self, key: str, worker_id: str) -> None:
         self._reports.finished(key, worker_id)
-        if not self._armed:
-            self._flush()
+        self._flush()
 
     def _flush(self) -> None:
         if self._armed:  # the alarm sends it, at most REPORT_EVERY_S after the last report

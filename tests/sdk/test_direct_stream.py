@@ -84,8 +84,9 @@ def reading(request, monkeypatch):
     return request.param
 
 
-def run(workers: list[ScriptedWorker], body):
-    """``await body(router, workers' addresses)`` with the workers and a router that names them in order."""
+def run(workers: list[ScriptedWorker], body, routers: list[ScriptedRouter] | None = None):
+    """``await body(router, workers' addresses)`` with the workers and a router that names them in order (appended
+    to ``routers``, if given); the client's router is closed after ``body``."""
 
     async def main():
         servers = []
@@ -95,7 +96,10 @@ def run(workers: list[ScriptedWorker], body):
                 server, address = await serve(worker_pb2_grpc.add_WorkerServicer_to_server, w)
                 servers.append(server)
                 addresses.append(address)
-            server, address = await serve(router_pb2_grpc.add_RouterServicer_to_server, ScriptedRouter(addresses))
+            scripted = ScriptedRouter(addresses)
+            if routers is not None:
+                routers.append(scripted)
+            server, address = await serve(router_pb2_grpc.add_RouterServicer_to_server, scripted)
             servers.append(server)
             async with grpc.aio.insecure_channel(address) as channel:
                 router = direct_aio.AsyncDirectRouter(router_pb2_grpc.RouterStub(channel))
@@ -212,24 +216,12 @@ def test_cancel_stops_the_stream_and_the_workers_call(reading):
 
 
 def test_outcomes_reach_the_router_when_it_closes():
-    worker = ScriptedWorker()
-    router_servicer: list[ScriptedRouter] = []
+    routers: list[ScriptedRouter] = []
 
-    async def main():
-        server, address = await serve(worker_pb2_grpc.add_WorkerServicer_to_server, worker)
-        rs = ScriptedRouter([address])
-        router_servicer.append(rs)
-        rserver, raddress = await serve(router_pb2_grpc.add_RouterServicer_to_server, rs)
-        try:
-            async with grpc.aio.insecure_channel(raddress) as channel:
-                router = direct_aio.AsyncDirectRouter(router_pb2_grpc.RouterStub(channel))
-                for _ in range(5):
-                    await tokens_of(router.generate(request(4), timeout=10, metadata=()))
-                await router.close()
-        finally:
-            await server.stop(None)
-            await rserver.stop(None)
+    async def body(router, addresses):
+        for _ in range(5):
+            await tokens_of(router.generate(request(4), timeout=10, metadata=()))
 
-    asyncio.run(main())
-    finished = sum(o.finished for r in router_servicer[0].reports for o in r.outcomes)
+    run([ScriptedWorker()], body, routers)
+    finished = sum(o.finished for r in routers[0].reports for o in r.outcomes)
     assert finished == 5
