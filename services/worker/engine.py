@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from adapterfleet.worker import ragged
+from adapterfleet.worker.config import WorkerConfig
 from adapterfleet.worker.isolation import batch_error, culprits, non_finite, row_error
 from adapterfleet.worker.jobs import GenerateJob, Row, ScoreJob
 from adapterfleet.worker.kvcache import (
@@ -72,7 +73,7 @@ __all__ = ["Engine", "EngineStats", "GenerateJob", "ScoreJob"]
 Batch = tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor, list[Row]]
 # what the engine just ran, for tests and benchmarks: ("decode" | "prefill", rows, tokens fed to the model)
 StepHook = Callable[[str, int, int], None]
-PREFILL_CHUNK_TOKENS = 512
+PREFILL_CHUNK_TOKENS = WorkerConfig.prefill_chunk_tokens  # one default, the worker's
 
 
 @dataclass
