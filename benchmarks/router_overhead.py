@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from adapterfleet.common.security import INSECURE, ClientSecurity, open_aio_chan
 from adapterfleet.sdk.direct_aio import AsyncDirectRouter  # noqa: E402
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from benchmarks import _plot  # noqa: E402
+from benchmarks._design import balanced_orders, median_ci  # noqa: E402
 from benchmarks._fleet import ENV, REPO, _wait_port, s3_and_store  # noqa: E402
 
 KEY = "bench/a@sha256:" + "ab" * 32  # canonical: the router places it without asking the store
@@ -89,30 +89,6 @@ async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSE
             return await window(one, n)
         finally:
             await direct.close()
-
-
-def balanced_orders(n: int) -> list[list[int]]:
-    """Orders of ``n`` paths in which each path runs first equally often and follows every other path equally often
-    (a Williams design): a path whose process still winds down after its round (a proxy closing 100 streams) then
-    slows each of the others alike instead of always the same one."""
-    first = [0]
-    for i in range(1, n):
-        first.append((i + 1) // 2 if i % 2 else n - i // 2)
-    rows = [[(x + k) % n for x in first] for k in range(n)]
-    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
-
-
-def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
-    """A distribution-free confidence interval for the median of ``xs`` (the sign test's order statistics): the
-    paired extra's median is only as good as the spread of its rounds."""
-    xs, n = sorted(xs), len(xs)
-    below, k = 0.0, 0  # P(Binomial(n, 1/2) <= k - 1) stays within (1 - level) / 2
-    while k < n // 2 and below + math.comb(n, k) / 2 ** n <= (1 - level) / 2:
-        below += math.comb(n, k) / 2 ** n
-        k += 1
-    if k == 0:
-        return float("-inf"), float("inf")  # too few rounds for this level
-    return xs[k - 1], xs[n - k]
 
 
 def pct(xs: list[float], q: float) -> float:
