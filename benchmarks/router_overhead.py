@@ -15,6 +15,10 @@ machine slowed does not carry the pooled p99). "lookaside" is the fourth path: t
 (FleetClient(direct=True)) asks the router where to go and streams straight to the worker (issue 12's goal: it adds
 p50 <= 1 ms and p99 <= 5 ms over direct at 1, 10 and 100 streams).
 
+Each path's client keeps its channel open across rounds, as a service's client does (for lookaside: one
+AsyncDirectRouter, whose Route answers and reports then come at their steady-state rate, not at the start of every
+round); ``--fresh`` opens and closes it around each round instead, connection set-up included.
+
 ``--secure`` starts a second, identical fleet with mTLS and tokens on every hop (store, stand-in worker, router,
 client; material from `adapterfleet auth init`) and measures both fleets in the same rotated rounds, so the
 router's added latency with security on is compared with plaintext under the same noise (goal: within 10%).
@@ -57,38 +61,74 @@ async def window(one, n: int) -> tuple[list[float], float]:
     return latencies, time.thread_time() - cpu
 
 
-async def streams(address: str, n: int, security: ClientSecurity = INSECURE) -> tuple[list[float], float]:
-    async with open_aio_channel(address, security) as channel:
-        stub = worker_pb2_grpc.WorkerStub(channel)
-        req = worker_pb2.GenerateRequest(adapter=KEY, prompt_ids=[1, 2, 3], max_new_tokens=8)
+class Client:
+    """One path's client as a service keeps it: its channel (lookaside: its ``AsyncDirectRouter`` too, the machinery
+    of FleetClient(direct=True) at the same message level as the others) opened once and used by every round, so a
+    round measures the streams, not a connection's set-up or a first Route. ``--fresh`` opens and closes it around
+    each round instead (the design of the runs before 2026-12-05)."""
 
-        async def one() -> float:
-            t = time.perf_counter()
-            async for _ in stub.Generate(req):
+    def __init__(self, address: str, security: ClientSecurity, lookaside: bool):
+        self.address, self.security, self.lookaside = address, security, lookaside
+        self.request = worker_pb2.GenerateRequest(adapter=KEY, prompt_ids=[1, 2, 3], max_new_tokens=8)
+        self._channel: grpc.aio.Channel | None = None
+        self._direct: AsyncDirectRouter | None = None
+        self._stub: worker_pb2_grpc.WorkerStub | None = None
+
+    async def open(self) -> None:
+        self._channel = open_aio_channel(self.address, self.security)
+        if self.lookaside:  # asks the router's Route once per key, reuses it for its TTL, reports in the background
+            self._direct = AsyncDirectRouter(router_pb2_grpc.RouterStub(self._channel), self.security)
+        else:
+            self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+
+    async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._direct = self._stub = None
+
+    async def one(self) -> float:
+        t = time.perf_counter()
+        if self._direct is not None:
+            async for _ in self._direct.generate(self.request, timeout=None, metadata=()):
                 pass
-            return time.perf_counter() - t
-
-        return await window(one, n)
-
-
-async def lookaside_streams(router: str, n: int, security: ClientSecurity = INSECURE) -> tuple[list[float], float]:
-    """Lookaside (FleetClient(direct=True)'s machinery at the same message level as ``streams``): the router is
-    asked where to go (one Route per key, reused for its TTL, asked again when it lapses, as in production), the
-    stream goes straight to the worker, and the outcomes go back to the router in the background."""
-    async with open_aio_channel(router, security) as channel:
-        direct = AsyncDirectRouter(router_pb2_grpc.RouterStub(channel), security)
-        req = worker_pb2.GenerateRequest(adapter=KEY, prompt_ids=[1, 2, 3], max_new_tokens=8)
-
-        async def one() -> float:
-            t = time.perf_counter()
-            async for _ in direct.generate(req, timeout=None, metadata=()):
+        else:
+            assert self._stub is not None
+            async for _ in self._stub.Generate(self.request):
                 pass
-            return time.perf_counter() - t
+        return time.perf_counter() - t
 
-        try:
-            return await window(one, n)
-        finally:
-            await direct.close()
+
+async def measure(clients: dict[str, Client], concurrency: list[int], rounds: int, settle: float, fresh: bool):
+    """Every path's windows in balanced orders: ({n: {path: [each round's latencies]}}, {n: {path: [each round's
+    loop CPU seconds]}})."""
+    names = list(clients)
+    orders = balanced_orders(len(names))
+    by_round = {n: {name: [] for name in names} for n in concurrency}
+    loop_cpu = {n: {name: [] for name in names} for n in concurrency}
+    if not fresh:
+        for client in clients.values():
+            await client.open()
+    try:
+        for n in concurrency:
+            for r in range(rounds):
+                for i in orders[r % len(orders)]:
+                    await asyncio.sleep(settle)
+                    client = clients[names[i]]
+                    if fresh:
+                        await client.open()
+                    try:
+                        latencies, cpu = await window(client.one, n)
+                    finally:
+                        if fresh:
+                            await client.close()
+                    by_round[n][names[i]].append(latencies)
+                    loop_cpu[n][names[i]].append(cpu)
+    finally:
+        for client in clients.values():
+            await client.close()
+    return by_round, loop_cpu
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -104,6 +144,9 @@ def main() -> None:
     ap.add_argument("--secure", action="store_true", help="also measure a fleet with mTLS and tokens on every hop")
     ap.add_argument("--settle", type=float, default=0.1,
                     help="seconds between paths, for the processes of the one before to go idle")
+    ap.add_argument("--fresh", action="store_true",
+                    help="open and close each path's channel around each round (connection set-up, and lookaside's "
+                         "first Route and report, inside every round)")
     _plot.add_argument(ap)
     args = ap.parse_args()
     procs = []
@@ -131,22 +174,12 @@ def main() -> None:
             for port in ports:
                 _wait_port(port)
             time.sleep(1.5)  # the router sees the worker's first announcement
-            results, by_round, loop_cpu = {}, {}, {}
-            for n in (int(x) for x in args.concurrency.split(",")):
-                rounds: dict[str, list[list[float]]] = {name: [] for name in targets}
-                cpus: dict[str, list[float]] = {name: [] for name in targets}
-                names = list(targets)
-                orders = balanced_orders(len(names))
-                for r in range(args.rounds):
-                    for i in orders[r % len(orders)]:
-                        time.sleep(args.settle)
-                        run = lookaside_streams if names[i] == "lookaside" else streams
-                        latencies, cpu = asyncio.run(run(targets[names[i]], n, security[names[i]]))
-                        rounds[names[i]].append(latencies)
-                        cpus[names[i]].append(cpu)
-                results[n] = {name: [x for one in per for x in one] for name, per in rounds.items()}
-                by_round[n] = rounds
-                loop_cpu[n] = cpus
+            clients = {name: Client(address, security[name], name == "lookaside")
+                       for name, address in targets.items()}
+            by_round, loop_cpu = asyncio.run(measure(clients, [int(x) for x in args.concurrency.split(",")],
+                                                     args.rounds, args.settle, args.fresh))
+            results = {n: {name: [x for one in per for x in one] for name, per in rounds.items()}
+                       for n, rounds in by_round.items()}
             stats = router_pb2_grpc.RouterStub(grpc.insecure_channel(targets["router"])).Stats(
                 router_pb2.RouterStatsRequest())
             if args.secure:

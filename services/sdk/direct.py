@@ -33,6 +33,8 @@ MAX_ATTEMPTS = 4         # workers tried per request, as the router's proxy does
 REPORT_EVERY_S = 0.1     # outcomes go to the router at most this often (and at close)
 FAILED_HOLD_S = 5.0      # a worker that failed this client is skipped (and excluded from Route) this long
 MAX_TTL_S = 60.0         # a router's ttl is capped: a misconfigured one must not pin routes for hours
+REFRESH_AT = 0.75        # a route used past this share of its ttl is asked for again in the background
+REFRESH_TIMEOUT_S = 5.0  # such a background Route call's deadline
 # A worker back from an outage must be reachable soon: cap gRPC's reconnect backoff (120 s by default).
 WORKER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 500),
                           ("grpc.max_reconnect_backoff_ms", 5000)]
@@ -52,12 +54,15 @@ class Candidate:
 @dataclass
 class Route:
     """A Route answer. ``counted``: the router counted one request on ``candidates[0]`` when it answered, so the
-    first request sent on it is not reported again."""
+    first request sent on it is not reported again. ``refresh_at``: from then on, a use of it asks the router again
+    in the background (once: ``refreshing``), see :meth:`RouteCache.due`."""
 
     key: str
     candidates: tuple[Candidate, ...]
     expires: float
     counted: bool = True
+    refresh_at: float = float("inf")
+    refreshing: bool = False
 
 
 def route_request(ref: str, routing_key: str, exclude: Collection[str]) -> router_pb2.RouteRequest:
@@ -67,7 +72,7 @@ def route_request(ref: str, routing_key: str, exclude: Collection[str]) -> route
 def route_of(pb: router_pb2.RouteResponse, now: float) -> Route:
     ttl = min(max(pb.ttl_seconds, 0.0), MAX_TTL_S)
     return Route(pb.adapter_key, tuple(Candidate(c.address, c.worker_id, c.region, tier_from_pb(c.tier), c.load)
-                                       for c in pb.candidates), now + ttl)
+                                       for c in pb.candidates), now + ttl, refresh_at=now + REFRESH_AT * ttl)
 
 
 class RouteCache:
@@ -94,6 +99,17 @@ class RouteCache:
             del self._routes[(ref, routing_key)]
             return None
         return route
+
+    @staticmethod
+    def due(route: Route, now: float) -> bool:
+        """Whether this use of ``route`` should ask the router for a new one in the background (True once per
+        route, past ``refresh_at``). The use itself goes on with ``route``, which is still within its ttl, so a
+        client in steady use never waits for Route: without this, every ttl (0.5 s by default) the requests that
+        found it lapsed all waited for one Route call. As gRPC's route lookup service does (stale age, max age)."""
+        if route.refreshing or now < route.refresh_at:
+            return False
+        route.refreshing = True
+        return True
 
     def put(self, ref: str, routing_key: str, route: Route) -> None:
         if len(self._routes) >= 4096:  # many distinct refs: drop the expired, else the oldest
@@ -231,9 +247,16 @@ class DirectRouter:
     def route(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
               exclude: Collection[str] = ()) -> Route:
         """The cached answer for (ref, routing key), or the router's (one call per key at a time)."""
-        with self._lock:
-            if not exclude and (route := self._cache.get(ref, routing_key, time.monotonic())) is not None:
+        if not exclude:
+            with self._lock:
+                now = time.monotonic()
+                route = self._cache.get(ref, routing_key, now)
+                refresh = route is not None and self._cache.due(route, now)
+            if route is not None:
+                if refresh:
+                    self._refresh(ref, routing_key, metadata)
                 return route
+        with self._lock:
             key_lock = self._key_locks.setdefault((ref, routing_key), threading.Lock())
         with key_lock:
             with self._lock:
@@ -253,6 +276,22 @@ class DirectRouter:
                 if len(self._key_locks) > 4096:
                     self._key_locks = {k: v for k, v in self._key_locks.items() if v.locked()}
             return route
+
+    def _refresh(self, ref: str, routing_key: str, metadata: Metadata) -> None:
+        """Ask for (ref, routing key)'s route again without waiting: the answer replaces the cached one when it
+        comes; a failure leaves that one to lapse (the first request after it asks, and sees the error)."""
+        with self._lock:
+            self.route_calls += 1
+            exclude = self._cache.avoid(time.monotonic())
+        future = self._router.Route.future(route_request(ref, routing_key, exclude), timeout=REFRESH_TIMEOUT_S,
+                                           metadata=metadata)
+
+        def done(f: grpc.Future) -> None:
+            if not f.cancelled() and f.exception() is None:
+                with self._lock:
+                    self._cache.put(ref, routing_key, route_of(f.result(), time.monotonic()))
+
+        future.add_done_callback(done)
 
     def _next(self, ref: str, routing_key: str, route: Route, tried: set[str], metadata: Metadata,
               deadline: float | None, last: grpc.RpcError | None) -> tuple[Route, Candidate]:

@@ -1,6 +1,7 @@
 """Lookaside (direct) routing for the asyncio SDK: :mod:`adapterfleet.sdk.direct`'s behaviour on grpc.aio.
 
-One Route call per (ref, routing key) at a time (concurrent misses share it); reports go out on the running loop
+One Route call per (ref, routing key) at a time (concurrent misses share it, and a route in use is asked for again
+in the background before it lapses: ``RouteCache.due``); reports go out on the running loop
 (fire and forget, at most every ``REPORT_EVERY_S``), and one held back for that is sent when a thread of the
 router's own (``_Alarm``) wakes the loop for it.
 """
@@ -20,6 +21,7 @@ from adapterfleet.common.faults import ended_early, verdict_of
 from adapterfleet.common.security import INSECURE, ClientSecurity, open_aio_channel
 from adapterfleet.sdk.direct import (
     MAX_ATTEMPTS,
+    REFRESH_TIMEOUT_S,
     WORKER_CHANNEL_OPTIONS,
     Candidate,
     Metadata,
@@ -116,7 +118,7 @@ class AsyncDirectStream(AsyncIterator[worker_pb2.GenerateResponse]):
         router, request = self._router, self._request
         ref, routing_key = request.adapter, request.routing_key
         if self._route is None:  # the cached route, without a coroutine on the common path
-            self._route = router._cache.get(ref, routing_key, time.monotonic())  # noqa: SLF001 - its pair
+            self._route = router.cached(ref, routing_key, self._metadata)
             if self._route is None:
                 self._route = await router.route(ref, routing_key, self._metadata, remaining(self._deadline))
         worker = router.first_untried(self._route, self._tried)
@@ -276,15 +278,32 @@ class AsyncDirectRouter:
         self.route_calls = 0
 
     # --- routes -----------------------------------------------------------------------------------------------
+    def cached(self, ref: str, routing_key: str, metadata: Metadata) -> Route | None:
+        """The cached route for (ref, routing key), if any; one past its ``refresh_at`` is also asked for again in
+        the background (see ``RouteCache.due``)."""
+        now = time.monotonic()
+        route = self._cache.get(ref, routing_key, now)
+        if route is not None and self._cache.due(route, now) and (ref, routing_key) not in self._asking:
+            task = asyncio.ensure_future(self._ask(ref, routing_key, metadata, REFRESH_TIMEOUT_S))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)  # a failed refresh: the route lapses, and the next use asks
+        return route
+
     async def route(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
                     exclude: Collection[str] = ()) -> Route:
         if not exclude:
-            route = self._cache.get(ref, routing_key, time.monotonic())
+            route = self.cached(ref, routing_key, metadata)
             if route is not None:
                 return route
             asking = self._asking.get((ref, routing_key))
             if asking is not None:  # another task asks already: share its answer
                 return await asyncio.shield(asking)
+        return await self._ask(ref, routing_key, metadata, timeout, exclude)
+
+    async def _ask(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
+                   exclude: Collection[str] = ()) -> Route:
+        """One Route call, its answer cached; while it runs, other misses of the key share it (without
+        ``exclude``)."""
         future = asyncio.get_running_loop().create_future()
         if not exclude:
             self._asking[(ref, routing_key)] = future
