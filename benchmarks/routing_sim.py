@@ -28,7 +28,7 @@ Policies. ours         Placement.choose()[0] per request, plus hot-adapter copie
                        router's Route (Placement.choose over the router's *estimate* of load) on a miss of its
                        route cache and reuses the answer for ``--ttl`` s; one used past 3/4 of that is asked for
                        again at once, the request going on with the old answer (the SDK's refresh ahead of
-                       expiry; the new answer's first request is not reported: the router counted it). The
+                       expiry; such a Route counts no request, and the caller reports what it sends). The
                        router's estimate is the real adapterfleet.router.load.LoadEstimate fed as in production:
                        workers announce their load every ``--announce`` s (each at its own phase), the router
                        reads the registry every
@@ -326,8 +326,8 @@ def run_direct(cfg: SimConfig, trace: Trace, pcfg: PlacementConfig, fleet: Fleet
     announced = [(0.0, {}) for _ in ws]          # what each worker last announced: (load, residency)
     seen: list[tuple[float, dict]] = [(-1.0, {}) for _ in ws]  # what the router read from the registry
     expected: list[dict[str, float]] = [{} for _ in ws]  # keys the router sent to each worker: loading until
-    # key -> [worker, expires, refresh at, counted by the router already]
-    routes: list[dict[str, list]] = [{} for _ in range(cfg.clients)]
+    # per caller: key -> (worker, expires, refresh at)
+    routes: list[dict[str, tuple[int, float, float]]] = [{} for _ in range(cfg.clients)]
     views: list[WorkerView] = []
 
     def announce(wi: int):
@@ -384,13 +384,16 @@ def run_direct(cfg: SimConfig, trace: Trace, pcfg: PlacementConfig, fleet: Fleet
             replicate(key, now)
         return fire
 
-    def ask(key: str, now: float) -> tuple[int, float]:
-        """A Route call: placement on the router's estimate; (its first candidate, the answer's ttl)."""
+    def ask(key: str, now: float, refresh: bool = False) -> tuple[int, float]:
+        """A Route call: placement on the router's estimate; (its first candidate, the answer's ttl). A refresh
+        (RouteRequest.refresh) counts no request: the caller reports the ones it sends on the answer."""
         views[:] = router_views(now)
-        placement.record(key, now)
+        if not refresh:
+            placement.record(key, now)
         first = placement.choose(key, views, region="r")[0]
         wi = int(first.id[1:])
-        estimate.begun(ws[wi].id, 1, now)            # the answer counts one request on its first candidate
+        if not refresh:
+            estimate.begun(ws[wi].id, 1, now)        # the answer counts one request on its first candidate
         if key not in seen[wi][1]:
             expected[wi][key] = now + 5.0
         return wi, route_ttl(first, views, cfg.ttl_s)
@@ -400,16 +403,13 @@ def run_direct(cfg: SimConfig, trace: Trace, pcfg: PlacementConfig, fleet: Fleet
         hit = cache.get(key)
         if hit is not None and hit[1] > now:
             wi = hit[0]
-            if hit[3]:  # the router counted this request when it answered (a refresh's answer, see below)
-                hit[3] = False
-            else:
-                fleet.at(now + next(late), reported_start(wi, key))
+            fleet.at(now + next(late), reported_start(wi, key))
             if now >= hit[2]:  # used past REFRESH_AT of its ttl: asked again "in the background" (RouteCache.due)
-                fresh, ttl = ask(key, now)
-                cache[key] = [fresh, now + ttl, now + REFRESH_AT * ttl, True]
+                fresh, ttl = ask(key, now, refresh=True)
+                cache[key] = (fresh, now + ttl, now + REFRESH_AT * ttl)
             return wi
         wi, ttl = ask(key, now)  # a miss: this request waits for the answer, and is the one it counted
-        cache[key] = [wi, now + ttl, now + REFRESH_AT * ttl, False]
+        cache[key] = (wi, now + ttl, now + REFRESH_AT * ttl)
         if len(cache) > 4096:
             routes[client_of[i]] = {k: v for k, v in cache.items() if v[1] > now}
         return wi

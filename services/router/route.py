@@ -50,7 +50,10 @@ class Lookaside:
         self.reported = 0        # requests direct callers reported (beyond the Route answers)
         self.reported_failed = 0
 
-    async def route(self, ref: str, routing_key: str = "", exclude: Collection[str] = ()) -> Route:
+    async def route(self, ref: str, routing_key: str = "", exclude: Collection[str] = (),
+                    count: bool = True) -> Route:
+        """``count=False``: a caller renewing a route it still uses (RouteRequest.refresh); no request is counted
+        for the answer, since the caller may send none on it and reports those it does send."""
         core = self.core
         key = await core.resolver.key(ref, routing_key)
         views = core.membership.views()
@@ -67,12 +70,13 @@ class Lookaside:
                               "that workers run and announce to the store")
         first = candidates[0]
         self.routes += 1
-        core.requests += 1
-        if key:
-            core.count_pick(key, first, views)
-            if key not in first.resident:
-                core.membership.expect(first.id, key)  # it is about to load there: keep routing it there
-        core.membership.direct(first.id, begun=1)
+        if count:
+            core.requests += 1
+            if key:
+                core.count_pick(key, first, views)
+            core.membership.direct(first.id, begun=1)
+        if key and key not in first.resident:
+            core.membership.expect(first.id, key)  # it is about to load there: keep routing it there
         return Route(key, tuple(candidates), route_ttl(first, views, core.cfg.route_ttl_s))
 
     def report(self, outcomes: Iterable[Outcome]) -> None:

@@ -74,7 +74,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Route(self, request, context):
         auth.require(auth.SERVE, "routing", auth.ref_name(request.adapter))
-        route = await self.lookaside.route(request.adapter, request.routing_key, frozenset(request.exclude))
+        route = await self.lookaside.route(request.adapter, request.routing_key, frozenset(request.exclude),
+                                           count=not request.refresh)
         return router_pb2.RouteResponse(
             adapter_key=route.key, ttl_seconds=route.ttl_s,
             candidates=[router_pb2.RouteCandidate(address=w.address, worker_id=w.id, region=w.region, load=w.load,

@@ -65,14 +65,17 @@ class Route:
     refreshing: bool = False
 
 
-def route_request(ref: str, routing_key: str, exclude: Collection[str]) -> router_pb2.RouteRequest:
-    return router_pb2.RouteRequest(adapter=ref, routing_key=routing_key, exclude=sorted(exclude))
+def route_request(ref: str, routing_key: str, exclude: Collection[str],
+                  refresh: bool = False) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(adapter=ref, routing_key=routing_key, exclude=sorted(exclude), refresh=refresh)
 
 
-def route_of(pb: router_pb2.RouteResponse, now: float) -> Route:
+def route_of(pb: router_pb2.RouteResponse, now: float, refresh: bool = False) -> Route:
+    """The answer as cached; ``refresh``: it renews a route in use, so the router counted no request for it."""
     ttl = min(max(pb.ttl_seconds, 0.0), MAX_TTL_S)
     return Route(pb.adapter_key, tuple(Candidate(c.address, c.worker_id, c.region, tier_from_pb(c.tier), c.load)
-                                       for c in pb.candidates), now + ttl, refresh_at=now + REFRESH_AT * ttl)
+                                       for c in pb.candidates), now + ttl, counted=not refresh,
+                 refresh_at=now + REFRESH_AT * ttl)
 
 
 class RouteCache:
@@ -283,13 +286,13 @@ class DirectRouter:
         with self._lock:
             self.route_calls += 1
             exclude = self._cache.avoid(time.monotonic())
-        future = self._router.Route.future(route_request(ref, routing_key, exclude), timeout=REFRESH_TIMEOUT_S,
-                                           metadata=metadata)
+        future = self._router.Route.future(route_request(ref, routing_key, exclude, refresh=True),
+                                           timeout=REFRESH_TIMEOUT_S, metadata=metadata)
 
         def done(f: grpc.Future) -> None:
             if not f.cancelled() and f.exception() is None:
                 with self._lock:
-                    self._cache.put(ref, routing_key, route_of(f.result(), time.monotonic()))
+                    self._cache.put(ref, routing_key, route_of(f.result(), time.monotonic(), refresh=True))
 
         future.add_done_callback(done)
 

@@ -284,7 +284,7 @@ class AsyncDirectRouter:
         now = time.monotonic()
         route = self._cache.get(ref, routing_key, now)
         if route is not None and self._cache.due(route, now) and (ref, routing_key) not in self._asking:
-            task = asyncio.ensure_future(self._ask(ref, routing_key, metadata, REFRESH_TIMEOUT_S))
+            task = asyncio.ensure_future(self._ask(ref, routing_key, metadata, REFRESH_TIMEOUT_S, refresh=True))
             self._tasks.add(task)
             task.add_done_callback(self._done)  # a failed refresh: the route lapses, and the next use asks
         return route
@@ -301,9 +301,9 @@ class AsyncDirectRouter:
         return await self._ask(ref, routing_key, metadata, timeout, exclude)
 
     async def _ask(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
-                   exclude: Collection[str] = ()) -> Route:
+                   exclude: Collection[str] = (), refresh: bool = False) -> Route:
         """One Route call, its answer cached; while it runs, other misses of the key share it (without
-        ``exclude``)."""
+        ``exclude``). ``refresh``: it renews a route in use (the router counts no request for it)."""
         future = asyncio.get_running_loop().create_future()
         if not exclude:
             self._asking[(ref, routing_key)] = future
@@ -311,11 +311,11 @@ class AsyncDirectRouter:
             self.route_calls += 1
             exclude = set(exclude) | self._cache.avoid(time.monotonic())  # failed lately: left out
             try:
-                pb = await self._router.Route(route_request(ref, routing_key, exclude), timeout=timeout,
+                pb = await self._router.Route(route_request(ref, routing_key, exclude, refresh), timeout=timeout,
                                               metadata=metadata)
             except grpc.RpcError as err:
                 raise not_a_router(err) from None
-            route = route_of(pb, time.monotonic())
+            route = route_of(pb, time.monotonic(), refresh)
             self._cache.put(ref, routing_key, route)
             future.set_result(route)
             return route

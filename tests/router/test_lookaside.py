@@ -59,10 +59,10 @@ class Fleet:
         return WorkerHandle(WorkerConfig(base_model=str(self.base), store=self.store.address, max_slots=4,
                                          disk_dir=str(self.tmp / f"w{i}"), **FAST))
 
-    def route(self, ref: str, routing_key: str = "", exclude=()) -> router_pb2.RouteResponse:
+    def route(self, ref: str, routing_key: str = "", exclude=(), refresh: bool = False) -> router_pb2.RouteResponse:
         with grpc.insecure_channel(self.address) as channel:
-            return router_pb2_grpc.RouterStub(channel).Route(
-                router_pb2.RouteRequest(adapter=ref, routing_key=routing_key, exclude=list(exclude)), timeout=30)
+            return router_pb2_grpc.RouterStub(channel).Route(router_pb2.RouteRequest(
+                adapter=ref, routing_key=routing_key, exclude=list(exclude), refresh=refresh), timeout=30)
 
     def by_address(self, address: str) -> WorkerHandle:
         [w] = [w for w in self.workers if w.address == address]
@@ -105,6 +105,21 @@ def test_route_answers_the_key_and_every_healthy_worker_in_placement_order(fleet
     assert fleet.route("acme/a0").candidates[0].worker_id == first.worker_id
     # excluded workers are left out
     assert first.worker_id not in {c.worker_id for c in fleet.route("acme/a0", exclude=[first.worker_id]).candidates}
+
+
+def test_a_route_renewed_by_a_caller_that_still_uses_it_counts_no_request(fleet):
+    # the caller reports the requests it sends on the answer; counting one for the answer too would put on the
+    # worker a request that may never come
+    before = fleet.router.requests
+    answer = fleet.route("acme/a1", refresh=True)
+    assert answer.adapter_key == fleet.keys[1] and len(answer.candidates) == len(fleet.workers)
+    assert fleet.router.requests == before
+    assert fleet.keys[1] not in dict(fleet.router.adapters.items())  # no affinity hit or miss, no heat
+    views = {v.id: v for v in fleet.router.membership.views()}
+    assert views[answer.candidates[0].worker_id].load == 0
+    assert views[answer.candidates[0].worker_id].resident.get(fleet.keys[1]) == "loading"  # still sent there
+    fleet.route("acme/a1")  # an ordinary answer counts its one request
+    assert fleet.router.requests == before + 1
 
 
 def test_route_for_an_unknown_adapter_is_not_found(fleet):

@@ -36,6 +36,8 @@ class Router(router_pb2_grpc.RouterServicer):
     def __init__(self, worker: str):
         self.worker = worker
         self.calls = 0
+        self.refresh: list[bool] = []  # each call's RouteRequest.refresh
+        self.reported = 0  # requests reported (beyond those the answers counted)
         self.hold_from = 10**9
         self.refuse = False
         self.release = threading.Event()
@@ -43,6 +45,7 @@ class Router(router_pb2_grpc.RouterServicer):
 
     def Route(self, request, context):
         self.calls += 1
+        self.refresh.append(request.refresh)
         if self.calls >= self.hold_from:
             if self.refuse:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "router going away")
@@ -52,6 +55,7 @@ class Router(router_pb2_grpc.RouterServicer):
             router_pb2.RouteCandidate(address=self.worker, worker_id=f"w-{self.calls}")])
 
     def ReportRoutes(self, request, context):
+        self.reported += sum(o.requests for o in request.outcomes)
         return router_pb2.RouteReportAck()
 
 
@@ -133,8 +137,13 @@ def test_the_blocking_router_refreshes_a_due_route_without_waiting_for_it(fleet)
         fresh = client.cached()
         assert fresh is not first and fresh is not None and fresh.candidates[0].worker_id == "w-2"
         assert client.generate() == [0, 1, 2] and router.calls == 2
+        if client.router._sending is not None:  # a report on its way arrives
+            client.router._sending.exception(timeout=5)
     finally:
         client.close()
+    # the renewal said so (the router counts no request for it), and every request after the first was reported,
+    # the first one on the renewed route included
+    assert router.refresh == [False, True] and router.reported == 4
 
 
 def test_the_blocking_router_keeps_the_route_when_a_refresh_fails(fleet):
@@ -195,8 +204,11 @@ def test_the_async_router_refreshes_a_due_route_without_waiting_for_it(fleet):
         assert await tokens(client) == [0, 1, 2] and router.calls == 2
         score = await client.score(worker_pb2.ScoreRequest(adapter=KEY), timeout=10, metadata=())
         assert score is not None and router.calls == 2  # Score uses the same cache
+        while client._tasks:  # reports on their way arrive (close cancels them)
+            await asyncio.sleep(0.01)
 
     run_async(address, body)
+    assert router.refresh == [False, True] and router.reported == 4  # as for the blocking router
 
 
 def test_the_async_router_keeps_the_route_when_a_refresh_fails(fleet):

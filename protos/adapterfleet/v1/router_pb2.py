@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from adapterfleet.v1 import common_pb2 as adapterfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61pterfleet/v1/router.proto\x12\x0f\x61\x64\x61pterfleet.v1\x1a\x1c\x61\x64\x61pterfleet/v1/common.proto\"E\n\x0cRouteRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x13\n\x0brouting_key\x18\x02 \x01(\t\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\"w\n\x0eRouteCandidate\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12#\n\x04tier\x18\x04 \x01(\x0e\x32\x15.adapterfleet.v1.Tier\x12\x0c\n\x04load\x18\x05 \x01(\x01\"n\n\rRouteResponse\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x01 \x01(\t\x12\x33\n\ncandidates\x18\x02 \x03(\x0b\x32\x1f.adapterfleet.v1.RouteCandidate\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"{\n\x0cRouteOutcome\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\r\x12\x0f\n\x07retries\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12\x10\n\x08\x66inished\x18\x06 \x01(\r\">\n\x0bRouteReport\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.adapterfleet.v1.RouteOutcome\"\x10\n\x0eRouteReportAck\"\x14\n\x12RouterStatsRequest\"b\n\x11\x41\x64\x61pterRouteStats\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04hits\x18\x02 \x01(\x04\x12\x0e\n\x06misses\x18\x03 \x01(\x04\x12\x14\n\x0creplications\x18\x04 \x01(\x04\x12\x0c\n\x04heat\x18\x05 \x01(\x01\"\x82\x01\n\x10WorkerRouteStats\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04load\x18\x04 \x01(\x01\x12\x10\n\x08inflight\x18\x05 \x01(\r\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x10\n\x08resident\x18\x07 \x01(\r\"\xd7\x01\n\x0bRouterStats\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x0f\n\x07retries\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x19\n\x11\x61\x66\x66inity_hit_rate\x18\x04 \x01(\x01\x12\x34\n\x08\x61\x64\x61pters\x18\x05 \x03(\x0b\x32\".adapterfleet.v1.AdapterRouteStats\x12\x32\n\x07workers\x18\x06 \x03(\x0b\x32!.adapterfleet.v1.WorkerRouteStats\x12\x0e\n\x06region\x18\x07 \x01(\t2\xeb\x01\n\x06Router\x12J\n\x05Stats\x12#.adapterfleet.v1.RouterStatsRequest\x1a\x1c.adapterfleet.v1.RouterStats\x12\x46\n\x05Route\x12\x1d.adapterfleet.v1.RouteRequest\x1a\x1e.adapterfleet.v1.RouteResponse\x12M\n\x0cReportRoutes\x12\x1c.adapterfleet.v1.RouteReport\x1a\x1f.adapterfleet.v1.RouteReportAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x64\x61pterfleet/v1/router.proto\x12\x0f\x61\x64\x61pterfleet.v1\x1a\x1c\x61\x64\x61pterfleet/v1/common.proto\"V\n\x0cRouteRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x13\n\x0brouting_key\x18\x02 \x01(\t\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\x12\x0f\n\x07refresh\x18\x04 \x01(\x08\"w\n\x0eRouteCandidate\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12#\n\x04tier\x18\x04 \x01(\x0e\x32\x15.adapterfleet.v1.Tier\x12\x0c\n\x04load\x18\x05 \x01(\x01\"n\n\rRouteResponse\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x01 \x01(\t\x12\x33\n\ncandidates\x18\x02 \x03(\x0b\x32\x1f.adapterfleet.v1.RouteCandidate\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"{\n\x0cRouteOutcome\x12\x13\n\x0b\x61\x64\x61pter_key\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\r\x12\x0f\n\x07retries\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12\x10\n\x08\x66inished\x18\x06 \x01(\r\">\n\x0bRouteReport\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.adapterfleet.v1.RouteOutcome\"\x10\n\x0eRouteReportAck\"\x14\n\x12RouterStatsRequest\"b\n\x11\x41\x64\x61pterRouteStats\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04hits\x18\x02 \x01(\x04\x12\x0e\n\x06misses\x18\x03 \x01(\x04\x12\x14\n\x0creplications\x18\x04 \x01(\x04\x12\x0c\n\x04heat\x18\x05 \x01(\x01\"\x82\x01\n\x10WorkerRouteStats\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04load\x18\x04 \x01(\x01\x12\x10\n\x08inflight\x18\x05 \x01(\r\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x10\n\x08resident\x18\x07 \x01(\r\"\xd7\x01\n\x0bRouterStats\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x0f\n\x07retries\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x19\n\x11\x61\x66\x66inity_hit_rate\x18\x04 \x01(\x01\x12\x34\n\x08\x61\x64\x61pters\x18\x05 \x03(\x0b\x32\".adapterfleet.v1.AdapterRouteStats\x12\x32\n\x07workers\x18\x06 \x03(\x0b\x32!.adapterfleet.v1.WorkerRouteStats\x12\x0e\n\x06region\x18\x07 \x01(\t2\xeb\x01\n\x06Router\x12J\n\x05Stats\x12#.adapterfleet.v1.RouterStatsRequest\x1a\x1c.adapterfleet.v1.RouterStats\x12\x46\n\x05Route\x12\x1d.adapterfleet.v1.RouteRequest\x1a\x1e.adapterfleet.v1.RouteResponse\x12M\n\x0cReportRoutes\x12\x1c.adapterfleet.v1.RouteReport\x1a\x1f.adapterfleet.v1.RouteReportAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'adapterfleet.v1.router_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTEREQUEST']._serialized_start=79
-  _globals['_ROUTEREQUEST']._serialized_end=148
-  _globals['_ROUTECANDIDATE']._serialized_start=150
-  _globals['_ROUTECANDIDATE']._serialized_end=269
-  _globals['_ROUTERESPONSE']._serialized_start=271
-  _globals['_ROUTERESPONSE']._serialized_end=381
-  _globals['_ROUTEOUTCOME']._serialized_start=383
-  _globals['_ROUTEOUTCOME']._serialized_end=506
-  _globals['_ROUTEREPORT']._serialized_start=508
-  _globals['_ROUTEREPORT']._serialized_end=570
-  _globals['_ROUTEREPORTACK']._serialized_start=572
-  _globals['_ROUTEREPORTACK']._serialized_end=588
-  _globals['_ROUTERSTATSREQUEST']._serialized_start=590
-  _globals['_ROUTERSTATSREQUEST']._serialized_end=610
-  _globals['_ADAPTERROUTESTATS']._serialized_start=612
-  _globals['_ADAPTERROUTESTATS']._serialized_end=710
-  _globals['_WORKERROUTESTATS']._serialized_start=713
-  _globals['_WORKERROUTESTATS']._serialized_end=843
-  _globals['_ROUTERSTATS']._serialized_start=846
-  _globals['_ROUTERSTATS']._serialized_end=1061
-  _globals['_ROUTER']._serialized_start=1064
-  _globals['_ROUTER']._serialized_end=1299
+  _globals['_ROUTEREQUEST']._serialized_end=165
+  _globals['_ROUTECANDIDATE']._serialized_start=167
+  _globals['_ROUTECANDIDATE']._serialized_end=286
+  _globals['_ROUTERESPONSE']._serialized_start=288
+  _globals['_ROUTERESPONSE']._serialized_end=398
+  _globals['_ROUTEOUTCOME']._serialized_start=400
+  _globals['_ROUTEOUTCOME']._serialized_end=523
+  _globals['_ROUTEREPORT']._serialized_start=525
+  _globals['_ROUTEREPORT']._serialized_end=587
+  _globals['_ROUTEREPORTACK']._serialized_start=589
+  _globals['_ROUTEREPORTACK']._serialized_end=605
+  _globals['_ROUTERSTATSREQUEST']._serialized_start=607
+  _globals['_ROUTERSTATSREQUEST']._serialized_end=627
+  _globals['_ADAPTERROUTESTATS']._serialized_start=629
+  _globals['_ADAPTERROUTESTATS']._serialized_end=727
+  _globals['_WORKERROUTESTATS']._serialized_start=730
+  _globals['_WORKERROUTESTATS']._serialized_end=860
+  _globals['_ROUTERSTATS']._serialized_start=863
+  _globals['_ROUTERSTATS']._serialized_end=1078
+  _globals['_ROUTER']._serialized_start=1081
+  _globals['_ROUTER']._serialized_end=1316
 # @@protoc_insertion_point(module_scope)

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("adapter", "routing_key", "exclude")
+    __slots__ = ("adapter", "routing_key", "exclude", "refresh")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     routing_key: str
     exclude: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, adapter: _Optional[str] = ..., routing_key: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+    refresh: bool
+    def __init__(self, adapter: _Optional[str] = ..., routing_key: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., refresh: _Optional[bool] = ...) -> None: ...
 
 class RouteCandidate(_message.Message):
     __slots__ = ("address", "worker_id", "region", "tier", "load")
