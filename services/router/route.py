@@ -4,8 +4,9 @@
 the healthy workers with the same placement a proxied request gets (``placement.choose``: holders within the bound
 first, then rendezvous order, then the overloaded). The answer counts as one request sent to its first candidate:
 affinity hit or miss, heat (hot-adapter copies start here as they do for proxied requests), the key expected to be
-loading there, and one request on that worker's load. It may be reused for ``route_ttl_s`` (a quarter of that
-when its first candidate is busier than average: ``route_ttl``).
+loading there, and one request on that worker's load. A caller renewing a route it still uses
+(``RouteRequest.refresh``) is counted nothing: it reports the requests it sends. An answer may be reused for
+``route_ttl_s`` (a quarter of that when its first candidate is busier than average: ``route_ttl``).
 
 Direct callers report what they sent where (``report``): further requests count toward heat and the workers' load,
 so bounded load and replication keep working while no request passes the router. Reported failures are counted,
