@@ -404,7 +404,7 @@ def run_direct(cfg: SimConfig, trace: Trace, pcfg: PlacementConfig, fleet: Fleet
         if hit is not None and hit[1] > now:
             wi = hit[0]
             fleet.at(now + next(late), reported_start(wi, key))
-            if now >= hit[2]:  # used past REFRESH_AT of its ttl: asked again "in the background" (RouteCache.due)
+            if now >= hit[2]:  # used past REFRESH_AT of its ttl: asked again "in the background" (Route.due)
                 fresh, ttl = ask(key, now, refresh=True)
                 cache[key] = (fresh, now + ttl, now + REFRESH_AT * ttl)
             return wi

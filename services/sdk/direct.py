@@ -55,7 +55,7 @@ class Candidate:
 class Route:
     """A Route answer. ``counted``: the router counted one request on ``candidates[0]`` when it answered, so the
     first request sent on it is not reported again. ``refresh_at``: from then on, a use of it asks the router again
-    in the background (once: ``refreshing``), see :meth:`RouteCache.due`."""
+    in the background (once: ``refreshing``), see :meth:`due`."""
 
     key: str
     candidates: tuple[Candidate, ...]
@@ -63,6 +63,16 @@ class Route:
     counted: bool = True
     refresh_at: float = float("inf")
     refreshing: bool = False
+
+    def due(self, now: float) -> bool:
+        """Whether this use of the route should ask the router for a new one in the background (True once per
+        route, past ``refresh_at``). The use itself goes on with the route, which is still within its ttl, so a
+        client in steady use never waits for Route: without this, every ttl (0.5 s by default) the requests that
+        found it lapsed all waited for one Route call. As gRPC's route lookup service does (stale age, max age)."""
+        if self.refreshing or now < self.refresh_at:
+            return False
+        self.refreshing = True
+        return True
 
 
 def route_request(ref: str, routing_key: str, exclude: Collection[str],
@@ -102,17 +112,6 @@ class RouteCache:
             del self._routes[(ref, routing_key)]
             return None
         return route
-
-    @staticmethod
-    def due(route: Route, now: float) -> bool:
-        """Whether this use of ``route`` should ask the router for a new one in the background (True once per
-        route, past ``refresh_at``). The use itself goes on with ``route``, which is still within its ttl, so a
-        client in steady use never waits for Route: without this, every ttl (0.5 s by default) the requests that
-        found it lapsed all waited for one Route call. As gRPC's route lookup service does (stale age, max age)."""
-        if route.refreshing or now < route.refresh_at:
-            return False
-        route.refreshing = True
-        return True
 
     def put(self, ref: str, routing_key: str, route: Route) -> None:
         if len(self._routes) >= 4096:  # many distinct refs: drop the expired, else the oldest
@@ -254,7 +253,7 @@ class DirectRouter:
             with self._lock:
                 now = time.monotonic()
                 route = self._cache.get(ref, routing_key, now)
-                refresh = route is not None and self._cache.due(route, now)
+                refresh = route is not None and route.due(now)
             if route is not None:
                 if refresh:
                     self._refresh(ref, routing_key, metadata)

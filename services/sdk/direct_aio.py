@@ -1,7 +1,7 @@
 """Lookaside (direct) routing for the asyncio SDK: :mod:`adapterfleet.sdk.direct`'s behaviour on grpc.aio.
 
 One Route call per (ref, routing key) at a time (concurrent misses share it, and a route in use is asked for again
-in the background before it lapses: ``RouteCache.due``); reports go out on the running loop
+in the background before it lapses: ``Route.due``); reports go out on the running loop
 (fire and forget, at most every ``REPORT_EVERY_S``), and one held back for that is sent when a thread of the
 router's own (``_Alarm``) wakes the loop for it.
 """
@@ -280,10 +280,10 @@ class AsyncDirectRouter:
     # --- routes -----------------------------------------------------------------------------------------------
     def cached(self, ref: str, routing_key: str, metadata: Metadata) -> Route | None:
         """The cached route for (ref, routing key), if any; one past its ``refresh_at`` is also asked for again in
-        the background (see ``RouteCache.due``)."""
+        the background (see ``Route.due``)."""
         now = time.monotonic()
         route = self._cache.get(ref, routing_key, now)
-        if route is not None and self._cache.due(route, now) and (ref, routing_key) not in self._asking:
+        if route is not None and route.due(now) and (ref, routing_key) not in self._asking:
             task = asyncio.ensure_future(self._ask(ref, routing_key, metadata, REFRESH_TIMEOUT_S, refresh=True))
             self._tasks.add(task)
             task.add_done_callback(self._done)  # a failed refresh: the route lapses, and the next use asks

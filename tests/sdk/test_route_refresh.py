@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from adapterfleet.sdk import direct_aio
-from adapterfleet.sdk.direct import REFRESH_AT, DirectRouter, Route, RouteCache, route_of
+from adapterfleet.sdk.direct import REFRESH_AT, DirectRouter, Route, route_of
 from adapterfleet.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 KEY = "acme/a@sha256:" + "cd" * 32
@@ -86,10 +86,10 @@ def request() -> worker_pb2.GenerateRequest:
 def test_a_route_is_due_once_past_its_share_of_the_ttl():
     route = route_of(router_pb2.RouteResponse(adapter_key=KEY, ttl_seconds=8.0), now=100.0)
     assert route.expires == 108.0 and route.refresh_at == 100.0 + REFRESH_AT * 8.0
-    assert not RouteCache.due(route, 105.9)
-    assert RouteCache.due(route, 106.0)
-    assert not RouteCache.due(route, 106.5)  # once: its refresh is on its way
-    assert not RouteCache.due(Route(KEY, (), expires=1e9), 1e8)  # a route made without a ttl's share: never
+    assert not route.due(105.9)
+    assert route.due(106.0)
+    assert not route.due(106.5)  # once: its refresh is on its way
+    assert not Route(KEY, (), expires=1e9).due(1e8)  # a route made without a ttl's share: never
 
 
 def make_due(route: Route) -> None:
