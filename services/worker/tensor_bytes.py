@@ -34,14 +34,31 @@ def load_tensors(raw: bytes | bytearray, header: SafetensorsHeader) -> dict[str,
             or any(t.dtype not in _VIEWABLE or (base + t.start) % _VIEWABLE[t.dtype].itemsize
                    for t in header.tensors.values())):
         return load_safetensors(bytes(raw))  # a copy, as safetensors makes one (also for unaligned data)
+    # one flat view of the file per dtype, from the last aligned offset at or before the data section, and each
+    # tensor as a strided view of it: one torch call a tensor instead of two (~0.4 ms of a 112-tensor cold load)
+    origin = {dtype: base - base % dtype.itemsize for dtype in _VIEWABLE.values()}
+    flats: dict[torch.dtype, torch.Tensor] = {}
     out = {}
     for name, t in header.tensors.items():
         dtype = _VIEWABLE[t.dtype]
-        count = t.nbytes // dtype.itemsize
-        flat = (torch.frombuffer(raw, dtype=dtype, count=count, offset=base + t.start) if count
-                else torch.empty(0, dtype=dtype))
-        out[name] = flat.view(t.shape)
+        flat = flats.get(dtype)
+        if flat is None:
+            count = (len(raw) - origin[dtype]) // dtype.itemsize
+            flat = flats[dtype] = (torch.frombuffer(raw, dtype=dtype, count=count, offset=origin[dtype]) if count
+                                   else torch.empty(0, dtype=dtype))
+        start = (base + t.start - origin[dtype]) // dtype.itemsize
+        out[name] = (flat.as_strided(t.shape, _strides(t.shape), start) if t.nbytes
+                     else torch.empty(t.shape, dtype=dtype))
     return out
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A contiguous tensor's strides (in elements) for ``shape``."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def all_finite(raw: bytes | bytearray, header: SafetensorsHeader) -> bool:

@@ -9,7 +9,7 @@ from torch import nn
 
 from .context import RowContext
 from .plan import RowPlan, plan_for
-from .slot_stack import Entry, Field, SlotStack
+from .slot_stack import Entry, Field, SlotStack, Write
 from .weights import ModuleLora
 
 
@@ -70,6 +70,16 @@ class SlotWrapper(nn.Module):
 
     def add(self, slot: int, entries: dict[str, Entry | None], rank: int) -> None:
         self._stack = self._stack.added(slot, entries, rank)
+
+    def grown(self, slot: int, entries: dict[str, Entry | None], rank: int) -> tuple[SlotStack, list[Write]]:
+        """:meth:`add` in steps (:meth:`.SlotStack.grown`): the stack to :meth:`publish` once its writes are made."""
+        return self._stack.grown(slot, entries, rank)
+
+    def publish(self, stack: SlotStack) -> None:
+        """Serve ``stack`` from the next forward on (one from :meth:`grown`, every write made). Straight into the
+        instance dict: nn.Module's ``__setattr__`` looks the name up in three registries first, ~10 us a call on
+        the 2-core box, and an install publishes a stack for every module its adapter changes."""
+        self.__dict__["_stack"] = stack
 
     def remove(self, slot: int) -> None:
         self._stack = self._stack.removed(slot)

@@ -111,7 +111,9 @@ class LoraLinear(SlotWrapper):
 
     def prepare(self, m: ModuleLora) -> tuple[dict[str, Entry | None], int]:
         """Per-slot stack entries for one adapter's change to this module (computed in float32)."""
-        a, b, w = m.lora_A, m.lora_B, self.weight
+        a, b = m.lora_A, m.lora_B
+        param = self.base()._parameters.get("weight")  # noqa: SLF001 - a Linear's / Conv1D's, without __getattr__
+        w = self.weight if param is None else param
         if (m.rank and m.magnitude is None and m.bias is None and a is not None and b is not None
                 and w.dtype == a.dtype == b.dtype == torch.float32 and w.device == a.device == b.device):
             # the common case, float32 LoRA only: transposed views, B scaled as the stack writes it; no copy here and

@@ -14,9 +14,8 @@ caller must not remove a slot that an in-flight forward uses.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from contextlib import AbstractContextManager
-from functools import partial
 
 import torch
 from torch import nn
@@ -29,6 +28,7 @@ from .context import NO_ADAPTER, RowContext, Rows
 from .inject import Wrapper, inject, wrappers
 from .modules_to_save import ModuleSwitch, clone_module
 from .native import LowRankKernel
+from .slot_stack import SlotStack, Write, write_all
 from .weights import AdapterWeights
 
 FITS_KEPT = 64  # distinct adapter layouts whose fit is remembered
@@ -95,26 +95,35 @@ class LoraModel:
             fit = weights.fit
             plan = fit[1] if fit is not None and fit[0] is self.model else check_compatible(self.model, weights)
             placed = self._placed(plan)
-            # compute everything first, so a failure leaves no half-installed adapter
-            prepared: list[tuple[Wrapper, Callable[[], None]]] = []  # (wrapper, its add of this slot)
+            # compute everything first and publish last, so a failure leaves no half-installed adapter: every
+            # module's new stack and the writes that fill its row, then the writes (all at once), then the stacks
+            switches: list[tuple[ModuleSwitch, nn.Module]] = []  # modules saved whole: (switch, this slot's copy)
+            stacks: list[tuple[SlotWrapper, SlotStack]] = []
+            writes: list[Write] = []
             for path, kind in plan.items():
                 w = placed[path]
                 if kind == COPY:
                     assert isinstance(w, ModuleSwitch), "inject places a ModuleSwitch at a 'copy' path"
-                    prepared.append((w, partial(w.add, slot, clone_module(w.base_layer, weights.copies[path]))))
+                    switches.append((w, clone_module(w.base_layer, weights.copies[path])))
                 else:
                     assert isinstance(w, SlotWrapper), "inject places a per-row LoRA / bias wrapper elsewhere"
                     entries, rank = w.prepare(weights.modules[path])
-                    prepared.append((w, partial(w.add, slot, entries, rank)))
+                    stack, fills = w.grown(slot, entries, rank)
+                    stacks.append((w, stack))
+                    writes += fills
+            write_all(writes)
             done: list[Wrapper] = []
             try:
-                for w, add in prepared:
-                    add()
-                    done.append(w)
+                for switch, copy in switches:
+                    switch.add(slot, copy)
+                    done.append(switch)
             except BaseException:
                 for w in done:
                     w.remove(slot)
                 raise
+            for w, stack in stacks:
+                w.publish(stack)
+                done.append(w)
             self._slots[slot] = done
 
     def _placed(self, plan: dict[str, str]) -> dict[str, Wrapper]:

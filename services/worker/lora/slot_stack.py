@@ -14,13 +14,17 @@ running in another thread sees either the old or the new stack, never a half-wri
 view of the first rows of a storage with a row for every slot (allocated and filled when the stack first needs
 room, or a larger rank): an install whose rank fits writes its row past the end of every existing view of that
 storage and publishes a longer view, copying nothing else (a cold load does not pay for the adapters already
-installed). A removal builds exact new tensors, so unloading still frees memory. Its :class:`Layout` (slot
+installed). An install takes every module its adapter changes in three steps: each module's next stack and the
+writes that fill its row (:meth:`SlotStack.grown`), then all the writes, then every stack published; a failure
+before the last step publishes nothing. A removal builds exact new tensors, so unloading still frees memory. Its :class:`Layout` (slot
 order and which slots carry which field) is what a forward's row plan depends on; wrappers whose stacks share a
 layout (every module of an all-linear adapter) share one plan per batch.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,16 +32,27 @@ import torch
 
 
 class Layout:
-    """Hashable (hash computed once) identity of a stack's slot order and of the slots that carry each field."""
+    """Hashable (hash computed once) identity of a stack's slot order and of the slots that carry each field.
 
-    __slots__ = ("_hash", "_key", "_next", "has", "order")
+    Layouts are interned (:meth:`of`): the stacks of every module that an install (or a removal) takes through the
+    same change share one object, so :meth:`with_slot`'s memo is hit by all but the first module of an install.
+    Both the table and the memo hold layouts weakly: a layout lives as long as a stack uses it."""
+
+    __slots__ = ("__weakref__", "_hash", "_key", "_next", "has", "order")
 
     def __init__(self, order: tuple[int, ...], has: dict[str, frozenset[int]]):
         self.order = order  # global slot of local row i + 1
         self.has = has  # read-only: shared by every stack with this layout
         self._key = (order, tuple(sorted(has.items(), key=lambda item: item[0])))
         self._hash = hash(self._key)
-        self._next: dict[tuple[int, frozenset[str]], Layout] = {}  # with_slot's answers
+        # with_slot's answers
+        self._next: weakref.WeakValueDictionary[tuple[int, frozenset[str]], Layout] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def of(cls, order: tuple[int, ...], has: dict[str, frozenset[int]]) -> Layout:
+        """The layout with this order and these carriers: the one already in use, if any stack uses it."""
+        made = cls(order, has)
+        return _LAYOUTS.setdefault(made._key, made)
 
     def with_slot(self, slot: int, fields: frozenset[str]) -> Layout:
         """This layout with ``slot`` appended, carrying ``fields``. Remembered: every module an adapter changes
@@ -47,7 +62,7 @@ class Layout:
         nxt = self._next.get(key)
         if nxt is None:
             has = {name: slots | {slot} if name in fields else slots for name, slots in self.has.items()}
-            nxt = self._next[key] = Layout((*self.order, slot), has)
+            nxt = self._next[key] = Layout.of((*self.order, slot), has)
         return nxt
 
     def __hash__(self) -> int:
@@ -57,6 +72,9 @@ class Layout:
         return self is other or (
             isinstance(other, Layout) and self._hash == other._hash and self._key == other._key
         )
+
+
+_LAYOUTS: weakref.WeakValueDictionary[tuple, Layout] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -82,20 +100,43 @@ class Scaled:
 Entry = torch.Tensor | Scaled
 
 
-def _write(dst: torch.Tensor, src: Entry) -> None:
-    """``dst[...] = src`` (times its factor). A LoRA's entries are transposed views ([in, r] of an [r, in] file
-    tensor), and numpy's strided copy of them takes about half the time of torch's (~1 vs ~2 ms for a rank-16
-    all-linear adapter of 5 MB; float32 on the 2-core box), which a cold load pays in full."""
-    t, factor = (src.tensor, src.factor) if isinstance(src, Scaled) else (src, None)
-    if dst.device.type == t.device.type == "cpu" and dst.dtype == t.dtype == torch.float32 and not t.requires_grad:
-        if factor is None:
-            np.copyto(dst.numpy(), t.numpy())
+def _numpy_ok(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad
+
+
+class Write:
+    """One row (or the first part of one) of a stack's storage to fill from one entry: ``storage[index] = src``
+    (times its factor). An install makes all of its writes before it publishes any stack (:func:`write_all`).
+
+    A LoRA's entries are transposed views ([in, r] of an [r, in] file tensor), and numpy's strided copy of them takes
+    about half the time of torch's (~1 vs ~2 ms for a rank-16 all-linear adapter of 5 MB; float32 on the 2-core
+    box), which a cold load pays in full. ``array``: the storage's numpy view, made once and kept with the storage
+    (``.numpy()`` costs ~4 us a call on that box, and indexing a numpy array a tenth of indexing a tensor)."""
+
+    __slots__ = ("array", "index", "src", "storage")
+
+    def __init__(self, storage: torch.Tensor, index: int | tuple[int | slice, ...], src: Entry,
+                 array: np.ndarray | None):
+        self.storage, self.index, self.src, self.array = storage, index, src, array
+
+    def run(self) -> None:
+        src = self.src
+        t, factor = (src.tensor, src.factor) if isinstance(src, Scaled) else (src, None)
+        if self.array is not None and _numpy_ok(t):
+            dst = self.array[self.index]
+            if factor is None:
+                np.copyto(dst, t.numpy())
+            else:
+                np.multiply(t.numpy(), np.float32(factor), out=dst)
+        elif factor is None:
+            self.storage[self.index].copy_(t)
         else:
-            np.multiply(t.numpy(), np.float32(factor), out=dst.numpy())
-    elif factor is None:
-        dst.copy_(t)
-    else:
-        dst.copy_(t.to(torch.float32) * factor)
+            self.storage[self.index].copy_(t.to(torch.float32) * factor)
+
+
+def write_all(writes: Sequence[Write]) -> None:
+    for w in writes:
+        w.run()
 
 
 class SlotStack:
@@ -112,17 +153,19 @@ class SlotStack:
         slot_map: torch.Tensor | None = None,
         storage: dict[str, torch.Tensor | None] | None = None,
         layout: Layout | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
     ):
         self.fields = fields
         self.max_slots = max_slots
         self.device = device
         # global slot of local row i + 1, and the slots that carry each field (``layout``'s when it is given)
-        self.layout = layout or Layout(order, has or {name: frozenset() for name in fields})
+        self.layout = layout or Layout.of(order, has or {name: frozenset() for name in fields})
         self.order, self.has = self.layout.order, self.layout.has
         self.ranks = dict(ranks or {})  # slot -> rank in this module (0: no low-rank part)
         self.tensors = tensors or {name: None for name in fields}  # name -> [L + 1, *entry_shape] or None
         # name -> [capacity >= L + 1, *entry_shape]: what ``tensors`` are the first rows of
         self.storage = storage if storage is not None else dict(self.tensors)
+        self._arrays = arrays or {}  # name -> numpy view of a CPU float32 storage (see :class:`Write`)
         self._slot_map = slot_map  # built on first use (a forward's row plan does not need it)
         self.slots = frozenset(self.order)
         self.rank = max(self.ranks.values(), default=0)
@@ -162,6 +205,15 @@ class SlotStack:
     def added(self, slot: int, entries: dict[str, Entry | None], rank: int) -> SlotStack:
         """A new stack with ``slot`` appended; ``entries`` maps field -> per-slot tensor, or a :class:`Scaled` one
         (None: field not used)."""
+        stack, writes = self.grown(slot, entries, rank)
+        write_all(writes)
+        return stack
+
+    def grown(self, slot: int, entries: dict[str, Entry | None], rank: int) -> tuple[SlotStack, list[Write]]:
+        """:meth:`added` in two steps: the new stack, and the writes that fill its row. The stack must not be
+        published (nor grown again) before every write is made; until then the stack published before is
+        untouched (its views end before the new row). An install grows every module's stack first and then makes
+        all their writes at once (:func:`write_all`)."""
         if slot in self.slots:
             raise ValueError(f"slot {slot} already holds an adapter in this module")
         if not 0 <= slot < self.max_slots:
@@ -172,6 +224,8 @@ class SlotStack:
         row = len(self.order) + 1  # the new local row
         tensors: dict[str, torch.Tensor | None] = {}
         storage: dict[str, torch.Tensor | None] = {}
+        arrays: dict[str, np.ndarray] = {}
+        writes: list[Write] = []
         carried: list[str] = []
         for name, spec in self.fields.items():
             old, new = self.tensors[name], entries.get(name)
@@ -186,6 +240,7 @@ class SlotStack:
                 continue
             shape = self._padded_shape(name, given, new_rank)
             room = self.storage[name]
+            array = self._arrays.get(name)
             if (room is not None and room.shape[0] > row and room.shape[1:] == shape
                     and room.dtype == ref.dtype and room.device == ref.device):
                 out = room  # the new row lies past every view published so far: written in place
@@ -199,16 +254,22 @@ class SlotStack:
                 out = torch.full((self.max_slots + 1, *shape), spec.fill, dtype=ref.dtype, device=ref.device)
                 if old is not None:
                     out[tuple(slice(0, n) for n in old.shape)].copy_(old)
+                array = None
+            if array is None and _numpy_ok(out):
+                array = out.numpy()
+            if array is not None:
+                arrays[name] = array
             if new is not None:
-                if given == shape:
-                    _write(out[row], new)
-                else:
-                    part: tuple[int | slice, ...] = (row, *(slice(0, n) for n in given))
-                    _write(out[part], new)
+                index: int | tuple[int | slice, ...] = row
+                if given != shape:
+                    index = (row, *(slice(0, n) for n in given))
+                writes.append(Write(out, index, new, array))
             storage[name] = out
             tensors[name] = out[:row + 1]
-        return SlotStack(self.fields, self.max_slots, self.device, ranks={**self.ranks, slot: rank},
-                         tensors=tensors, storage=storage, layout=self.layout.with_slot(slot, frozenset(carried)))
+        stack = SlotStack(self.fields, self.max_slots, self.device, ranks={**self.ranks, slot: rank},
+                          tensors=tensors, storage=storage, layout=self.layout.with_slot(slot, frozenset(carried)),
+                          arrays=arrays)
+        return stack, writes
 
     def removed(self, slot: int) -> SlotStack:
         """A new stack without ``slot``; tensors shrink to the remaining slots and rank (or go away)."""
