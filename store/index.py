@@ -92,23 +92,36 @@ class RedisIndex:
         return (await self.manifests(name, [digest]))[0]
 
     @typed_redis
+    async def manifest_to_serve(self, name: str, digest: str) -> tuple[Manifest, bool]:
+        """The manifest, and whether no blob at all was quarantined when it was read (in the same round trip): a
+        read that is about to hand out its blobs need not ask the quarantine about each of them then."""
+        manifests, quarantined = await self._manifests(name, [digest], count_quarantined=True)
+        return manifests[0], quarantined == 0
+
+    @typed_redis
     async def manifests(self, name: str, digests: Sequence[str]) -> list[Manifest]:
         """The manifests of ``name`` with these digests, in order, in one round trip. NotFound names the first
         digest the store does not have."""
+        return (await self._manifests(name, digests))[0]
+
+    async def _manifests(self, name: str, digests: Sequence[str], *,
+                         count_quarantined: bool = False) -> tuple[list[Manifest], int | None]:
         if not digests:
-            return []
+            return [], None
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.hmget(self._k(name, "m"), list(digests))
             pipe.hmget(self._k(name, "d"), list(digests))
             pipe.smembers(self._k(name, "y"))
-            raws, versions, yanked = await pipe.execute()
+            if count_quarantined:
+                pipe.scard(self.quarantine.key)
+            raws, versions, yanked, *quarantined = await pipe.execute()
         gone = {int(v) for v in yanked}
         out = []
         for digest, raw, version in zip(digests, raws, versions, strict=True):
             if raw is None or version is None:
                 raise NotFound(f"{name}@{digest} does not exist in this store")
             out.append(Manifest.from_json(_text(raw), version=int(version), yanked=int(version) in gone))
-        return out
+        return out, int(quarantined[0]) if quarantined else None
 
     @typed_redis
     async def versions(self, name: str) -> dict[int, str]:

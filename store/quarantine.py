@@ -31,7 +31,7 @@ class Quarantine:
     def __init__(self, client: aioredis.Redis, prefix: str = "af:", clock: Callable[[], float] = time.monotonic):
         self._r = client
         self.redis_address = redis_address(client)  # named in the UNAVAILABLE that @typed_redis raises
-        self._key = f"{prefix}quarantine"
+        self.key = f"{prefix}quarantine"
         self._clock = clock
         self._good_until: dict[str, float] = {}
 
@@ -41,7 +41,7 @@ class Quarantine:
         asked = list(dict.fromkeys(digests))
         if not asked:
             return set()
-        flags = await self._r.smismember(self._key, asked)
+        flags = await self._r.smismember(self.key, asked)
         return {d for d, bad in zip(asked, flags, strict=True) if bad}
 
     async def members_if_reachable(self, digests: Iterable[str]) -> set[str]:
@@ -56,14 +56,14 @@ class Quarantine:
 
     @typed_redis
     async def add(self, digest: str) -> None:
-        await self._r.sadd(self._key, digest)
+        await self._r.sadd(self.key, digest)
 
     @typed_redis
     async def lift(self, digests: Iterable[str]) -> None:
         """Good bytes were just published under these digests."""
         lifted = list(digests)
         if lifted:
-            await self._r.srem(self._key, *lifted)
+            await self._r.srem(self.key, *lifted)
         for d in lifted:
             self._good_until.pop(d, None)
 

@@ -40,6 +40,8 @@ class Resolution:
     targets: tuple[LiveTarget, ...]     # every live target (one for a version, digest or latest ref)
     alias: str = ""
     alias_targets: Targets = ()         # the alias as set, yanked targets included
+    # no blob at all was quarantined when the manifest was read (same round trip): its blobs need no check then
+    nothing_quarantined: bool = False
 
 
 DirectUrls = tuple[BlobUrl, ...]  # a fetch's answer in place of the bytes: where to GET each file
@@ -139,12 +141,12 @@ class AdapterStoreCore:
         asked from a ``region``: its regional override, while a rollout by region moves one, comes first)."""
         ref = Ref.parse(text)
         if ref.digest is not None:
-            return self._one(await self.index.manifest(ref.name, ref.digest))
+            return self._one(*await self.index.manifest_to_serve(ref.name, ref.digest))
         if ref.version is not None:
-            manifest = await self._by_version(ref.name, ref.version)
+            manifest, clean = await self._by_version(ref.name, ref.version)
             if manifest.yanked:
                 raise NotFound(f"{ref} is yanked; fetch it by digest if you really need it")
-            return self._one(manifest)
+            return self._one(manifest, clean)
         versions, yanked, targets = await self.index.state(ref.name, ref.alias or "")
         if ref.alias is not None and region and targets is not None:
             targets = await self.index.alias(ref.name, override_alias(ref.alias, region)) or targets
@@ -156,32 +158,34 @@ class AdapterStoreCore:
             if not live:
                 raise FailedPrecondition(f"every version alias {ref} points at is yanked; move the alias")
             chosen = choose(live, routing_key, self._rng)
-            manifest = await self.index.manifest(ref.name, versions[chosen.version])
-            return Resolution(manifest, live, ref.alias, targets)
+            manifest, clean = await self.index.manifest_to_serve(ref.name, versions[chosen.version])
+            return Resolution(manifest, live, ref.alias, targets, clean)
         live_versions = [v for v in versions if v not in yanked]
         if not live_versions:
             if versions:
                 raise NotFound(f"every version of {ref.name} is yanked; push a new one or fetch one by digest")
             raise NotFound(f"adapter {ref.name} does not exist; `adapterfleet ls` lists adapters")
-        return self._one(await self.index.manifest(ref.name, versions[max(live_versions)]))
+        return self._one(*await self.index.manifest_to_serve(ref.name, versions[max(live_versions)]))
 
     @staticmethod
-    def _one(manifest: Manifest) -> Resolution:
-        return Resolution(manifest, (LiveTarget(manifest.version, 100, str(manifest.key)),))
+    def _one(manifest: Manifest, nothing_quarantined: bool = False) -> Resolution:
+        return Resolution(manifest, (LiveTarget(manifest.version, 100, str(manifest.key)),),
+                          nothing_quarantined=nothing_quarantined)
 
-    async def _by_version(self, name: str, version: int) -> Manifest:
+    async def _by_version(self, name: str, version: int) -> tuple[Manifest, bool]:
         digest = await self.index.digest_of(name, version)
         if digest is None:
             raise NotFound(f"{name}@{version} does not exist")
-        return await self.index.manifest(name, digest)
+        return await self.index.manifest_to_serve(name, digest)
 
     # --- fetch ----------------------------------------------------------------------------------------------------
     async def fetch(self, text: str, resume_file: str = "", resume_offset: int = 0, chunk_size: int = 0,
                     routing_key: str = "", direct: bool = False) -> AsyncIterator[Manifest | FileChunk | DirectUrls]:
         """The manifest, then the files' bytes; or, when ``direct`` and the backend can presign, the manifest and
         one presigned URL per file (the client GETs and verifies them itself)."""
-        manifest = (await self.resolve(text, routing_key)).manifest
-        bad = await self.index.quarantine.members_if_reachable(f.sha256 for f in manifest.files)
+        resolved = await self.resolve(text, routing_key)
+        manifest = resolved.manifest
+        bad = await self._quarantined(resolved)
         if bad:
             names = sorted(f.name for f in manifest.files if f.sha256 in bad)
             raise ChecksumMismatch(f"{manifest.key}: the stored bytes of {', '.join(names)} do not hash to their "
@@ -213,12 +217,19 @@ class AdapterStoreCore:
             for reader in readers:
                 reader.close()
 
-    async def direct_urls(self, manifest: Manifest) -> DirectUrls | None:
-        """Presigned URLs for every file of ``manifest`` (a Resolve that asked for them), or None: the backend
-        cannot presign, or a file is quarantined (the caller's Fetch then says so, with what to do)."""
-        if await self.index.quarantine.members_if_reachable(f.sha256 for f in manifest.files):
+    async def direct_urls(self, resolved: Resolution) -> DirectUrls | None:
+        """Presigned URLs for every file of the version ``resolved`` chose (a Resolve that asked for them), or None:
+        the backend cannot presign, or a file is quarantined (the caller's Fetch then says so, with what to do)."""
+        if await self._quarantined(resolved):
             return None
-        return self._presign(manifest.files)
+        return self._presign(resolved.manifest.files)
+
+    async def _quarantined(self, resolved: Resolution) -> set[str]:
+        """The quarantined digests among the chosen version's files: none without a round trip when the quarantine
+        was empty as the manifest was read (a cold load's Resolve makes one round trip fewer)."""
+        if resolved.nothing_quarantined:
+            return set()
+        return await self.index.quarantine.members_if_reachable(f.sha256 for f in resolved.manifest.files)
 
     def _presign(self, entries) -> DirectUrls | None:
         """One URL per file, or None when the backend gives none (every file streams then). Local signing only."""
@@ -264,7 +275,7 @@ class AdapterStoreCore:
     async def yank(self, name: str, version: int, force: bool = False) -> Manifest:
         validate_name(name)
         await self.index.yank(name, version, force)
-        return await self._by_version(name, version)
+        return (await self._by_version(name, version))[0]
 
     # --- garbage collection -------------------------------------------------------------------------------------------
     async def collect_garbage(self, dry_run: bool = False, min_age: float | None = None) -> GcReport:

@@ -86,7 +86,7 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
         out = store_pb2.Resolution(manifest=pc.manifest_to_pb(r.manifest), key=str(r.manifest.key),
                                    alias=r.alias, alias_targets=pc.targets_to_pb(r.alias_targets),
                                    targets=pc.live_targets_to_pb(r.targets))
-        if request.direct and (urls := await self.core.direct_urls(r.manifest)) is not None:
+        if request.direct and (urls := await self.core.direct_urls(r)) is not None:
             out.urls.CopyFrom(_urls_to_pb(urls))
         return out
 

@@ -121,3 +121,23 @@ def test_altered_bytes_behind_a_resolved_url_are_refused_and_then_quarantined(st
     assert client.resolve("acme/resolved", direct=True).urls == ()
     with pytest.raises(ChecksumMismatch, match="quarantined"):
         client.fetch(resolved.key)
+
+
+def _smismember_calls(redis_client) -> int:
+    return int(redis_client.info("commandstats").get("cmdstat_smismember", {}).get("calls", 0))
+
+
+def test_an_empty_quarantine_costs_a_resolve_no_round_trip_and_a_full_one_is_still_asked(store, redis_client,
+                                                                                        pushed):
+    """The quarantine's size comes in the manifest's own round trip: empty, the URLs need no check of their own;
+    with any blob quarantined (here one of no version), each file is asked about as before, and clean ones still
+    get URLs."""
+    _, manifest = pushed
+    client = store.client()
+    before = _smismember_calls(redis_client)
+    for ref in ("acme/resolved", "acme/resolved@1", f"acme/resolved@{manifest.digest}"):
+        assert len(client.resolve(ref, direct=True).urls) == len(manifest.files)
+    assert _smismember_calls(redis_client) == before
+    redis_client.sadd(f"{store.config.redis_prefix}quarantine", "0" * 64)  # some other blob, bad
+    assert len(client.resolve("acme/resolved", direct=True).urls) == len(manifest.files)
+    assert _smismember_calls(redis_client) == before + 1

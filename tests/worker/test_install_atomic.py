@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterfleet.worker.lora import AdapterWeights, LoraModel, wrappers
-from adapterfleet.worker.lora import slot_stack
+from adapterfleet.worker.lora import AdapterWeights, LoraModel, slot_stack, wrappers
 from adapterfleet.worker.lora.modules_to_save import ModuleSwitch
 from tests.helpers.models import load_base_model
 

@@ -16,9 +16,9 @@ room, or a larger rank): an install whose rank fits writes its row past the end 
 storage and publishes a longer view, copying nothing else (a cold load does not pay for the adapters already
 installed). An install takes every module its adapter changes in three steps: each module's next stack and the
 writes that fill its row (:meth:`SlotStack.grown`), then all the writes, then every stack published; a failure
-before the last step publishes nothing. A removal builds exact new tensors, so unloading still frees memory. Its :class:`Layout` (slot
-order and which slots carry which field) is what a forward's row plan depends on; wrappers whose stacks share a
-layout (every module of an all-linear adapter) share one plan per batch.
+before the last step publishes nothing. A removal builds exact new tensors, so unloading still frees memory. Its
+:class:`Layout` (slot order and which slots carry which field) is what a forward's row plan depends on; wrappers
+whose stacks share a layout (every module of an all-linear adapter) share one plan per batch.
 """
 
 from __future__ import annotations
