@@ -1,6 +1,6 @@
 """Cold load of an adapter into a worker vs the naive path, and the cost of switching between resident adapters.
 
-    python benchmarks/cold_load.py [--repeat 7] [--plot-dir benchmarks/plots]
+    python benchmarks/cold_load.py [--repeat 12] [--plot-dir benchmarks/plots]
 
 Ours:   resolve (one store RPC on the event loop, as a worker makes it; for a ref whose version it would have to
         fetch, a worker asks it for presigned URLs too) + GET of the files from S3 by those URLs (no Fetch call) +
@@ -36,6 +36,7 @@ from adapterfleet.worker.backend import WorkerBackend  # noqa: E402
 from adapterfleet.worker.cache import AdapterCache  # noqa: E402
 from adapterfleet.worker.lora import LoraModel  # noqa: E402
 from benchmarks import _plot  # noqa: E402
+from benchmarks._design import balanced_orders, median_ci  # noqa: E402
 from benchmarks._fleet import s3_and_store  # noqa: E402
 from tests.helpers.models import load_base_model, make_base_model, make_peft_adapter  # noqa: E402
 
@@ -50,7 +51,8 @@ def ms(xs) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=12, help="cold loads of each path (a multiple of 6 balances the "
+                    "order of the three paths)")
     _plot.add_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -107,15 +109,29 @@ def main() -> None:
             return AsyncStoreClient(address, timeout=10.0)
 
         resolver = loop.run_until_complete(open_resolver())
+
+        def run_ours(i: int) -> None:
+            ours.append(loop.run_until_complete(cold(keys[i])))
+
+        def run_raw(i: int) -> None:
+            t = time.perf_counter()
+            s3.get_object(Bucket="raw", Key=f"a{i}")["Body"].read()
+            raw_get.append(time.perf_counter() - t)
+
+        def run_peft(i: int) -> None:
+            t = time.perf_counter()
+            peft_model.load_adapter(str(dirs[i]), adapter_name=f"a{i}")
+            peft_load.append(time.perf_counter() - t)
+
+        # interleaved, so machine noise hits every path alike; each round in one of balanced_orders(3), so each path
+        # runs first, and right after each other one, equally often: PEFT's load (~250 ms of CPU and fresh memory)
+        # would otherwise always come just before ours, and our GET always warm up moto just before the raw one
+        paths = (run_ours, run_raw, run_peft)
+        orders = balanced_orders(len(paths))
         try:
-            for i, key in enumerate(keys):  # interleaved, so machine noise hits every path alike
-                ours.append(loop.run_until_complete(cold(key)))
-                t = time.perf_counter()
-                s3.get_object(Bucket="raw", Key=f"a{i}")["Body"].read()
-                raw_get.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                peft_model.load_adapter(str(dirs[i]), adapter_name=f"a{i}")
-                peft_load.append(time.perf_counter() - t)
+            for i in range(args.repeat):
+                for p in orders[i % len(orders)]:
+                    paths[p](i)
         finally:
             loop.run_until_complete(resolver.close())
             loop.run_until_complete(loop.shutdown_default_executor())
@@ -159,6 +175,10 @@ def main() -> None:
               f"-> {'met' if ms(ours) <= goal else 'MISSED'}")
         print(f"ours / raw GET alone: {ms(ours) / ms(raw_get):.2f}x   goal: <= 2.0x -> "
               f"{'met' if ms(ours) <= 2 * ms(raw_get) else 'MISSED'}")
+        paired = [o / g for o, g in zip(ours[1:], raw_get[1:], strict=True)]  # the first load grows every stack
+        lo, hi = median_ci(paired)
+        print(f"  paired by round (without the first): median {statistics.median(paired):.2f}x, 95% CI "
+              f"[{lo:.2f}, {hi:.2f}]")
         switch = ms(fwd_switch) - ms(fwd_same)
         print(f"switch A->B (resident): forward {ms(fwd_switch):.2f} ms vs same adapter {ms(fwd_same):.2f} ms: "
               f"{switch:+.3f} ms (no copy; goal <= 1 ms); PEFT set_adapter alone {ms(peft_switch):.3f} ms")
