@@ -36,6 +36,7 @@ class RedisIndex:
         self._set_alias = client.register_script(scripts.SET_ALIAS)
         self._yank = client.register_script(scripts.YANK)
         self._gc_mark = client.register_script(scripts.GC_MARK)
+        self._latest = client.register_script(scripts.LATEST)
 
     def _k(self, name: str, kind: str) -> str:
         return f"{self._p}n:{name}:{kind}"
@@ -97,6 +98,19 @@ class RedisIndex:
         read that is about to hand out its blobs need not ask the quarantine about each of them then."""
         manifests, quarantined = await self._manifests(name, [digest], count_quarantined=True)
         return manifests[0], quarantined == 0
+
+    @typed_redis
+    async def latest_to_serve(self, name: str) -> tuple[int, tuple[Manifest, bool] | None]:
+        """(how many versions ``name`` has, yanked ones included; the latest version that is not yanked with
+        whether no blob at all was quarantined, or None when there is none), in one round trip (``LATEST``)."""
+        reply = await self._latest(args=[self._p, name])
+        if len(reply) == 1:
+            return int(reply[0]), None
+        count, version, digest, raw, quarantined = reply
+        if raw is None:
+            raise NotFound(f"{name}@{_text(digest)} does not exist in this store")
+        manifest = Manifest.from_json(_text(raw), version=int(version), yanked=False)
+        return int(count), (manifest, int(quarantined) == 0)
 
     @typed_redis
     async def manifests(self, name: str, digests: Sequence[str]) -> list[Manifest]:

@@ -146,3 +146,22 @@ for i = 2, #ARGV do
 end
 return doomed
 """
+
+# A Resolve of a bare name, in one round trip: the latest version that is not yanked, its manifest, and the
+# quarantine's size. Returns {version entries} when every version is yanked (or there is none), else
+# {version entries, version, digest, manifest JSON or false, quarantined blobs}.
+LATEST = """
+local P, name = ARGV[1], ARGV[2]
+local flat = redis.call('HGETALL', P .. 'n:' .. name .. ':v')
+local best, digest = -1, false
+for i = 1, #flat, 2 do
+  local v = tonumber(flat[i])
+  if v > best and redis.call('SISMEMBER', P .. 'n:' .. name .. ':y', flat[i]) == 0 then
+    best, digest = v, flat[i + 1]
+  end
+end
+local entries = #flat / 2
+if not digest then return {entries} end
+return {entries, best, digest, redis.call('HGET', P .. 'n:' .. name .. ':m', digest),
+        redis.call('SCARD', P .. 'quarantine')}
+"""

@@ -137,8 +137,9 @@ class AdapterStoreCore:
 
     # --- resolve --------------------------------------------------------------------------------------------------
     async def resolve(self, text: str, routing_key: str = "", region: str = "") -> Resolution:
-        """At most two Redis round trips: what the ref points at, then that version's manifest (three for an alias
-        asked from a ``region``: its regional override, while a rollout by region moves one, comes first)."""
+        """One Redis round trip for a digest or a bare name (the latest version), two for a version number or an
+        alias: what the ref points at, then that version's manifest (three for an alias asked from a ``region``: its
+        regional override, while a rollout by region moves one, comes first)."""
         ref = Ref.parse(text)
         if ref.digest is not None:
             return self._one(*await self.index.manifest_to_serve(ref.name, ref.digest))
@@ -147,25 +148,25 @@ class AdapterStoreCore:
             if manifest.yanked:
                 raise NotFound(f"{ref} is yanked; fetch it by digest if you really need it")
             return self._one(manifest, clean)
-        versions, yanked, targets = await self.index.state(ref.name, ref.alias or "")
-        if ref.alias is not None and region and targets is not None:
+        if ref.alias is None:  # the latest version: one round trip
+            count, latest = await self.index.latest_to_serve(ref.name)
+            if latest is None:
+                if count:
+                    raise NotFound(f"every version of {ref.name} is yanked; push a new one or fetch one by digest")
+                raise NotFound(f"adapter {ref.name} does not exist; `adapterfleet ls` lists adapters")
+            return self._one(*latest)
+        versions, yanked, targets = await self.index.state(ref.name, ref.alias)
+        if region and targets is not None:
             targets = await self.index.alias(ref.name, override_alias(ref.alias, region)) or targets
-        if ref.alias is not None:
-            if targets is None:
-                raise NotFound(f"alias {ref} does not exist; `adapterfleet ls {ref.name}` lists its aliases")
-            live = tuple(LiveTarget(v, w, f"{ref.name}@{versions[v]}")
-                         for v, w in targets if v not in yanked and v in versions)
-            if not live:
-                raise FailedPrecondition(f"every version alias {ref} points at is yanked; move the alias")
-            chosen = choose(live, routing_key, self._rng)
-            manifest, clean = await self.index.manifest_to_serve(ref.name, versions[chosen.version])
-            return Resolution(manifest, live, ref.alias, targets, clean)
-        live_versions = [v for v in versions if v not in yanked]
-        if not live_versions:
-            if versions:
-                raise NotFound(f"every version of {ref.name} is yanked; push a new one or fetch one by digest")
-            raise NotFound(f"adapter {ref.name} does not exist; `adapterfleet ls` lists adapters")
-        return self._one(*await self.index.manifest_to_serve(ref.name, versions[max(live_versions)]))
+        if targets is None:
+            raise NotFound(f"alias {ref} does not exist; `adapterfleet ls {ref.name}` lists its aliases")
+        live = tuple(LiveTarget(v, w, f"{ref.name}@{versions[v]}")
+                     for v, w in targets if v not in yanked and v in versions)
+        if not live:
+            raise FailedPrecondition(f"every version alias {ref} points at is yanked; move the alias")
+        chosen = choose(live, routing_key, self._rng)
+        manifest, clean = await self.index.manifest_to_serve(ref.name, versions[chosen.version])
+        return Resolution(manifest, live, ref.alias, targets, clean)
 
     @staticmethod
     def _one(manifest: Manifest, nothing_quarantined: bool = False) -> Resolution:
