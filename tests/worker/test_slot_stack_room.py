@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from adapterfleet.worker.lora.slot_stack import Field, Scaled, SlotStack
+from adapterfleet.worker.lora.slot_stack import Field, Scaled, SlotStack, Transposed
 
 FIELDS = {"A": Field(0.0, rank_dim=0), "scale": Field(1.0)}
 
@@ -51,3 +51,19 @@ def test_a_scaled_entry_is_written_times_its_factor_from_a_transposed_view():
         stack = stack.added(0, {"B": b.T.to(dtype)}, rank=3)  # unscaled, beside it
         assert torch.equal(stack["B"][1], (b * 0.37).T.to(dtype)) and torch.equal(stack["B"][2], b.T.to(dtype))
         assert stack["B"][0].abs().sum() == 0
+
+
+def test_a_transposed_entry_is_written_as_its_transpose_padded_and_scaled():
+    fields = {"A": Field(0.0, rank_dim=1), "B": Field(0.0, rank_dim=0)}
+    a4, b4 = torch.randn(4, 5), torch.randn(6, 4)  # [r, in] and [out, r], as a file holds them; rank 4
+    a2, b2 = torch.randn(2, 5), torch.randn(6, 2)  # rank 2: zero-padded to the stack's rank
+    for dtype in (torch.float32, torch.float64):  # numpy's transpose, and torch's for any other dtype
+        stack = SlotStack(fields, max_slots=3, device=torch.device("cpu"))
+        stack = stack.added(2, {"A": Transposed(a4.to(dtype)), "B": Transposed(b4.to(dtype), 0.5)}, rank=4)
+        stack = stack.added(0, {"A": Transposed(a2.to(dtype)), "B": Transposed(b2.to(dtype), 2.0)}, rank=2)
+        a, b = stack["A"], stack["B"]
+        assert a.shape == (3, 5, 4) and b.shape == (3, 4, 6) and a.dtype == dtype
+        assert torch.equal(a[1], a4.T.to(dtype)) and torch.equal(b[1], (b4.T * 0.5).to(dtype))
+        assert torch.equal(a[2, :, :2], a2.T.to(dtype)) and a[2, :, 2:].abs().sum() == 0
+        assert torch.equal(b[2, :2], (b2.T * 2.0).to(dtype)) and b[2, 2:].abs().sum() == 0
+        assert a[0].abs().sum() == 0 and b[0].abs().sum() == 0

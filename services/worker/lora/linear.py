@@ -52,7 +52,7 @@ from .base import SlotWrapper, module_tensor, optional_module_tensor
 from .context import RowContext
 from .native import LowRankKernel
 from .plan import Grouped, Part, RowPlan
-from .slot_stack import Entry, Field, Scaled, SlotStack
+from .slot_stack import Entry, Field, Scaled, SlotStack, Transposed
 from .weights import ModuleLora
 
 try:  # transformers' GPT-2 style linear layer: weight [in, out], y = x @ W + b
@@ -116,9 +116,9 @@ class LoraLinear(SlotWrapper):
         w = self.weight if param is None else param
         if (m.rank and m.magnitude is None and m.bias is None and a is not None and b is not None
                 and w.dtype == a.dtype == b.dtype == torch.float32 and w.device == a.device == b.device):
-            # the common case, float32 LoRA only: transposed views, B scaled as the stack writes it; no copy here and
-            # no grad mode to enter (a cold load prepares every module of its adapter)
-            return {"A": a.T, "B": Scaled(b.T, m.scaling)}, m.rank
+            # the common case, float32 LoRA only: A and B transposed, and B scaled, as the stack writes their rows; no
+            # copy or torch call here and no grad mode to enter (a cold load prepares every module of its adapter)
+            return {"A": Transposed(a), "B": Transposed(b, m.scaling)}, m.rank
         return self._prepare(m)
 
     @torch.no_grad()
