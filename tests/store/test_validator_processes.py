@@ -153,16 +153,19 @@ def test_a_child_stopped_for_cpu_is_the_budget_error():
 
 
 def test_no_answer_within_the_wall_limit_kills_the_child(monkeypatch):
-    monkeypatch.setattr(validate_pool, "WALL_FACTOR", 0.0)
-    monkeypatch.setattr(validate_pool, "WALL_SLACK_S", 0.3)  # well below what 8,000 patterns take to compile
+    factor, slack = validate_pool.WALL_FACTOR, validate_pool.WALL_SLACK_S
 
     async def scenario():
         v = Validator(LIMITS, processes=1)
         try:
-            await v.config(config())
+            await v.config(config())  # a child started and answering, under the default limit (a busy box's start)
             [pid] = v.pool.pids
+            monkeypatch.setattr(validate_pool, "WALL_FACTOR", 0.0)
+            monkeypatch.setattr(validate_pool, "WALL_SLACK_S", 0.3)  # well below what 8,000 patterns take
             with pytest.raises(InvalidAdapter, match=r"validating it took more than 0\.3 s"):
                 await v.config(SLOW)
+            monkeypatch.setattr(validate_pool, "WALL_FACTOR", factor)  # the next child's start is not on trial
+            monkeypatch.setattr(validate_pool, "WALL_SLACK_S", slack)
             return pid, (await v.config(config())).r, v.pool.started
         finally:
             v.close()
