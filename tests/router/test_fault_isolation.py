@@ -201,7 +201,7 @@ def stubs(store):
 
 
 def test_the_breaker_ejects_a_refusing_worker_and_readmits_it_after_a_probe(stubs):
-    fleet = stubs(breaker=BreakerConfig(consecutive=3, open_s=1.5))
+    fleet = stubs(breaker=BreakerConfig(consecutive=3, open_s=4.0))  # the 60 requests below end well within it
     for i in range(60):
         fleet.score(i)
     victim = fleet.stubs[1]
