@@ -124,10 +124,11 @@ class Write:
     """One row (or the first part of one) of a stack's storage to fill from one entry: ``storage[index] = src``
     (times its factor). An install makes all of its writes before it publishes any stack (:func:`write_all`).
 
-    A LoRA's entries are transposed views ([in, r] of an [r, in] file tensor), and numpy's strided copy of them takes
-    about half the time of torch's (~1 vs ~2 ms for a rank-16 all-linear adapter of 5 MB; float32 on the 2-core
-    box), which a cold load pays in full. ``array``: the storage's numpy view, made once and kept with the storage
-    (``.numpy()`` costs ~4 us a call on that box, and indexing a numpy array a tenth of indexing a tensor)."""
+    A LoRA's entries are :class:`Transposed` ([in, r] rows of an [r, in] file tensor), and numpy's strided copy of
+    them takes about half the time of torch's (~1 vs ~2 ms for a rank-16 all-linear adapter of 5 MB; float32 on the
+    2-core box), which a cold load pays in full; torch copies only what numpy cannot hold (another dtype or device).
+    ``array``: the storage's numpy view, made once and kept with the storage (``.numpy()`` costs ~4 us a call on
+    that box, and indexing a numpy array a tenth of indexing a tensor)."""
 
     __slots__ = ("array", "index", "src", "storage")
 
