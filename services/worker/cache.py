@@ -102,7 +102,7 @@ class AdapterCache:
         self._slot_wait = slot_wait_s
         self._clock = clock
         self._entries: dict[str, Entry] = {}
-        self._tasks: set[asyncio.Task] = set()   # background unloads and wake-ups, held until they end
+        self._tasks: set[asyncio.Task] = set()   # loads, disk writes, unloads, wake-ups: held until they end
         self._saving: dict[str, asyncio.Task] = {}  # key -> its disk write, still running (off the load's path)
         self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
         self._removing: set[int] = set()          # slots whose adapter is being taken out
@@ -129,11 +129,8 @@ class AdapterCache:
             if started is None:
                 started = self._clock()
                 self.stats.misses += 1
-            pending = self._loading.get(key)
-            if pending is not None:
-                await asyncio.shield(pending)
-                continue
-            await self._single_flight(key, self._activate)
+            pending = self._loading.get(key) or self._load(key, self._activate)
+            await asyncio.shield(pending)  # a request that goes away stops waiting; the load goes on
 
     async def prefetch(self, key: str, tier: str = ACTIVE, pin: bool = False) -> Entry:
         """LoadAdapter: bring ``key`` to ``tier`` (and pin it) without serving a request."""
@@ -142,9 +139,11 @@ class AdapterCache:
             lease.entry.pinned = lease.entry.pinned or pin
             lease.release()
             return lease.entry
+        while (pending := self._loading.get(key)) is not None:  # one load of a key at a time: wait for it first
+            await asyncio.shield(pending)
         entry = self._entries.get(key)
         if entry is None or (tier == HOST and entry.weights is None and entry.slot is None):
-            await self._single_flight(key, self._to_host_then_disk if tier == HOST else self._to_disk)
+            await asyncio.shield(self._load(key, self._to_host_then_disk if tier == HOST else self._to_disk))
             entry = self._entries[key]
         entry.pinned = entry.pinned or pin
         return entry
@@ -204,18 +203,28 @@ class AdapterCache:
         return entry
 
     # --- loading ------------------------------------------------------------------------------------------------
-    async def _single_flight(self, key: str, load) -> None:
+    def _load(self, key: str, load) -> asyncio.Future:
+        """Run ``load(key)`` as a task of its own, listed as ``key``'s load before this returns; callers await the
+        returned future shielded. So the request that started a load can go away (its client hung up) without
+        cancelling it: other requests wait on the same load, and a load cut off mid-install would leave its slot
+        freed while its thread still filled it."""
         future = asyncio.get_running_loop().create_future()
         self._loading[key] = future
-        try:
-            await load(key)
-            future.set_result(None)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._loading[key]
+
+        async def run() -> None:
+            try:
+                await load(key)
+                future.set_result(None)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: waiters re-raise it themselves
+                if isinstance(exc, asyncio.CancelledError):
+                    raise  # the loop is shutting down
+            finally:
+                del self._loading[key]
+
+        self._spawn(run())
+        return future
 
     async def _to_host(self, key: str) -> tuple[Entry, dict[str, bytes] | None]:
         """Make sure ``key`` has a host-tier copy of its weights: from host, disk, or the store. Also returns the

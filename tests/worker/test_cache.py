@@ -362,3 +362,61 @@ def test_an_entry_whose_first_load_is_under_way_reports_loading_not_disk():
         lease.release()
 
     run(main())
+
+
+def test_a_request_cancelled_during_a_shared_load_does_not_fail_the_others():
+    """The request that started a cold load goes away (its client hung up): the load goes on for the requests
+    that wait on it, and what it installs is the cache's, not an orphan in a slot the cache thinks free."""
+    backend, cache = make(FakeBackend(fetch_delay=0.2))
+
+    async def main():
+        first = asyncio.ensure_future(cache.acquire("a@sha256:1"))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(cache.acquire("a@sha256:1"))
+        await asyncio.sleep(0.02)
+        first.cancel()
+        lease = await asyncio.wait_for(second, 5)
+        assert first.cancelled()
+        assert backend.fetches == ["a@sha256:1"]
+        assert backend.installed == {lease.slot: "a@sha256:1"}
+        lease.release()
+
+    run(main())
+
+
+def test_a_load_whose_only_request_was_cancelled_finishes_and_stays_resident():
+    backend, cache = make(FakeBackend(fetch_delay=0.1))
+
+    async def main():
+        first = asyncio.ensure_future(cache.acquire("a@sha256:1"))
+        await asyncio.sleep(0.02)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        while cache.loading():
+            await asyncio.sleep(0.01)
+        (entry,) = cache.entries()
+        assert entry.tier == ACTIVE and backend.installed == {entry.slot: "a@sha256:1"}
+        lease = await cache.acquire("a@sha256:1")  # a hit: no second fetch
+        assert lease.slot == entry.slot and backend.fetches == ["a@sha256:1"]
+        lease.release()
+        await cache.flush()
+
+    run(main())
+
+
+@pytest.mark.parametrize("tier", [HOST, DISK])
+def test_a_tier_load_asked_while_a_request_loads_the_same_adapter_waits_for_that_load(tier):
+    backend, cache = make(FakeBackend(fetch_delay=0.1))
+
+    async def main():
+        serving = asyncio.ensure_future(cache.acquire("a@sha256:1"))
+        await asyncio.sleep(0.02)
+        entry = await cache.prefetch("a@sha256:1", tier, pin=True)
+        lease = await serving
+        assert entry is lease.entry and entry.pinned and entry.tier == ACTIVE
+        assert backend.fetches == ["a@sha256:1"] and cache.loading() == []
+        lease.release()
+        await cache.flush()
+
+    run(main())
