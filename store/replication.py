@@ -16,12 +16,12 @@ it, and says why in Status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from adapterfleet.common.aio import wait_event
 from adapterfleet.common.errors import AdapterFleetError, ChecksumMismatch, Unavailable
 from adapterfleet.store.blob_copy import BlobCopier
 from adapterfleet.store.config import ReplicaConfig
@@ -193,8 +193,7 @@ class Follower:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0 or self._applied is None:
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._applied.wait(), min(remaining, 0.25))
+            await wait_event(self._applied, min(remaining, 0.25))
 
     # --- lag and blobs ---
     async def _measure(self) -> None:
@@ -247,8 +246,7 @@ class Follower:
             except Exception as err:  # noqa: BLE001 - retried on the next round
                 log.warning("copying pending blobs failed: %s", getattr(err, "message", None) or repr(err))
             assert self._wake is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+            await wait_event(self._wake, 1.0)
             self._wake.clear()
 
     async def copy_pending(self) -> None:

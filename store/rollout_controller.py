@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from adapterfleet.common.aio import wait_event
 from adapterfleet.common.errors import AdapterFleetError, AliasConflict
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.rollout_config import RolloutConfig
@@ -68,8 +69,11 @@ class RolloutController:
         for t in tasks:
             t.cancel()
         for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            while not t.done():  # a cancellation lost in a library's await is sent again
+                await asyncio.wait((t,), timeout=1.0)
+                t.cancel()
+            if not t.cancelled():
+                t.exception()  # retrieved: a driver that failed as it stopped is not logged as never retrieved
         for rid in list(self._drivers) if release else ():
             with contextlib.suppress(Exception):  # a clean stop hands over at once; a crash waits out the lease
                 await self.rr.release(rid, self.owner)
@@ -88,8 +92,7 @@ class RolloutController:
             except Exception as err:  # noqa: BLE001 - Redis down: keep trying; leases expire meanwhile
                 log.warning("rollout controller: %s", err)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.tick_s)
+            await wait_event(self._wake, self.cfg.tick_s)  # not wait_for: stop() must not lose its cancellation
 
     async def scan(self) -> None:
         """Renew or take the lease of every active rollout; start a driver for each one held."""

@@ -58,3 +58,18 @@ class Prefetch(Generic[T]):
     def close(self) -> None:
         self._stop.set()
         self._room.release()  # wake a producer waiting for room; it sees the stop and ends
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; whether it is set. For loops that must stop when cancelled:
+    ``asyncio.wait_for(event.wait(), t)`` on Python 3.10 and 3.11 returns normally when the cancellation arrives
+    in the same turn of the loop as the event is set (the cancellation is lost, and a loop around it runs on), and
+    on 3.10 its timeout raises ``asyncio.TimeoutError``, which is not the builtin ``TimeoutError``."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
