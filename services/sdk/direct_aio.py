@@ -284,9 +284,8 @@ class AsyncDirectRouter:
         now = time.monotonic()
         route = self._cache.get(ref, routing_key, now)
         if route is not None and route.due(now) and (ref, routing_key) not in self._asking:
-            task = asyncio.ensure_future(self._ask(ref, routing_key, metadata, REFRESH_TIMEOUT_S, refresh=True))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)  # a failed refresh: the route lapses, and the next use asks
+            # a failed refresh: the route lapses, and the next use asks
+            self._shared_ask(ref, routing_key, metadata, REFRESH_TIMEOUT_S, refresh=True)
         return route
 
     async def route(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
@@ -295,37 +294,49 @@ class AsyncDirectRouter:
             route = self.cached(ref, routing_key, metadata)
             if route is not None:
                 return route
-            asking = self._asking.get((ref, routing_key))
-            if asking is not None:  # another task asks already: share its answer
-                return await asyncio.shield(asking)
+            asking = self._asking.get((ref, routing_key)) or self._shared_ask(ref, routing_key, metadata, timeout)
+            return await asyncio.shield(asking)  # a caller that goes away stops waiting; the call goes on
         return await self._ask(ref, routing_key, metadata, timeout, exclude)
+
+    def _shared_ask(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
+                    refresh: bool = False) -> asyncio.Future:
+        """One Route call for (ref, routing key) that every miss of the key shares while it runs, as a task of its
+        own: the caller that started it can go away (its own timeout) without failing the others with its
+        cancellation."""
+        key = (ref, routing_key)
+        future = asyncio.get_running_loop().create_future()
+        self._asking[key] = future
+
+        async def run() -> None:
+            try:
+                future.set_result(await self._ask(ref, routing_key, metadata, timeout, refresh=refresh))
+            except BaseException as err:
+                future.set_exception(err)
+                future.exception()  # retrieved: an answer nobody else waited for is not logged as lost
+                raise
+            finally:
+                if self._asking.get(key) is future:
+                    del self._asking[key]
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return future
 
     async def _ask(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
                    exclude: Collection[str] = (), refresh: bool = False) -> Route:
-        """One Route call, its answer cached; while it runs, other misses of the key share it (without
-        ``exclude``). ``refresh``: it renews a route in use (the router counts no request for it)."""
-        future = asyncio.get_running_loop().create_future()
-        if not exclude:
-            self._asking[(ref, routing_key)] = future
+        """One Route call, its answer cached. ``refresh``: it renews a route in use (the router counts no request
+        for it)."""
+        self.route_calls += 1
+        exclude = set(exclude) | self._cache.avoid(time.monotonic())  # failed lately: left out
         try:
-            self.route_calls += 1
-            exclude = set(exclude) | self._cache.avoid(time.monotonic())  # failed lately: left out
-            try:
-                pb = await self._router.Route(route_request(ref, routing_key, exclude, refresh), timeout=timeout,
-                                              metadata=metadata)
-            except grpc.RpcError as err:
-                raise not_a_router(err) from None
-            route = route_of(pb, time.monotonic(), refresh)
-            self._cache.put(ref, routing_key, route)
-            future.set_result(route)
-            return route
-        except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # retrieved: an answer nobody else waited for is not logged as lost
-            raise
-        finally:
-            if self._asking.get((ref, routing_key)) is future:
-                del self._asking[(ref, routing_key)]
+            pb = await self._router.Route(route_request(ref, routing_key, exclude, refresh), timeout=timeout,
+                                          metadata=metadata)
+        except grpc.RpcError as err:
+            raise not_a_router(err) from None
+        route = route_of(pb, time.monotonic(), refresh)
+        self._cache.put(ref, routing_key, route)
+        return route
 
     def first_untried(self, route: Route, tried: set[str]) -> Candidate | None:
         """The route's first candidate neither tried nor failed lately (None: ask ``_next``)."""

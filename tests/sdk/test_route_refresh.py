@@ -229,3 +229,23 @@ def test_the_async_router_keeps_the_route_when_a_refresh_fails(fleet):
         assert await tokens(client) == [0, 1, 2] and router.calls == 2  # not asked again on every use
 
     run_async(address, body)
+
+
+def test_a_request_cancelled_while_its_route_is_asked_does_not_fail_those_that_share_the_answer(fleet):
+    """Requests for one key share one Route call; the one that made the call goes away (the caller's own timeout)
+    before the answer: the others still get it, and no second call is made."""
+    router, address = fleet
+
+    async def body(client: direct_aio.AsyncDirectRouter):
+        router.hold_from = 1
+        first = asyncio.ensure_future(tokens(client))
+        assert await asyncio.to_thread(router.held.wait, 5)
+        second = asyncio.ensure_future(tokens(client))  # shares the call under way
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.sleep(0.05)
+        router.release.set()
+        assert await asyncio.wait_for(second, 10) == [0, 1, 2]
+        assert first.cancelled() and router.calls == 1
+
+    run_async(address, body)
