@@ -13,6 +13,10 @@ VENV=.venv
 setup() {
   local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
   if [ -f "$stamp" ]; then return; fi
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "adapterfleet needs Python 3.11 or newer; $PY is $("$PY" -V 2>&1): set PYTHON=python3.11 (or newer)" >&2
+    return 1
+  fi
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   # torch first, pinned: 2.13.0 resolves to the CPU wheel; a bare `torch` would pull a multi-GB CUDA build.
@@ -42,11 +46,7 @@ typecheck() {
   local tree=build/typecheck
   rm -rf "$tree"
   "$VENV/bin/python" - "$tree" <<'PY'
-import os, sys
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+import os, sys, tomllib
 tree = sys.argv[1]
 dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
 for pkg, src in sorted(dirs.items()):  # "adapterfleet" first: the others link inside it

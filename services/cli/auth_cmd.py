@@ -173,7 +173,7 @@ def _write(path: Path, data: bytes, secret: bool = False) -> None:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def make_ca(m: Material) -> None:

@@ -62,9 +62,8 @@ class Prefetch(Generic[T]):
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``event``; whether it is set. For loops that must stop when cancelled:
-    ``asyncio.wait_for(event.wait(), t)`` on Python 3.10 and 3.11 returns normally when the cancellation arrives
-    in the same turn of the loop as the event is set (the cancellation is lost, and a loop around it runs on), and
-    on 3.10 its timeout raises ``asyncio.TimeoutError``, which is not the builtin ``TimeoutError``."""
+    ``asyncio.wait_for(event.wait(), t)`` on Python 3.11 returns normally when the cancellation arrives in the same
+    turn of the loop as the event is set (the cancellation is lost, and a loop around it runs on)."""
     if event.is_set():
         return True
     waiter = asyncio.ensure_future(event.wait())

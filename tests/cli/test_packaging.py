@@ -15,11 +15,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from adapterfleet.common import extras
 from tests.helpers.synthetic import write_adapter

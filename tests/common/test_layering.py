@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import tomllib
 from pathlib import Path
-
-import pytest
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""wait_event: a cancellation that arrives as the event is set stops the waiter (on Python 3.10 and 3.11,
+"""wait_event: a cancellation that arrives as the event is set stops the waiter (on Python 3.11,
 asyncio.wait_for(event.wait(), t) returns normally then, and a loop around it runs on)."""
 
 from __future__ import annotations

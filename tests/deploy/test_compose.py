@@ -134,7 +134,7 @@ def test_dockerfile_runs_adapterfleet_as_non_root():
     last_user = max(i for i, (w, _) in enumerate(steps) if w == "USER")
     assert all(w != "RUN" for w, _ in steps[last_user:]), "nothing runs as root after USER"
     assert image_entrypoint() == ["adapterfleet"]
-    import tomllib  # Python 3.11+; the project supports 3.10, where only this test needs it
+    import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["adapterfleet"] == "adapterfleet.cli.main:main"
