@@ -161,7 +161,12 @@ class AdapterCache:
         return entry
 
     async def unload(self, key: str) -> bool:
-        """Drop ``key`` from every tier. In use: dropped as soon as its last request finishes."""
+        """Drop ``key`` from every tier. In use: dropped as soon as its last request finishes. A load of ``key``
+        under way ends first (it would install into a slot after the entry was dropped, and that slot would never be
+        freed)."""
+        while (pending := self._loading.get(key)) is not None:
+            with contextlib.suppress(Exception):  # a load that failed took back what it added itself
+                await asyncio.shield(pending)
         entry = self._entries.get(key)
         if entry is None:
             return False

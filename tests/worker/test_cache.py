@@ -420,3 +420,28 @@ def test_a_tier_load_asked_while_a_request_loads_the_same_adapter_waits_for_that
         await cache.flush()
 
     run(main())
+
+
+@pytest.mark.parametrize("in_use", [False, True])
+def test_unload_during_a_load_waits_for_it_and_frees_the_slot(in_use):
+    """UnloadAdapter arriving while the adapter is still being fetched: the load ends first and is then unloaded
+    (at once, or when its request ends); no slot stays taken by an entry nobody lists."""
+    backend, cache = make(FakeBackend(fetch_delay=0.1), slots=1)
+
+    async def main():
+        serving = asyncio.ensure_future(cache.acquire("a@sha256:1"))
+        await asyncio.sleep(0.02)
+        if not in_use:
+            serving.cancel()  # its client hung up: the load goes on, and nobody will hold it
+        assert await cache.unload("a@sha256:1")
+        if in_use:
+            (await serving).release()
+        while cache.entries():
+            await asyncio.sleep(0.01)
+        assert backend.installed == {} and cache.tier_bytes(ACTIVE) == 0
+        lease = await cache.acquire("b@sha256:2")  # the only slot is free again
+        assert lease.slot == 0
+        lease.release()
+        await cache.flush()
+
+    run(main())
