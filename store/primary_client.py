@@ -122,7 +122,7 @@ class PrimaryClient:
     # --- what forwarding sends ----------------------------------------------------------------------------------------
     async def push(self, header: PushHeader, chunks: AsyncIterator[FileChunk]) -> PushResult:
         pb = store_pb2.PushHeader(name=header.name, alias=header.alias, parent=header.parent,
-                                  base_model=pc.base_to_pb(header.base_model),
+                                  base_model=pc.base_to_pb(header.base_model), signature=header.signature,
                                   files=[common_pb2.FileEntry(name=f.name, size=f.size, sha256=f.sha256)
                                          for f in header.files])
 

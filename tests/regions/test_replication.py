@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from adapterfleet.common.errors import ChecksumMismatch, NotFound, Unavailable
+from tests.helpers.signing_keys import ec_keypair
 from tests.helpers.synthetic import write_adapter
 from tests.regions.conftest import wait_until
 
@@ -90,6 +91,13 @@ def test_writes_sent_to_the_secondary_land_on_the_primary(regions, tmp_path):
     with pytest.raises(NotFound):  # the primary's own answer comes back as it is
         regions.cb.yank("acme/w", 9)
     assert regions.cb.collect_garbage(dry_run=True).deleted == []
+
+
+def test_a_signed_push_sent_to_the_secondary_keeps_its_signature(regions, tmp_path):
+    private, _ = ec_keypair(tmp_path, "team")
+    out = regions.cb.push_dir(write_adapter(tmp_path / "v1", seed=1), "acme/signed", sign_key=private)
+    assert out.manifest.signature
+    assert regions.ca.resolve("acme/signed@1").manifest.signature == out.manifest.signature
 
 
 def test_primary_down_reads_keep_working_writes_unavailable_then_catch_up(regions, tmp_path):

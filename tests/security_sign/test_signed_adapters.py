@@ -9,7 +9,6 @@ import json
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapterfleet.cli.main import main
@@ -20,23 +19,13 @@ from adapterfleet.store.client import adapter_files
 from adapterfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from adapterfleet.worker.config import WorkerConfig
 from tests.helpers.servers import start_worker
-
-
-def _keypair(directory, name: str, curve: ec.EllipticCurve | None = None):
-    key = ec.generate_private_key(curve or ec.SECP256R1())
-    private = directory / f"{name}.pem"
-    public = directory / f"{name}.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
+from tests.helpers.signing_keys import ec_keypair
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    return {"a": _keypair(d, "a"), "b": _keypair(d, "b", ec.SECP384R1())}
+    return {"a": ec_keypair(d, "a"), "b": ec_keypair(d, "b", ec.SECP384R1())}
 
 
 def signature_of(directory, private) -> str:
