@@ -22,7 +22,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from adapterfleet.common.errors import BlobMissing, FailedPrecondition, InvalidAdapter, InvalidArgument, Unavailable
+from adapterfleet.common.errors import (
+    BlobMissing,
+    FailedPrecondition,
+    InvalidAdapter,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
 from adapterfleet.store.index import RedisIndex
@@ -224,14 +231,22 @@ class PushSession:
             name=h.name, files=tuple(sorted(h.files, key=lambda f: f.name)), base_model=base,
             peft_type="LORA", rank=self._spec.r, created_at=time.time(), parent=h.parent, signature=h.signature,
         )
+        if h.signature:  # refused before the commit, which would move the alias to the unsigned version
+            with contextlib.suppress(NotFound):
+                self._refuse_unsigned(await self._index.manifest(h.name, manifest.digest))
         _, created = await self._index.commit(manifest, self._id, h.alias)
         stored = await self._index.manifest(h.name, manifest.digest)
-        if h.signature and not stored.signature:  # a signed re-push keeps the first signature (ECDSA differs)
-            raise FailedPrecondition(
-                f"{h.name}@{stored.version} already holds these exact files, unsigned; a version's signature is "
-                "fixed when it is first pushed: push the signed adapter with a change (e.g. its README) as a new "
-                "version")
+        if h.signature:  # stored unsigned by a push that committed meanwhile
+            self._refuse_unsigned(stored)
         return PushResult(stored, created, self._received, skipped)
+
+    def _refuse_unsigned(self, stored: Manifest) -> None:
+        """A signed re-push keeps the first signature (ECDSA signatures differ), and an unsigned version stays so."""
+        if not stored.signature:
+            raise FailedPrecondition(
+                f"{self.header.name}@{stored.version} already holds these exact files, unsigned; a version's "
+                "signature is fixed when it is first pushed: push the signed adapter with a change (e.g. its README) "
+                "as a new version")
 
     async def abort(self) -> None:
         with contextlib.suppress(Exception):  # the error that got us here is already on its way

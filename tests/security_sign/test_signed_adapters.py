@@ -74,9 +74,11 @@ def test_signature_is_stored_beside_the_version_not_in_its_digest(store, models,
     # an identical signed re-push is the same version and keeps the first signature (ECDSA signatures differ)
     again = client.push_dir(models["one"], "acme/one", sign_key=keys["a"][0])
     assert not again.created and again.manifest.signature == resolved.signature
-    # signing an already-stored unsigned version: refused, saying why
+    # signing an already-stored unsigned version: refused, saying why, and its alias does not move
+    client.push_dir(models["two"], "acme/copy", alias="prod")
     with pytest.raises(FailedPrecondition, match="already holds these exact files, unsigned"):
-        client.push_dir(models["one"], "acme/copy", sign_key=keys["a"][0])
+        client.push_dir(models["one"], "acme/copy", alias="prod", sign_key=keys["a"][0])
+    assert client.resolve("acme/copy@prod").manifest.version == 2
 
 
 def test_store_refuses_a_signature_over_other_files_or_malformed(store, models, keys):
