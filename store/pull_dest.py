@@ -81,11 +81,12 @@ def install_pull(tmp: Path, dest: Path, manifest: Manifest, previous: PreviousPu
     except OSError:
         if not dest.is_dir():
             raise
-    for name in names:  # an existing DIR: only the adapter's own files change
-        target = inside(dest, name)
+    targets = [inside(dest, name) for name in names]  # an existing DIR: only the adapter's own files change
+    for target in targets:  # every one checked before any is replaced: a refused pull changes nothing
         if target.is_dir() and not target.is_symlink():
             raise FailedPrecondition(f"{target} is a directory where the adapter has a file; move it away and pull "
                                      "again")
+    for name, target in zip(names, targets, strict=True):
         os.replace(inside(tmp, name), target)  # replaces a symlink itself, never what it points to
     if previous is not None:
         for stale in set(previous.files) - set(names):  # the earlier version's files that this one lacks

@@ -93,3 +93,16 @@ def test_pull_into_an_empty_dir_and_the_client_api(store, pushed, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FailedPrecondition, match="not a directory"):
         client.pull("acme/sum@1", tmp_path / "file")
+
+
+def test_a_repull_refused_for_a_directory_in_the_way_changes_nothing(pushed, tmp_path, capsys):
+    dest = tmp_path / "pulled"
+    assert cli(capsys, "pull", "acme/sum@1", str(dest), "--store", pushed)[0] == 0
+    (dest / "notes.txt").mkdir()  # where v2 has a file; it sorts after the files that would be replaced first
+    files = lambda: {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    code, err = cli(capsys, "pull", "acme/sum@2", str(dest), "--store", pushed)
+    assert code == 1 and "is a directory where the adapter has a file" in err["error"]["message"], err
+    assert files() == before
+    assert json.loads((dest / MARKER).read_text())["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "pulled", "v1", "v2"]  # no temp dir left
