@@ -423,10 +423,16 @@ class AdapterCache:
             return
         del self._slots[slot]
         self._removing.add(slot)
-        try:
-            await asyncio.to_thread(self._b.remove, slot)
-        finally:
-            self._removing.discard(slot)
+        # the slot is free only once the remove has run: an unload cancelled while its remove waits for a thread
+        # (its RPC's deadline) must not free a slot the model still holds (the next install there would fail)
+        removing = asyncio.ensure_future(asyncio.to_thread(self._b.remove, slot))
+        removing.add_done_callback(lambda task: self._removed(slot, task))
+        await asyncio.shield(removing)
+
+    def _removed(self, slot: int, task: asyncio.Future) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved: raised to the unload that waits, if it still does
+        self._removing.discard(slot)
         self._notify_slot()
 
     def _notify_slot(self) -> None:

@@ -445,3 +445,33 @@ def test_unload_during_a_load_waits_for_it_and_frees_the_slot(in_use):
         await cache.flush()
 
     run(main())
+
+
+def test_an_unload_cancelled_while_its_remove_waits_for_a_thread_frees_the_slot_only_once_removed():
+    """UnloadAdapter's caller gives up while the remove waits for a thread (the worker's threads are busy with
+    fetches): the remove still runs, and the slot is free only after it, so the next install there works."""
+    import concurrent.futures
+    import threading
+
+    backend, cache = make(slots=1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        (await cache.acquire("a@sha256:1")).release()
+        gate = threading.Event()
+        busy = loop.run_in_executor(None, gate.wait)  # the one thread is busy
+        unload = asyncio.ensure_future(cache.unload("a@sha256:1"))
+        await asyncio.sleep(0.05)
+        unload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await unload
+        assert cache.needs_fetch("b@sha256:2") and backend.installed == {0: "a@sha256:1"}
+        gate.set()
+        await busy
+        lease = await asyncio.wait_for(cache.acquire("b@sha256:2"), 5)
+        assert lease.slot == 0 and backend.installed == {0: "b@sha256:2"}
+        lease.release()
+        await cache.flush()
+
+    run(main())
