@@ -34,7 +34,7 @@ from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
-from adapterfleet.store.refs import validate_alias, validate_name
+from adapterfleet.store.refs import AdapterKey, validate_alias, validate_name
 from adapterfleet.store.safetensors_header import header_bytes_needed
 from adapterfleet.store.signatures import check_signature_for
 from adapterfleet.store.validation import check_file_name, check_file_set
@@ -62,10 +62,20 @@ class PushResult:
     bytes_deduplicated: int
 
 
+MAX_BASE_MODEL_CHARS = 1024  # a hub name or a path; it goes into every manifest and every Resolve of the version
+
+
 def check_header(header: PushHeader, cfg: StoreConfig) -> None:
     validate_name(header.name)
     if header.alias:
         validate_alias(header.alias)
+    if header.parent:
+        AdapterKey.parse(header.parent)  # canonical (bounded) or InvalidArgument, which says what it expects
+    base = header.base_model
+    for what, text in (("name_or_path", base.name_or_path), ("fingerprint", base.fingerprint)):
+        if len(text) > MAX_BASE_MODEL_CHARS:
+            raise InvalidArgument(f"the base model's {what} is {len(text)} characters, more than the limit of "
+                                  f"{MAX_BASE_MODEL_CHARS}")
     lim = cfg.limits
     if len(header.files) > lim.max_files:
         raise InvalidAdapter(f"{len(header.files)} files is more than the limit of {lim.max_files}")
@@ -218,6 +228,9 @@ class PushSession:
         if self._header_bytes is None:
             raise InvalidAdapter(f"{WEIGHTS_FILE} ended before its safetensors header was complete")
         assert self._spec is not None and self._tensors is not None
+        if len(self._spec.base_model_name_or_path or "") > MAX_BASE_MODEL_CHARS:
+            raise InvalidAdapter(f"{CONFIG_FILE}'s base_model_name_or_path is longer than {MAX_BASE_MODEL_CHARS} "
+                                 "characters; set it to the base model's hub name or path")
         await self._validator.adapter(self._spec, self._tensors)
         for writer in self._writers.values():
             writer.verify()  # ChecksumMismatch if the bytes are not the promised ones: then publish none

@@ -175,3 +175,21 @@ def test_real_peft_adapter_with_dora_and_modules_to_save_pushes(store, tmp_path)
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["use_dora"] is True
     np.testing.assert_equal(out.manifest.version, 1)
+
+
+def test_parent_and_base_model_fields_are_bounded(store, tmp_path, s3_client):
+    """They go into every manifest and every Resolve of the version: a parent must be a canonical key, and the base
+    model's name and fingerprint (given, or read from the config) have a length limit."""
+    from adapterfleet.store.base_model import BaseModelIdentity
+
+    client = store.client()
+    src = write_adapter(tmp_path / "a")
+    for kwargs, words in [({"parent": "x" * 100_000}, "ref"), ({"parent": "demo@3"}, "canonical adapter key"),
+                          ({"base_model": BaseModelIdentity("m" * 2000)}, "name_or_path"),
+                          ({"base_model": BaseModelIdentity("m", "f" * 2000)}, "fingerprint")]:
+        with pytest.raises(AdapterFleetError) as err:
+            client.push_dir(src, "bad", **kwargs)
+        assert err.value.code == "INVALID_ARGUMENT" and words in err.value.message, err.value.message
+    long_base = write_adapter(tmp_path / "b", config=lora_config(base_model_name_or_path="m" * 2000))
+    assert "base_model_name_or_path" in push_refused(store, long_base)
+    assert_nothing_visible(store, s3_client)
