@@ -28,7 +28,7 @@ from adapterfleet.common.signing import sign_dir
 from adapterfleet.store import proto_convert as pc
 from adapterfleet.store.direct_fetch import BlobUrl, DirectFetchConfig, DirectFetcher
 from adapterfleet.store.events import StoreEvent
-from adapterfleet.store.filenames import inside
+from adapterfleet.store.filenames import CONFIG_FILE, WEIGHTS_FILE, inside
 from adapterfleet.store.listing import AdapterSummary, GcReport
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest
 from adapterfleet.store.pull_dest import check_pull_dest, install_pull
@@ -133,7 +133,10 @@ class StoreClient:
             yield store_pb2.PushRequest(header=header)
             sent = set()
             for path, entry in zip(paths, entries, strict=True):
-                if entry.sha256 not in missing or entry.sha256 in sent:
+                # a file with the bytes of one sent before is not sent again, except the config and the weights,
+                # which the store reads as they arrive
+                again = entry.sha256 in sent and entry.name not in (CONFIG_FILE, WEIGHTS_FILE)
+                if entry.sha256 not in missing or again:
                     if progress:
                         progress(entry.size)
                     continue

@@ -14,6 +14,7 @@ from pathlib import Path
 from adapterfleet.common.errors import UnsafeFileName
 
 MAX_NAME_BYTES = 255  # one path component on every common filesystem
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"  # the two every adapter has
 
 
 def check_safe_file_name(name: object, *, source: str = "") -> str:

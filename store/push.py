@@ -32,6 +32,7 @@ from adapterfleet.common.errors import (
 )
 from adapterfleet.store.blobs.base import BlobStore, BlobWriter
 from adapterfleet.store.config import StoreConfig
+from adapterfleet.store.filenames import CONFIG_FILE, WEIGHTS_FILE
 from adapterfleet.store.index import RedisIndex
 from adapterfleet.store.manifest import BaseModelIdentity, FileEntry, Manifest, check_file_entries
 from adapterfleet.store.refs import AdapterKey, validate_alias, validate_name
@@ -39,9 +40,6 @@ from adapterfleet.store.safetensors_header import header_bytes_needed
 from adapterfleet.store.signatures import check_signature_for
 from adapterfleet.store.validation import check_file_name, check_file_set
 from adapterfleet.store.validator import ConfigFacts, HeaderFacts, Validator
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -191,14 +189,26 @@ class PushSession:
         return await self._validator.config(data)
 
     async def _load_skipped(self) -> int:
-        """Files the client did not send must already be stored; validate them from the blob store."""
+        """Files the client did not send: already stored, empty (stored with this push if need be), or, for files
+        other than the config and the weights, the same bytes as a file this push sent (stored with it). The config
+        and the weights are validated from the blob store."""
         skipped = 0
+        sent = {w.sha256 for w in self._writers.values()}
         quarantined = await self._index.quarantine.members(
             e.sha256 for n, e in self._files.items() if n not in self._writers)
-        for name, entry in self._files.items():
+        for name, entry in list(self._files.items()):
             if name in self._writers:
                 continue
-            if entry.sha256 in quarantined or not await asyncio.to_thread(self._blobs.exists, entry.sha256):
+            if entry.sha256 in sent and name not in (CONFIG_FILE, WEIGHTS_FILE):
+                continue  # e.g. two identical READMEs: the client sends the bytes once
+            stored = entry.sha256 not in quarantined and await asyncio.to_thread(self._blobs.exists, entry.sha256)
+            if not stored and entry.size == 0:  # a client sends no chunk for an empty file
+                self._writers[name] = self._blobs.writer(entry.sha256, 0)
+                sent.add(entry.sha256)
+                if name == CONFIG_FILE:
+                    self._spec = await self._parse_config(b"")  # refused, saying what a config needs
+                continue
+            if not stored:
                 raise BlobMissing(
                     f"{name} (sha256 {entry.sha256}) was not sent and the store does not have it; push again "
                     "(the client re-checks which blobs are missing)"

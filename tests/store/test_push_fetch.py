@@ -174,3 +174,19 @@ def test_a_blob_lost_after_the_check_is_a_typed_error_and_the_push_resends_every
     out = client.push_dir(src, "team/lost")
     assert asked and out.created and out.manifest.version == 1
     assert out.bytes_sent == sum(f.size for f in out.manifest.files)
+
+
+@pytest.mark.parametrize("extra", ["empty", "duplicate"])
+def test_an_empty_file_or_two_files_with_the_same_bytes_push_and_pull(store, tmp_path, extra):
+    """The client sends no chunk for an empty file, and the bytes of two identical files once: the store takes
+    both (it stores the empty blob itself), and a pull gives back every file."""
+    src = write_adapter(tmp_path / "src", seed=1, readme="" if extra == "empty" else "same\n")
+    if extra == "duplicate":
+        (src / "NOTES.md").write_text("same\n")
+    client = store.client()
+    out = client.push_dir(src, "acme/extra")
+    assert out.created and {f.name for f in out.manifest.files} == {p.name for p in src.iterdir()}
+    assert client.push_dir(src, "acme/extra").manifest.version == 1  # again: the same version
+    client.pull("acme/extra@1", tmp_path / "pulled")
+    for f in src.iterdir():
+        assert (tmp_path / "pulled" / f.name).read_bytes() == f.read_bytes()
