@@ -53,7 +53,7 @@ class Gateway:
             calls = generate_requests(req, adapter, req.prompts)
         except Exception as err:  # noqa: BLE001 - every failure becomes OpenAI's error JSON
             return _error(err, rid)
-        return await self._answer(req, calls, Responder(False, req.model, req.logprobs is not None), rid)
+        return await self._answer(req, calls, Responder(False, req.model, req.logprobs is not None), rid, request)
 
     async def chat_completions(self, request: Request) -> Response:
         rid = _request_id(request)
@@ -66,7 +66,7 @@ class Gateway:
             calls = generate_requests(req, adapter, [ids])
         except Exception as err:  # noqa: BLE001
             return _error(err, rid)
-        return await self._answer(req, calls, Responder(True, req.model, req.logprobs), rid)
+        return await self._answer(req, calls, Responder(True, req.model, req.logprobs), rid, request)
 
     async def models(self, request: Request) -> Response:
         try:
@@ -85,15 +85,24 @@ class Gateway:
         return merged(streams)
 
     async def _answer(self, req: schemas._Sampling, calls: list[worker_pb2.GenerateRequest], out: Responder,
-                      rid: str) -> Response:
+                      rid: str, request: Request) -> Response:
         events = self._events(calls, rid)
         choices = [Choice(i) for i in range(len(calls))]
         if not req.stream:
+            # the whole answer is collected before any byte is sent, so nothing would notice a caller that goes
+            # away (the server does not cancel a handler): its disconnect stops every choice's generation
+            collecting = asyncio.ensure_future(_collect(events, choices))
+            gone = asyncio.ensure_future(_disconnected(request))
             try:
-                async with contextlib.aclosing(events):
-                    async for i, msg in events:
-                        choices[i].add(msg)
-            except Exception as err:  # noqa: BLE001
+                await asyncio.wait((collecting, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not collecting.done():
+                    collecting.cancel()
+                    await asyncio.wait((collecting,))
+            if collecting.cancelled():
+                return Response(status_code=499)  # nobody reads it: the caller has gone
+            if (err := collecting.exception()) is not None:
                 return _error(err, rid)
             return JSONResponse(out.response(choices, req.n), headers={REQUEST_ID_HEADER: rid})
         try:  # the first message decides the status: 404 / 503 before any byte of a 200
@@ -134,6 +143,20 @@ class Gateway:
         finally:
             await events.aclose()
         yield DONE
+
+
+async def _collect(events: AsyncGenerator[tuple[int, worker_pb2.GenerateResponse], None],
+                   choices: list[Choice]) -> None:
+    async with contextlib.aclosing(events):  # closed: every choice's call is cancelled
+        async for i, msg in events:
+            choices[i].add(msg)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the caller has gone. After the body, the server's next message is ``http.disconnect``: when the
+    connection closes, or when the response has been sent (this is cancelled before that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _body(request: Request) -> bytes:
