@@ -72,6 +72,7 @@ class AdapterStoreCore:
         self.index = index
         self._rng = rng or random.Random()
         self.stats = StoreStats()
+        self._sweeps: set[asyncio.Future] = set()  # garbage collections under way, held until they end
         # Work that may be slow gets threads (and a process) of its own, so that it queues behind itself and never
         # in front of other requests' I/O in the loop's default executor (all start on first use).
         self._lookups = ThreadPoolExecutor(cfg.blob_lookups, thread_name_prefix="store-blob-lookup")
@@ -293,17 +294,27 @@ class AdapterStoreCore:
         kept_referenced = sum(refs)
         if dry_run:
             return GcReport(sorted(sizes), sum(sizes.values()), kept_referenced, 0, 0)
+        sweep = asyncio.ensure_future(self._sweep([b.sha256 for b in candidates]))
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._sweeps.discard)
+        doomed = await asyncio.shield(sweep)  # a caller that goes away does not stop it halfway
+        aborted = await asyncio.to_thread(self.blobs.abort_stale_uploads, cutoff)
+        return GcReport(sorted(doomed), sum(sizes[s] for s in doomed), kept_referenced,
+                        len(candidates) - len(doomed), aborted)
+
+    async def _sweep(self, candidates: list[str]) -> list[str]:
+        """Mark, delete, unmark: a task of its own. Cancelled with its caller (a CollectGarbage whose deadline
+        passed), it would unmark a blob while that blob's delete still ran in its thread, and a push could take the
+        blob up meanwhile and then lose it; or leave marks that hold pushes of those blobs back for minutes."""
         doomed: list[str] = []
-        for i in range(0, len(candidates), 500):
-            doomed += await self.index.gc_mark([b.sha256 for b in candidates[i:i + 500]])
         try:
+            for i in range(0, len(candidates), 500):
+                doomed += await self.index.gc_mark(candidates[i:i + 500])
             for sha in doomed:
                 await asyncio.to_thread(self.blobs.delete, sha)
         finally:
             await self.index.gc_unmark(doomed)
-        aborted = await asyncio.to_thread(self.blobs.abort_stale_uploads, cutoff)
-        return GcReport(sorted(doomed), sum(sizes[s] for s in doomed), kept_referenced,
-                        len(candidates) - len(doomed), aborted)
+        return doomed
 
     # --- events ---------------------------------------------------------------------------------------------------
     async def watch(self, cursor: str = "", name: str = "", block_ms: int = 5000) -> AsyncIterator[StoreEvent]:

@@ -94,3 +94,34 @@ def test_push_waits_for_gc_then_resends_a_blob_gc_deleted(store, tmp_path, s3_cl
     assert result["out"].manifest.version == 1
     _, got = store.client().fetch("demo@1")
     assert got["adapter_model.safetensors"] == (src / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_collection_whose_caller_goes_away_unmarks_a_blob_only_after_its_delete(store, s3_client, redis_client):
+    """CollectGarbage's deadline passes while a blob's delete is in flight: the blob stays marked (a push of it
+    waits) until the delete has ended, and no mark is left behind after it."""
+    orphan = plant_orphan(s3_client, store.config.s3.bucket, b"orphan to delete slowly")
+    blobs = store.core.blobs
+    real_delete, gate, started = blobs.delete, threading.Event(), threading.Event()
+
+    def slow_delete(sha):
+        started.set()
+        gate.wait(30)
+        real_delete(sha)
+
+    blobs.delete = slow_delete
+    doomed = f"{store.config.redis_prefix}doomed"
+    try:
+        stub = store_pb2_grpc.AdapterStoreStub(grpc.insecure_channel(store.address))
+        future = stub.CollectGarbage.future(store_pb2.CollectGarbageRequest(min_age_seconds=0), timeout=30)
+        assert started.wait(10)
+        future.cancel()  # the caller goes away while the delete is in flight
+        time.sleep(0.3)  # the store's handler has been cancelled by now
+        assert redis_client.zscore(doomed, orphan) is not None  # still marked: a push of it would wait
+    finally:
+        gate.set()
+        blobs.delete = real_delete
+    for _ in range(300):
+        if redis_client.zscore(doomed, orphan) is None:
+            break
+        time.sleep(0.01)
+    assert redis_client.zscore(doomed, orphan) is None and orphan not in keys(s3_client, store.config.s3.bucket)
