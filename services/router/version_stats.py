@@ -104,6 +104,7 @@ class Reporter:
         self._send = send
         self._every = every_s
         self._task: asyncio.Task | None = None
+        self._flushing: asyncio.Future | None = None  # the loop's report on its way
 
     def start(self) -> None:
         if self._every > 0 and self._task is None:
@@ -115,6 +116,8 @@ class Reporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._flushing is not None:  # a report on its way ends first: cancelled, its counts could be lost
+            await asyncio.wait((self._flushing,))  # (taken before the RPC ended) or sent twice (put back after it)
         await self.flush()
 
     async def flush(self) -> None:
@@ -132,7 +135,8 @@ class Reporter:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            await self.flush()
+            self._flushing = asyncio.ensure_future(self.flush())
+            await asyncio.shield(self._flushing)
 
 
 def version_series(stats: VersionStats):
