@@ -201,7 +201,8 @@ class PushSession:
                 continue
             if entry.sha256 in sent and name not in (CONFIG_FILE, WEIGHTS_FILE):
                 continue  # e.g. two identical READMEs: the client sends the bytes once
-            stored = entry.sha256 not in quarantined and await asyncio.to_thread(self._blobs.exists, entry.sha256)
+            size = None if entry.sha256 in quarantined else await asyncio.to_thread(self._blobs.size, entry.sha256)
+            stored = size is not None
             if not stored and entry.size == 0:  # a client sends no chunk for an empty file
                 self._writers[name] = self._blobs.writer(entry.sha256, 0)
                 sent.add(entry.sha256)
@@ -213,6 +214,9 @@ class PushSession:
                     f"{name} (sha256 {entry.sha256}) was not sent and the store does not have it; push again "
                     "(the client re-checks which blobs are missing)"
                 )
+            if size != entry.size:  # the bytes of that sha256 are stored: the header's size is wrong
+                raise InvalidAdapter(f"the push header says {name} is {entry.size} bytes, but the bytes with its "
+                                     f"sha256 {entry.sha256} are {size}; push the files as they are on disk")
             skipped += entry.size
             if name == CONFIG_FILE:
                 self._spec = await self._parse_config(await self._read(entry, entry.size))

@@ -70,6 +70,10 @@ class BlobStore(abc.ABC):
     def exists(self, sha256: str) -> bool: ...
 
     @abc.abstractmethod
+    def size(self, sha256: str) -> int | None:
+        """The stored blob's size in bytes, or None when it is missing."""
+
+    @abc.abstractmethod
     def writer(self, sha256: str, size: int) -> BlobWriter: ...
 
     @abc.abstractmethod

@@ -70,6 +70,9 @@ class CachedBlobStore(BlobStore):
     def exists(self, sha256: str) -> bool:
         return self.inner.exists(sha256)  # never from memory: a version may only refer to blobs the backend holds
 
+    def size(self, sha256: str) -> int | None:
+        return self.inner.size(sha256)
+
     def writer(self, sha256: str, size: int):
         return _CachingWriter(self.inner.writer(sha256, size), self)
 

@@ -83,6 +83,14 @@ class LocalBlobStore(BlobStore):
     def exists(self, sha256: str) -> bool:
         return self._path(sha256).is_file()
 
+    def size(self, sha256: str) -> int | None:
+        try:
+            return self._path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise translate(err, self._root, f"looking up blob {sha256}") from err
+
     def writer(self, sha256: str, size: int) -> BlobWriter:
         return _LocalWriter(self._path(sha256), self._tmp, sha256, size)
 

@@ -302,12 +302,14 @@ class S3BlobStore(BlobStore):
             raise self.translate(err, what) from err
 
     def exists(self, sha256: str) -> bool:
+        return self.size(sha256) is not None
+
+    def size(self, sha256: str) -> int | None:
         try:
-            self.client.head_object(Bucket=self.cfg.bucket, Key=self.key(sha256))
-            return True
+            return int(self.client.head_object(Bucket=self.cfg.bucket, Key=self.key(sha256))["ContentLength"])
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise self.translate(err, f"looking up blob {sha256}") from err
         except BotoCoreError as err:
             raise self.translate(err, f"looking up blob {sha256}") from err

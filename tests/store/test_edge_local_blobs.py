@@ -41,8 +41,16 @@ def test_blob_path_that_is_not_a_file_is_failed_precondition(tmp_path):
     shard.write_bytes(b"not a directory")  # reads now hit ENOTDIR, writes cannot create the shard
     with pytest.raises(FailedPrecondition):
         list(blobs.read(SHA))
+    with pytest.raises(FailedPrecondition):
+        blobs.size(SHA)
     writer = blobs.writer(SHA, len(DATA))
     writer.write(DATA)
     with pytest.raises(FailedPrecondition):
         writer.commit()
     assert not list((tmp_path / "blobs" / "tmp").glob("*.part"))  # the failed write left nothing behind
+
+
+def test_size_of_a_stored_and_of_a_missing_blob(tmp_path):
+    blobs = stored(tmp_path)
+    assert blobs.size(SHA) == len(DATA) and blobs.exists(SHA)
+    assert blobs.size("0" * 64) is None and not blobs.exists("0" * 64)

@@ -193,3 +193,24 @@ def test_parent_and_base_model_fields_are_bounded(store, tmp_path, s3_client):
     long_base = write_adapter(tmp_path / "b", config=lora_config(base_model_name_or_path="m" * 2000))
     assert "base_model_name_or_path" in push_refused(store, long_base)
     assert_nothing_visible(store, s3_client)
+
+
+def test_a_file_not_sent_must_have_the_size_of_the_stored_bytes(store, tmp_path):
+    """A header that names stored bytes (by sha256) with another size is refused: committed, every fetch of the
+    version would fail its size check, and nothing could mend it (the bytes themselves are intact)."""
+    from adapterfleet.store.client import adapter_files, hash_file
+    from adapterfleet.store.manifest import FileEntry
+
+    client = store.client()
+    src = write_adapter(tmp_path / "a", readme="stored once\n")
+    client.push_dir(src, "acme/first")  # the README's bytes are in the store now
+    paths = adapter_files(src)
+    entries = [hash_file(p) for p in paths]
+    lying = [FileEntry(e.name, e.size + 1000, e.sha256) if e.name == "README.md" else e for e in entries]
+    header = store_pb2.PushHeader(name="acme/second", files=[
+        common_pb2.FileEntry(name=e.name, size=e.size, sha256=e.sha256) for e in lying])
+    with pytest.raises(AdapterFleetError) as err:
+        client._push_once(header, paths, lying, None, 1 << 20, dedupe=True)  # README.md is not sent
+    assert err.value.code == "INVALID_ARGUMENT" and "README.md" in err.value.message, err.value.message
+    with pytest.raises(AdapterFleetError):
+        client.resolve("acme/second")
