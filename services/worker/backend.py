@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -34,6 +35,7 @@ from adapterfleet.worker.tensor_bytes import all_finite, load_tensors
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
 META = ".manifest.json"  # inside an entry, beside the adapter's files (whose names never start with '.')
+STALE_TMP_S = 3600.0  # a temporary directory this old is a save that a crash cut off
 
 
 # A worker's adapters mostly share their config bytes (one recipe) and their safetensors header (one layout:
@@ -173,3 +175,29 @@ class WorkerBackend:
     def drop_disk(self, key: str) -> None:
         with self._locked(key) as directory:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def scan_disk(self, stale_tmp_s: float = STALE_TMP_S) -> list[tuple[str, int, float]]:
+        """(key, bytes, modified) of each entry the directory holds, for a worker starting on a directory that an
+        earlier run, or another worker sharing it, filled. A temporary directory older than ``stale_tmp_s`` is a
+        save a crash cut off, and is removed. Anything else that is not an entry is left alone."""
+        found: list[tuple[str, int, float]] = []
+        if not self._disk.is_dir():
+            return found
+        now = time.time()
+        for d in self._disk.iterdir():
+            try:
+                if d.name.startswith(TMP_PREFIX):
+                    if now - d.stat().st_mtime > stale_tmp_s:
+                        shutil.rmtree(d, ignore_errors=True)
+                    continue
+                if d.name.startswith(".") or not d.is_dir():
+                    continue
+                meta = json.loads((d / META).read_text())
+                manifest = Manifest.from_json(meta["json"], version=meta["version"])
+                if manifest.digest.removeprefix("sha256:") != d.name:
+                    continue
+                size = sum(f.stat().st_size for f in d.iterdir() if f.name != META)
+                found.append((str(manifest.key), size, d.stat().st_mtime))
+            except (OSError, ValueError, KeyError):  # gone meanwhile, or not an entry: a load verifies anyway
+                continue
+        return found

@@ -34,6 +34,7 @@ class Backend(Protocol):
     def save_disk(self, key: str, manifest: Any, files: dict[str, bytes]) -> int: ...  # bytes written
     def load_disk(self, key: str) -> tuple[Any, dict[str, bytes]] | None: ...         # verified again, or None
     def drop_disk(self, key: str) -> None: ...
+    def scan_disk(self) -> list[tuple[str, int, float]]: ...                    # (key, bytes, modified) on disk
 
 
 @dataclass
@@ -109,6 +110,24 @@ class AdapterCache:
         self._loading: dict[str, asyncio.Future] = {}
         self._slot_freed: asyncio.Condition | None = None
         self.stats = CacheStats()
+
+    def adopt_disk(self) -> int:
+        """Take up the entries the disk-cache directory already holds (an earlier run's, or another worker's that
+        shares it): they count against the disk budget, load without a fetch (verified again), and are evicted like
+        the rest. Oldest first; over the budget, the oldest are removed now. Returns how many were taken up. Without
+        a disk tier the directory is not touched."""
+        if self.disk_budget <= 0:
+            return 0
+        found = sorted(self._b.scan_disk(), key=lambda f: f[2])
+        for i, (key, size, _) in enumerate(found):
+            entry = self._entries.setdefault(key, Entry(key))
+            entry.disk_bytes, entry.last_used = size, -1e12 + i  # before anything this run uses, in their order
+        while self.tier_bytes(DISK) > self.disk_budget:
+            victim = min((e for e in self._entries.values() if e.disk_bytes), key=lambda e: e.last_used)
+            self._b.drop_disk(victim.key)
+            del self._entries[victim.key]
+            self.stats.evictions[DISK] += 1
+        return sum(1 for key, _, _ in found if key in self._entries)
 
     # --- requests -----------------------------------------------------------------------------------------------
     async def acquire(self, key: str) -> Lease:

@@ -87,6 +87,8 @@ def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: Servic
                             device=host.device, max_rank=cfg.max_rank, trust=TrustPolicy.from_specs(cfg.trust_keys))
     cache = AdapterCache(backend, max_slots=cfg.max_slots, host_bytes=cfg.host_bytes, disk_bytes=cfg.disk_bytes,
                          slot_wait_s=cfg.slot_wait_s, on_load=load_histogram(metrics).observe)
+    if adopted := cache.adopt_disk():
+        log.info("%d adapters on local disk from before (%s) are in the disk tier", adopted, cfg.disk_dir)
     engine = Engine(host.model, lora, pad_id=host.pad_id, device=host.device, max_batch=cfg.max_batch,
                     prefill_chunk_tokens=cfg.prefill_chunk_tokens, threads=threads.engine_threads(cfg.threads),
                     fuse=cfg.fused_steps)

@@ -174,3 +174,43 @@ def test_a_failed_load_leaves_no_entry_listed_announced_or_on_disk(store, models
         assert announced(store, worker.id) == []
     finally:
         worker.stop()
+
+
+def test_a_worker_takes_up_what_its_disk_cache_already_holds_within_its_budget(store, models, tmp_path):
+    """A restart (or a worker beside another on one directory) finds entries on disk: they join the disk tier and
+    count against its budget, the oldest go first when they exceed it, a save that a crash cut off long ago is
+    removed, and what is not an entry is left alone."""
+    import os
+
+    from adapterfleet.common.tiers import DISK
+    from adapterfleet.worker.cache import AdapterCache
+
+    _, adapter, _, root = models
+    client = store.client()
+    pushed = [client.push_dir(d, f"acme/k{i}").manifest for i, d in enumerate(variants(adapter, root, 3))]
+    disk = tmp_path / "disk"
+    before = WorkerBackend(None, None, fingerprint="", disk_dir=disk, dtype=torch.float32,  # type: ignore[arg-type]
+                           device=torch.device("cpu"))
+    sizes = []
+    for i, m in enumerate(pushed):
+        files = {e.name: (root / f"v{i}" / e.name).read_bytes() for e in m.files}
+        sizes.append(before.save_disk(str(m.key), m, files))
+        entry = disk / m.digest.removeprefix("sha256:")
+        os.utime(entry, (1_000_000 + i, 1_000_000 + i))  # saved in this order, the first the oldest
+    stale, fresh, foreign = disk / f"{TMP_PREFIX}crashed", disk / f"{TMP_PREFIX}in-flight", disk / "notes"
+    for d in (stale, fresh, foreign):
+        d.mkdir()
+    os.utime(stale, (1_000_000, 1_000_000))
+
+    after = WorkerBackend(None, None, fingerprint="", disk_dir=disk, dtype=torch.float32,  # type: ignore[arg-type]
+                          device=torch.device("cpu"))
+    cache = AdapterCache(after, max_slots=1, host_bytes=1 << 30, disk_bytes=sizes[1] + sizes[2])
+    assert cache.adopt_disk() == 2
+    assert [(e.key, e.tier, e.disk_bytes) for e in cache.entries()] == sorted(
+        (str(m.key), DISK, s) for m, s in zip(pushed[1:], sizes[1:], strict=True))
+    assert not cache.needs_fetch(str(pushed[2].key)) and cache.needs_fetch(str(pushed[0].key))
+    assert not (disk / pushed[0].digest.removeprefix("sha256:")).exists()  # the oldest: over the budget
+    assert after.load_disk(str(pushed[2].key)) is not None
+    assert not stale.exists() and fresh.exists() and foreign.exists()
+    assert AdapterCache(after, max_slots=1, host_bytes=0, disk_bytes=0).adopt_disk() == 0  # no disk tier: untouched
+    assert len(after.scan_disk()) == 2
