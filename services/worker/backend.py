@@ -7,9 +7,11 @@ verification and load). Parsing is safetensors only: no pickle is ever deseriali
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,14 +27,15 @@ from adapterfleet.common.errors import ChecksumMismatch, Incompatible, InvalidAd
 from adapterfleet.common.signing import TrustPolicy
 from adapterfleet.store.adapter_config import parse_adapter_config
 from adapterfleet.store.client import StoreClient
-from adapterfleet.store.filenames import inside
+from adapterfleet.store.filenames import CONFIG_FILE, WEIGHTS_FILE, inside
 from adapterfleet.store.manifest import Manifest
 from adapterfleet.store.refs import AdapterKey
 from adapterfleet.store.safetensors_header import header_bytes_needed, parse_header
 from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from adapterfleet.worker.tensor_bytes import all_finite, load_tensors
 
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+log = logging.getLogger("adapterfleet.worker.backend")
+CONFIG, WEIGHTS = CONFIG_FILE, WEIGHTS_FILE
 LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
 META = ".manifest.json"  # inside an entry, beside the adapter's files (whose names never start with '.')
 STALE_TMP_S = 3600.0  # a temporary directory this old is a save that a crash cut off
@@ -157,8 +160,14 @@ class WorkerBackend:
         return size
 
     def load_disk(self, key: str) -> tuple[Manifest, dict[str, bytes]] | None:
-        """The files as saved, re-verified (digest of the manifest and sha256 of every file), or None."""
-        with self._locked(key) as directory:
+        """The files as saved, re-verified (digest of the manifest and sha256 of every file), or None (the caller
+        fetches them from the store then)."""
+        with contextlib.ExitStack() as held:
+            try:
+                directory = held.enter_context(self._locked(key))
+            except OSError as err:  # no lock file to be had (a read-only or full disk): the store has the bytes
+                log.warning("local disk cache unusable for %s (%s); fetching it from the store", key, err)
+                return None
             try:
                 meta = json.loads((directory / META).read_text())
                 manifest = Manifest.from_json(meta["json"], version=meta["version"])

@@ -214,3 +214,13 @@ def test_a_worker_takes_up_what_its_disk_cache_already_holds_within_its_budget(s
     assert not stale.exists() and fresh.exists() and foreign.exists()
     assert AdapterCache(after, max_slots=1, host_bytes=0, disk_bytes=0).adopt_disk() == 0  # no disk tier: untouched
     assert len(after.scan_disk()) == 2
+
+
+def test_a_disk_cache_whose_locks_cannot_be_made_is_a_miss_not_an_error(tmp_path):
+    """A read-only or broken disk: reading an entry is a miss (the store has the bytes), not INTERNAL."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / LOCKS).write_text("not a directory")  # no lock file can be made under it
+    backend = WorkerBackend(None, None, fingerprint="", disk_dir=disk, dtype=torch.float32,  # type: ignore[arg-type]
+                            device=torch.device("cpu"))
+    assert backend.load_disk("acme/a@sha256:" + "ab" * 32) is None
