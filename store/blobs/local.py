@@ -120,7 +120,11 @@ class LocalBlobStore(BlobStore):
     def abort_stale_uploads(self, older_than: float) -> int:
         count = 0
         for path in self._tmp.glob("*.part"):
-            if path.stat().st_mtime < older_than:
+            try:
+                stale = path.stat().st_mtime < older_than
+            except FileNotFoundError:  # committed (renamed into place) or aborted since the listing
+                continue
+            if stale:
                 path.unlink(missing_ok=True)
                 count += 1
         return count

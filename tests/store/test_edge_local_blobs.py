@@ -54,3 +54,23 @@ def test_size_of_a_stored_and_of_a_missing_blob(tmp_path):
     blobs = stored(tmp_path)
     assert blobs.size(SHA) == len(DATA) and blobs.exists(SHA)
     assert blobs.size("0" * 64) is None and not blobs.exists("0" * 64)
+
+
+def test_stale_upload_sweep_skips_a_part_file_that_vanished_since_the_listing(tmp_path, monkeypatch):
+    """A push commits (renames) its .part while garbage collection lists them: the sweep goes on, not INTERNAL."""
+    import os
+    from pathlib import Path
+
+    blobs = stored(tmp_path)
+    tmp = tmp_path / "blobs" / "tmp"
+    stale = tmp / "old.part"
+    stale.write_bytes(b"half")
+    os.utime(stale, (1_000_000, 1_000_000))
+    real_glob = Path.glob
+
+    def glob(self, pattern):
+        listed = list(real_glob(self, pattern))
+        return [*listed, tmp / "committed-meanwhile.part"] if self == tmp else listed
+
+    monkeypatch.setattr(Path, "glob", glob)
+    assert blobs.abort_stale_uploads(older_than=2_000_000) == 1 and not stale.exists()
