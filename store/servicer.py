@@ -37,6 +37,8 @@ class StoreServicer(store_pb2_grpc.AdapterStoreServicer):
             raise InvalidArgument("a push must start with a header message (name and files)")
         h = first.header
         auth.require(auth.PUSH, "pushing", h.name)
+        if h.alias:  # as SetAlias: an alias is what callers serve, and a push's alias moves it unconditionally
+            auth.require(auth.ADMIN, f"pointing alias {h.alias!r} at the pushed version", h.name)
         check_count("PushHeader.files", len(h.files), self.core.cfg.limits.max_files)
         identity = auth.current()
         tenant = auth.tenant_key(identity) if identity is not None and self._auth is not None else None

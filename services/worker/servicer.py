@@ -60,6 +60,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def LoadAdapter(self, request, context):
         auth.require(auth.SERVE, "loading an adapter", auth.ref_name(request.ref) or "")
+        if request.pin:  # as Pin: a pinned adapter is never evicted, so pins are an operator's to set
+            auth.require(auth.ADMIN, "loading an adapter pinned", auth.ref_name(request.ref) or "")
         return state_pb(await self.core.load(request.ref, request.pin, tier_from_pb(request.tier)), self.core)
 
     async def UnloadAdapter(self, request, context):

@@ -129,9 +129,14 @@ def test_worker_operator_calls_need_admin(fleet):
     assert code_of(lambda: stub.Stats(worker_pb2.StatsRequest(), timeout=10)) == "PERMISSION_DENIED"
     assert code_of(lambda: stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref="beta/b"), timeout=10)) \
         == "PERMISSION_DENIED"
+    # loading pinned is pinning (never evicted): an operator's call, as Pin is
+    assert code_of(lambda: stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref="acme/a", pin=True), timeout=10)) \
+        == "PERMISSION_DENIED"
     acme.close()
     ops = open_channel(fleet.worker.address, fleet.issuer.security(["*"], ["admin"]))
     assert worker_pb2_grpc.WorkerStub(ops).Stats(worker_pb2.StatsRequest(), timeout=10).base_model
+    resident = worker_pb2_grpc.WorkerStub(ops).ListResident(worker_pb2.ListResidentRequest(), timeout=10).adapters
+    assert not any(a.pinned for a in resident)
     ops.close()
 
 

@@ -156,6 +156,9 @@ def test_scopes_are_enforced(clients, adapters):
     pusher.push_dir(adapters[0], "acme/x")
     with pytest.raises(PermissionDenied, match="admin"):
         pusher.set_alias("acme/x", "prod", ((1, 100),))
+    with pytest.raises(PermissionDenied, match="admin"):  # a push's alias moves it as SetAlias does
+        pusher.push_dir(adapters[1], "acme/x", alias="prod")
+    assert [m.version for m in clients(["acme"], ["read"]).list_versions("acme/x")[0]] == [1]  # nothing stored
     with pytest.raises(PermissionDenied, match="read"):
         pusher.list_adapters()
     assert serve.resolve("acme/x").manifest.version == 1  # serving callers resolve what they serve
