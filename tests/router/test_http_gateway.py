@@ -275,13 +275,16 @@ def test_an_unknown_model_is_404_before_a_stream_starts(client):
     ({"n": 0}, "n"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": "x" * 257}, "stop"),  # each of the request's Generates would carry it
+    ({"stop": ["ok", "x" * 257]}, "stop.1"),
+    ({"n": 16, "prompt": ["p" * (1 << 20)] * 2}, "n"),  # 32 copies of 1 MiB: too much fan-out
     ({"extra_body": {"logit_bias": {"5": 1}}}, "logit_bias"),
     ({"extra_body": {"no_such_field": 1}}, "no_such_field"),
     ({"logprobs": 9}, "logprobs"),
 ])
 def test_a_bad_parameter_is_400_naming_it(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="acme/a0", prompt=PROMPT, **kwargs)
+        client.completions.create(**{"model": "acme/a0", "prompt": PROMPT, **kwargs})
     assert err.value.status_code == 400 and err.value.body["param"] == param, err.value.body
     assert err.value.body["type"] == "invalid_request_error"
 

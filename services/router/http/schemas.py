@@ -16,6 +16,7 @@ from adapterfleet.router.http.errors import BadParam
 MAX_N = 16               # choices per request (each is one Generate through the router)
 MAX_PROMPTS = 16         # prompts in one completions request (each gets n choices)
 MAX_STOP = 4             # stop strings, as OpenAI allows
+MAX_STOP_CHARS = 256     # one stop string, as workers allow (each of a request's Generates carries every one)
 MAX_LOGPROBS = 5         # completions' `logprobs`, as OpenAI allows
 MAX_TOP_LOGPROBS = 20    # chat's `top_logprobs`, as OpenAI allows
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; the gateway uses it for chat too (see README)
@@ -70,7 +71,8 @@ class _Sampling(BaseModel):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None  # an extension (vLLM's): 0 = off
     seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None
-    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = None
+    stop: Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)] | list[
+        Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None

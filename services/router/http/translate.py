@@ -10,13 +10,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from adapterfleet.router.http.errors import BadParam
 from adapterfleet.router.http.schemas import DEFAULT_MAX_TOKENS, ChatCompletionRequest, CompletionRequest, _Sampling
 from adapterfleet.v1 import worker_pb2
 
 _U64 = 2**64
+# characters (or token ids) of prompt over all of a request's Generates: each choice carries its prompt, so n copies
+# of a 16 MiB body would be 256 MiB in the router before any worker refused them
+MAX_FANOUT_PROMPT = 16 << 20
 
 def generate_requests(req: _Sampling, adapter: str, prompts: list[str | list[int]]) -> list[worker_pb2.GenerateRequest]:
     """The GenerateRequests of one OpenAI request: ``n`` per prompt, prompt-major."""
+    total = req.n * sum(len(p) for p in prompts)
+    if total > MAX_FANOUT_PROMPT:
+        raise BadParam(f"the prompts times n come to {total} characters or token ids, more than the limit of "
+                       f"{MAX_FANOUT_PROMPT}; send fewer or shorter prompts, or a smaller n", "n")
     sampling = worker_pb2.SamplingParams(  # OpenAI's default temperature is 1; a 0 below means "off"
         temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 0.0, top_k=req.top_k or 0,
         presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
