@@ -161,6 +161,13 @@ class Membership:
     def record(self, worker_id: str) -> WorkerRecord | None:
         return self._records.get(worker_id)
 
+    def inflight_now(self) -> list[tuple[str, int]]:
+        """(address, this router's requests in flight) of each registered worker. Only reads, so the metrics
+        thread may call it while the loop routes (``views`` prunes and advances state: the loop's alone). Copying a
+        dict is one step under the GIL."""
+        records, inflight = list(self._records.values()), dict(self.inflight)
+        return [(r.address, inflight.get(r.id, 0)) for r in records]
+
     def breakers(self) -> list[tuple[WorkerRecord, Breaker]]:
         """Each registered worker with its breaker (a fresh, closed one for workers never called)."""
         return [(r, self._breakers.get(w) or Breaker(self._breaker_cfg)) for w, r in sorted(self._records.items())]

@@ -52,12 +52,12 @@ class RouterCollector:
 
 
 def _workers(membership):
-    views = membership.views()
-    yield GaugeMetricFamily("adapterfleet_router_workers", "workers this router can route to", value=len(views))
+    workers = membership.inflight_now()  # runs on the metrics server's thread: reads only
+    yield GaugeMetricFamily("adapterfleet_router_workers", "workers this router can route to", value=len(workers))
     g = GaugeMetricFamily("adapterfleet_router_worker_inflight", "this router's requests in flight per worker",
                           labels=["worker"])
-    for view in views:
-        g.add_metric([view.address], membership.inflight.get(view.id, 0))
+    for address, inflight in workers:
+        g.add_metric([address], inflight)
     yield g
     breakers = membership.breakers()
     g = GaugeMetricFamily("adapterfleet_router_worker_breaker", "each worker's circuit breaker: 1 for its state "

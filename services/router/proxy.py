@@ -332,6 +332,7 @@ class RouterCore:
         raise Unavailable(f"no worker answered after {self.cfg.max_attempts} attempts")
 
     def affinity_hit_rate(self) -> float:
-        hits = sum(c.hits for c in self.adapters.values())
-        total = hits + sum(c.misses for c in self.adapters.values())
+        counters = list(self.adapters.values())  # one step under the GIL: the metrics thread asks too
+        hits = sum(c.hits for c in counters)
+        total = hits + sum(c.misses for c in counters)
         return hits / total if total else 0.0

@@ -211,11 +211,12 @@ class AdapterCache:
         return sorted(self._entries.values(), key=lambda e: e.key)
 
     def tier_bytes(self, tier: str) -> int:
+        entries = list(self._entries.values())  # one step under the GIL: the metrics thread asks too
         if tier == DISK:
-            return sum(e.disk_bytes for e in self._entries.values())
+            return sum(e.disk_bytes for e in entries)
         if tier == HOST:
-            return sum(e.nbytes for e in self._entries.values() if e.weights is not None)
-        return sum(e.nbytes for e in self._entries.values() if e.slot is not None)
+            return sum(e.nbytes for e in entries if e.weights is not None)
+        return sum(e.nbytes for e in entries if e.slot is not None)
 
     def loading(self) -> list[str]:
         return sorted(self._loading)
