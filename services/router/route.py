@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from adapterfleet.common.errors import Unavailable
 from adapterfleet.router.placement import WorkerView
 from adapterfleet.router.proxy import RouterCore
+from adapterfleet.store.lru import Lru
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Outcome:
 
 
 _MAX_REPORTED = 10_000  # per outcome: a bound on what one report can add (a caller's bug must not swamp the view)
+_ANSWERED_KEPT = 100_000  # keys this router answered Route for lately: reports count for those only
 
 
 class Lookaside:
@@ -50,6 +52,7 @@ class Lookaside:
         self.routes = 0          # Route answers given
         self.reported = 0        # requests direct callers reported (beyond the Route answers)
         self.reported_failed = 0
+        self._answered: Lru[bool] = Lru(_ANSWERED_KEPT)
 
     async def route(self, ref: str, routing_key: str = "", exclude: Collection[str] = (),
                     count: bool = True) -> Route:
@@ -71,6 +74,8 @@ class Lookaside:
                               "that workers run and announce to the store")
         first = candidates[0]
         self.routes += 1
+        if key:
+            self._answered.put(key, True)
         if count:
             core.requests += 1
             if key:
@@ -95,7 +100,10 @@ class Lookaside:
             core.requests += requests
             core.retries += failed
             core.membership.direct(o.worker_id, begun=requests + retries, ended=failed + finished)
-            if o.key and requests:
+            # only keys this router answered Route for lately count: a report cannot make up keys (each kept for
+            # good in the router's counters) nor, through the router's own token, have workers load an adapter
+            # nobody asked a route for (the servicer also drops keys of tenants the caller does not hold)
+            if o.key and requests and self._answered.get(o.key):
                 views = views or core.membership.views()
                 worker = next((w for w in views if w.id == o.worker_id), None)
                 if worker is not None:

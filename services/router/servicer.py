@@ -84,7 +84,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def ReportRoutes(self, request, context):
         auth.require(auth.SERVE, "reporting routes")
-        self.lookaside.report(Outcome(o.adapter_key, o.worker_id, o.requests, o.retries, o.failed, o.finished)
+        identity = auth.current()
+
+        def key_of(key: str) -> str:  # the adapter counts only for a caller that may serve it
+            return key if identity is None or identity.has_tenant(auth.tenant_of(auth.ref_name(key) or "")) else ""
+
+        self.lookaside.report(Outcome(key_of(o.adapter_key), o.worker_id, o.requests, o.retries, o.failed, o.finished)
                               for o in request.outcomes[:10_000])
         return router_pb2.RouteReportAck()
 

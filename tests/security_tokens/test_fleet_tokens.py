@@ -298,3 +298,25 @@ def test_every_worker_and_router_rpc_without_a_token_is_unauthenticated(fleet):
     assert set(codes.values()) == {"UNAUTHENTICATED"} and len(codes) >= 7, codes
     codes = _call_every_rpc(fleet.router, [worker, router])
     assert set(codes.values()) == {"UNAUTHENTICATED"} and len(codes) >= 8, codes
+
+
+def test_route_reports_count_only_keys_the_caller_may_serve_and_the_router_routed(fleet):
+    """A report is the caller's word: a tenant cannot heat up another tenant's adapter (the router would have
+    workers load it with its own token), and no caller can make up keys for the router to keep."""
+    from adapterfleet.v1 import router_pb2, router_pb2_grpc
+
+    ops = open_channel(fleet.router, fleet.issuer.security(["*"], ["serve"]))
+    beta_key = router_pb2_grpc.RouterStub(ops).Route(router_pb2.RouteRequest(adapter="beta/b"), timeout=30).adapter_key
+    ops.close()
+    def counted(key: str) -> int:
+        c = dict(fleet.router_core.adapters).get(key)
+        return c.hits + c.misses if c is not None else 0
+
+    before = counted(beta_key)
+    made_up = "acme/never@sha256:" + "cd" * 32
+    acme = open_channel(fleet.router, fleet.issuer.security(["acme"], ["serve"]))
+    router_pb2_grpc.RouterStub(acme).ReportRoutes(router_pb2.RouteReport(outcomes=[
+        router_pb2.RouteOutcome(adapter_key=beta_key, worker_id="worker-1", requests=5000),
+        router_pb2.RouteOutcome(adapter_key=made_up, worker_id="worker-1", requests=5000)]), timeout=10)
+    acme.close()
+    assert counted(beta_key) == before and made_up not in fleet.router_core.adapters
