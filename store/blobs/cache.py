@@ -9,6 +9,7 @@ rely on) always asks the backend, so a blob S3 lost is sent again rather than re
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 from adapterfleet.store.blobs.base import BlobInfo, BlobStore
@@ -91,7 +92,9 @@ class CachedBlobStore(BlobStore):
                 if len(keep) > self.max_item:
                     keep = None
             yield chunk
-        if keep is not None:
+        # kept only if they are the bytes of their name: a read that began before a corrupt blob was re-pushed
+        # would otherwise put the bad bytes back over the good ones the push cached, and serve them for good
+        if keep is not None and hashlib.sha256(keep).hexdigest() == sha256:
             self.put(sha256, bytes(keep))
 
     def holds_intact(self, sha256: str) -> bool:

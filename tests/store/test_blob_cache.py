@@ -85,3 +85,34 @@ def test_dedupe_asks_s3_not_the_cache(cached_store, tmp_path, s3_client):
     finally:
         cold.close()
         stop()
+
+
+def test_a_read_of_bad_bytes_never_puts_them_in_memory_over_a_good_re_push(tmp_path):
+    """A fetch streams a blob gone bad in the backend while it is reported and pushed again: the memory keeps the
+    re-push's good bytes (the read's fill is checked against the blob's name) and serves them."""
+    import hashlib
+    import os
+
+    from adapterfleet.store.blobs.cache import CachedBlobStore
+    from adapterfleet.store.blobs.local import LocalBlobStore
+
+    inner = LocalBlobStore(tmp_path / "blobs")
+    inner.ensure()
+    good = os.urandom(3 << 20)
+    sha = hashlib.sha256(good).hexdigest()
+    bad = bytearray(good)
+    bad[123] ^= 1
+    writer = inner.writer(hashlib.sha256(bad).hexdigest(), len(bad))
+    writer.write(bytes(bad))
+    writer.commit()
+    inner._path(sha).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(inner._path(hashlib.sha256(bad).hexdigest()), inner._path(sha))  # bit rot under the good name
+    cache = CachedBlobStore(inner, budget=64 << 20, max_item=16 << 20)
+    slow = cache.read(sha, 0, chunk_size=1 << 20)  # a slow client's fetch, under way
+    next(slow)
+    assert not cache.holds_intact(sha)  # another client reported the bytes
+    again = cache.writer(sha, len(good))  # the re-push
+    again.write(good)
+    again.commit()
+    b"".join(slow)  # the slow fetch ends
+    assert b"".join(cache.read(sha)) == good
