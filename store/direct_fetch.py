@@ -84,7 +84,8 @@ class DirectFetcher:
         self.clock = clock
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # ranged GETs of a large file
+        self._files: ThreadPoolExecutor | None = None  # a version's other files, beside its largest
         self._ssl: ssl.SSLContext | None = None
         self._down_until: dict[str, float] = {}  # netloc -> client-clock time to try it again
         self._small = SmallBlobs(self.cfg.small_blob_bytes, self.cfg.small_cache_bytes)
@@ -143,7 +144,7 @@ class DirectFetcher:
         ``failed``; bytes that are not the manifest's raise ChecksumMismatch."""
         largest = max(todo, key=lambda item: item[0].size)
         side = [item for item in todo if item is not largest]
-        pool = self._threads() if side else None
+        pool = self._file_threads() if side else None
 
         def one(entry: FileEntry, url: BlobUrl, report: Progress | None) -> bytearray:
             try:
@@ -173,12 +174,13 @@ class DirectFetcher:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
-            pool, self._pool = self._pool, None
+            pools, self._pool, self._files = (self._pool, self._files), None, None
         for conns in idle.values():
             for c in conns:
                 c.close()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> DirectFetcher:
         return self
@@ -382,3 +384,11 @@ class DirectFetcher:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max(1, self.cfg.streams), thread_name_prefix="direct-fetch")
             return self._pool
+
+    def _file_threads(self) -> ThreadPoolExecutor:
+        """Not the ranged GETs' pool: a file fetched there in ranged parts would wait on parts queued behind it,
+        and with ``streams`` such files at once every thread would wait for ever."""
+        with self._lock:
+            if self._files is None:
+                self._files = ThreadPoolExecutor(4, thread_name_prefix="direct-fetch-file")
+            return self._files
