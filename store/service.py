@@ -122,6 +122,10 @@ class AdapterStoreCore:
             validate_hex_digest(d)
         quarantine = self.index.quarantine
         asked = [d for d in dict.fromkeys(digests) if not quarantine.recently_good(d)]
+        # only blobs a version refers to: a digest nothing serves is no receiver's, and quarantining made-up ones
+        # would grow the set for good and cost every Resolve its no-quarantine shortcut
+        referenced = await self.index.referenced(asked) if asked else []
+        asked = [d for d, ref in zip(asked, referenced, strict=True) if ref]
         loop = asyncio.get_running_loop()
         intact = await asyncio.gather(*(loop.run_in_executor(self._lookups, self.blobs.holds_intact, d)
                                         for d in asked))

@@ -8,6 +8,7 @@ a pull fails DATA_LOSS and writes nothing; the workers keep serving every other 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter
@@ -132,5 +133,7 @@ def test_a_report_is_checked_not_trusted(store, models):
     good = manifest.file("adapter_model.safetensors").sha256
     assert client.report_corrupt([good]) == []
     assert missing(client, [good]) == []
+    made_up = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50)]  # no version refers to them
+    assert client.report_corrupt(made_up) == []  # nothing quarantined (it answers the reported ones it holds)
     with pytest.raises(InvalidArgument):
         client._call("ReportCorrupt", store_pb2.ReportCorruptRequest(sha256=["not-a-digest"]))
