@@ -5,6 +5,8 @@ are the caller's own."""
 
 from __future__ import annotations
 
+import contextlib
+
 from adapterfleet.common import auth
 from adapterfleet.common.errors import AdapterFleetError
 from adapterfleet.router.http.errors import error_response
@@ -22,12 +24,16 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
+        held = contextlib.ExitStack()
         try:
             token = auth.bearer_token(headers)
             identity = self.auth.authenticate(token)
             tenant = auth.tenant_key(identity)
             if tenant is not None:
                 self.auth.limiter.admit(tenant)
+                # one of the tenant's concurrent streams while the request runs, as a Generate over gRPC holds
+                # (--tenant-streams)
+                held.enter_context(self.auth.limiter.stream(tenant))
         except AdapterFleetError as err:
             response = error_response(err)
             for key, value in err.trailing_metadata():
@@ -35,5 +41,5 @@ class BearerAuth:
                     response.headers["retry-after"] = str(max(1, -(-int(value) // 1000)))
             await response(scope, receive, send)
             return
-        with auth.acting_as(identity, token):
+        with held, auth.acting_as(identity, token):
             await self.app(scope, receive, send)
