@@ -69,14 +69,24 @@ def test_reported_direct_requests_count_as_load_and_heat():
     before = {v.id: v.load for v in core.membership.views()}
     assert before == {"a": 0, "b": 0, "c": 0}
 
+    class Keys:  # a canonical key resolves to itself
+        async def key(self, ref: str, routing_key: str = "") -> str:
+            return ref
+
+    core.resolver = Keys()  # type: ignore[assignment]
+    never_routed = "t/b@sha256:" + "cd" * 32
+
     async def report() -> None:
-        lookaside.report([Outcome(key, "a", requests=200, finished=0), Outcome(key, "gone", requests=5)])
+        await lookaside.route(key, count=False)  # the caller's route came from this router (a renewal: no count)
+        lookaside.report([Outcome(key, "a", requests=200, finished=0), Outcome(key, "gone", requests=5),
+                          Outcome(never_routed, "b", requests=50, finished=50)])
         await asyncio.sleep(0)  # the copies' loads start as tasks (they fail here: no worker listens)
 
     asyncio.run(report())
+    assert never_routed not in core.adapters  # a key this router gave no route for is not kept or heated
     views = {v.id: v for v in core.membership.views()}
     assert views["a"].load == 200  # the router never saw these requests: reported
-    assert core.requests == 200 and lookaside.reported == 200  # the unknown worker's outcome is ignored
+    assert core.requests == 250 and lookaside.reported == 250  # the unknown worker's outcome is ignored
     assert core.adapters[key].hits == 200
     assert core.adapters[key].replications >= 1  # 200 requests at once: hot, so a copy is asked for
     lookaside.report([Outcome(key, "a", finished=200)])
