@@ -252,6 +252,8 @@ def test_the_http_gateway_needs_the_callers_token(fleet):
         assert r.status_code == 403
         models = [m["id"] for m in httpx.get(f"{url}/v1/models", headers=acme, timeout=30).json()["data"]]
         assert "acme/a" in models and not any(m.startswith("beta/") for m in models)
+        pusher = {"Authorization": f"Bearer {fleet.issuer.token(['acme'], ['push'])}"}
+        assert httpx.get(f"{url}/v1/models", headers=pusher, timeout=30).status_code == 403
 
 
 def test_router_rate_limit_over_grpc_and_http(fleet):

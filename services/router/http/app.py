@@ -70,6 +70,7 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         try:
+            auth.require((auth.SERVE, auth.READ), "listing models")  # what a caller of the API may name
             return JSONResponse({"object": "list", "data": await self.catalog.listing()})
         except Exception as err:  # noqa: BLE001
             return _error(err, _request_id(request))
