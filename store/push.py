@@ -196,7 +196,7 @@ class PushSession:
         sent = {w.sha256 for w in self._writers.values()}
         quarantined = await self._index.quarantine.members(
             e.sha256 for n, e in self._files.items() if n not in self._writers)
-        for name, entry in list(self._files.items()):
+        for name, entry in self._files.items():
             if name in self._writers:
                 continue
             if entry.sha256 in sent and name not in (CONFIG_FILE, WEIGHTS_FILE):

@@ -304,24 +304,16 @@ class AsyncDirectRouter:
         own: the caller that started it can go away (its own timeout) without failing the others with its
         cancellation."""
         key = (ref, routing_key)
-        future = asyncio.get_running_loop().create_future()
-        self._asking[key] = future
-
-        async def run() -> None:
-            try:
-                future.set_result(await self._ask(ref, routing_key, metadata, timeout, refresh=refresh))
-            except BaseException as err:
-                future.set_exception(err)
-                future.exception()  # retrieved: an answer nobody else waited for is not logged as lost
-                raise
-            finally:
-                if self._asking.get(key) is future:
-                    del self._asking[key]
-
-        task = asyncio.ensure_future(run())
+        task = self._asking[key] = asyncio.ensure_future(self._ask(ref, routing_key, metadata, timeout,
+                                                                   refresh=refresh))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return future
+        task.add_done_callback(lambda t: self._asked(key, t))
+        return task
+
+    def _asked(self, key: tuple[str, str], task: asyncio.Future) -> None:
+        if self._asking.get(key) is task:
+            del self._asking[key]
+        self._done(task)  # an answer nobody else waited for is not logged as lost
 
     async def _ask(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
                    exclude: Collection[str] = (), refresh: bool = False) -> Route:

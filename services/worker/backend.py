@@ -35,7 +35,6 @@ from adapterfleet.worker.lora import AdapterWeights, LoraModel
 from adapterfleet.worker.tensor_bytes import all_finite, load_tensors
 
 log = logging.getLogger("adapterfleet.worker.backend")
-CONFIG, WEIGHTS = CONFIG_FILE, WEIGHTS_FILE
 LOCKS, TMP_PREFIX = ".locks", ".tmp-"  # inside the disk-cache directory, beside the entries
 META = ".manifest.json"  # inside an entry, beside the adapter's files (whose names never start with '.')
 STALE_TMP_S = 3600.0  # a temporary directory this old is a save that a crash cut off
@@ -90,14 +89,14 @@ class WorkerBackend:
                 f"{manifest.key} was made for base model {manifest.base_model.name_or_path or '?'} with fingerprint "
                 f"{recorded}, but this worker serves fingerprint {self._fingerprint}; route it to a worker with "
                 "that base model")
-        config, raw = bytes(files[CONFIG]), files[WEIGHTS]
+        config, raw = bytes(files[CONFIG_FILE]), files[WEIGHTS_FILE]
         head = bytes(raw[:header_bytes_needed(raw[:8]) or 8])
         spec = _config(config, self._max_rank)
         header = _header(head, len(raw))  # bounds-checked before any read
         try:
             tensors = load_tensors(raw, header)  # views of the verified bytes (a direct read's bytearray): no copy
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-            raise InvalidAdapter(f"{manifest.key}: {WEIGHTS} cannot be read: {err}") from None
+            raise InvalidAdapter(f"{manifest.key}: {WEIGHTS_FILE} cannot be read: {err}") from None
         # finite in the file and not narrowed on the way in (a float32 value can overflow float16): known finite
         widened = all(v.dtype == self._dtype or v.dtype.itemsize < self._dtype.itemsize for v in tensors.values())
         known_finite = widened and all_finite(raw, header)

@@ -103,7 +103,7 @@ class AdapterCache:
         self._slot_wait = slot_wait_s
         self._clock = clock
         self._entries: dict[str, Entry] = {}
-        self._tasks: set[asyncio.Task] = set()   # loads, disk writes, unloads, wake-ups: held until they end
+        self._tasks: set[asyncio.Task] = set()   # disk writes, unloads, wake-ups: held until they end
         self._saving: dict[str, asyncio.Task] = {}  # key -> its disk write, still running (off the load's path)
         self._slots: dict[int, str] = {}          # slot -> key installed or being installed there
         self._removing: set[int] = set()          # slots whose adapter is being taken out
@@ -229,27 +229,19 @@ class AdapterCache:
 
     # --- loading ------------------------------------------------------------------------------------------------
     def _load(self, key: str, load) -> asyncio.Future:
-        """Run ``load(key)`` as a task of its own, listed as ``key``'s load before this returns; callers await the
-        returned future shielded. So the request that started a load can go away (its client hung up) without
-        cancelling it: other requests wait on the same load, and a load cut off mid-install would leave its slot
-        freed while its thread still filled it."""
-        future = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
+        """Run ``load(key)`` as a task of its own, listed as ``key``'s load before this returns; callers await it
+        shielded. So the request that started a load can go away (its client hung up) without cancelling it: other
+        requests wait on the same load, and a load cut off mid-install would leave its slot freed while its thread
+        still filled it."""
+        task = self._loading[key] = asyncio.ensure_future(load(key))
+        task.add_done_callback(lambda t: self._loaded(key, t))  # runs before any waiter resumes
+        return task
 
-        async def run() -> None:
-            try:
-                await load(key)
-                future.set_result(None)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: waiters re-raise it themselves
-                if isinstance(exc, asyncio.CancelledError):
-                    raise  # the loop is shutting down
-            finally:
-                del self._loading[key]
-
-        self._spawn(run())
-        return future
+    def _loaded(self, key: str, task: asyncio.Future) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters re-raise it themselves
 
     async def _to_host(self, key: str) -> tuple[Entry, dict[str, bytes] | None]:
         """Make sure ``key`` has a host-tier copy of its weights: from host, disk, or the store. Also returns the
