@@ -164,6 +164,8 @@ class AdapterCache:
         if entry is None or (tier == HOST and entry.weights is None and entry.slot is None):
             await asyncio.shield(self._load(key, self._to_host_then_disk if tier == HOST else self._to_disk))
             entry = self._entries[key]
+        if tier == DISK:
+            await self._saved(key)  # a write of its files under way (after an active load): on disk when we answer
         entry.pinned = entry.pinned or pin
         return entry
 

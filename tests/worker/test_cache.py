@@ -305,6 +305,23 @@ def test_a_cold_load_serves_before_its_disk_write_lands():
     run(main())
 
 
+def test_a_disk_tier_load_of_an_adapter_just_served_answers_once_its_files_are_on_disk():
+    """An active load keeps its files on disk off the request's path; a disk-tier LoadAdapter asked meanwhile waits
+    for that write (it answered with the files not there yet)."""
+    backend, cache = make(SlowDisk())
+
+    async def main():
+        (await cache.acquire("a")).release()
+        disk = asyncio.ensure_future(cache.prefetch("a", DISK))
+        await asyncio.sleep(0.05)
+        assert not disk.done() and backend.disk == {}
+        backend.written.set()
+        entry = await disk
+        assert entry.disk_bytes == 100 and backend.disk == {"a": {"adapter_model.safetensors": b"a"}}
+
+    run(main())
+
+
 def test_unload_during_a_disk_write_waits_for_it_and_leaves_nothing_on_disk():
     backend, cache = make(SlowDisk())
 

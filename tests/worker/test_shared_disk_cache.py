@@ -67,13 +67,13 @@ def test_two_workers_sharing_a_disk_cache_load_24_adapters_concurrently(store, m
         stubs = [worker_pb2_grpc.WorkerStub(grpc.insecure_channel(address)) for address, _, _ in workers]
         calls = [(stub, key, tier) for key in keys for stub in stubs
                  for tier in (common_pb2.TIER_DISK, common_pb2.TIER_ACTIVE)]
-        barrier = threading.Barrier(len(calls))
+        barrier = threading.Barrier(len(calls), timeout=60)
 
         def load(call):
             stub, key, tier = call
             barrier.wait()
-            try:
-                stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref=key, tier=tier))
+            try:  # a deadline: a load that never ends fails the test, and its thread ends (the pool's exit waits)
+                stub.LoadAdapter(worker_pb2.LoadAdapterRequest(ref=key, tier=tier), timeout=120)
             except grpc.RpcError as err:
                 return f"{err.code().name}: {err.details()}"
             return None
@@ -82,8 +82,9 @@ def test_two_workers_sharing_a_disk_cache_load_24_adapters_concurrently(store, m
             failures = [f for f in pool.map(load, calls) if f]
         assert failures == []
         for stub in stubs:
-            assert sorted(a.key for a in stub.ListResident(worker_pb2.ListResidentRequest()).adapters) == sorted(keys)
-            reply = stub.Score(worker_pb2.ScoreRequest(adapter=keys[5], token_ids=[1, 2, 3]))
+            resident = stub.ListResident(worker_pb2.ListResidentRequest(), timeout=60).adapters
+            assert sorted(a.key for a in resident) == sorted(keys)
+            reply = stub.Score(worker_pb2.ScoreRequest(adapter=keys[5], token_ids=[1, 2, 3]), timeout=120)
             assert len(reply.logprobs) == 2
         entries = [p for p in disk.iterdir() if not p.name.startswith(".")]
         assert len(entries) == 24 and leftovers(disk) == []
