@@ -235,13 +235,25 @@ class AdapterCache:
         shielded. So the request that started a load can go away (its client hung up) without cancelling it: other
         requests wait on the same load, and a load cut off mid-install would leave its slot freed while its thread
         still filled it."""
-        task = self._loading[key] = asyncio.ensure_future(load(key))
-        task.add_done_callback(lambda t: self._loaded(key, t))  # runs before any waiter resumes
+        async def run() -> None:
+            try:
+                await load(key)
+            finally:
+                # unlisted in the load's own last step, not by a done callback: that runs a turn later, and a
+                # request that looked in between found the finished load still listed, awaited it (a finished
+                # task yields nothing), looked again, and spun the event loop for ever
+                self._unlist(key, task)
+
+        task = self._loading[key] = asyncio.ensure_future(run())
+        task.add_done_callback(lambda t: self._loaded(key, t))
         return task
 
-    def _loaded(self, key: str, task: asyncio.Future) -> None:
+    def _unlist(self, key: str, task: asyncio.Future) -> None:
         if self._loading.get(key) is task:
             del self._loading[key]
+
+    def _loaded(self, key: str, task: asyncio.Future) -> None:
+        self._unlist(key, task)  # a load cancelled before it started (the loop closing) never ran its own
         if not task.cancelled():
             task.exception()  # retrieved: waiters re-raise it themselves
 

@@ -492,3 +492,60 @@ def test_an_unload_cancelled_while_its_remove_waits_for_a_thread_frees_the_slot_
         await cache.flush()
 
     run(main())
+
+
+class Armed(FakeBackend):
+    """Calls ``hook`` on the loop at the first clock reading after ``arm_on`` ran in its thread: the load's last step
+    (its ``_touch``), so whatever the hook starts runs after that load has finished and before its done callbacks."""
+
+    def __init__(self, arm_on: str):
+        super().__init__()
+        self.arm_on, self.armed, self.hook = arm_on, False, None
+
+    def install(self, slot, weights):
+        super().install(slot, weights)
+        self.armed = self.armed or self.arm_on == "install"
+
+    def save_disk(self, key, manifest, files):
+        self.armed = self.armed or self.arm_on == "save_disk"
+        return super().save_disk(key, manifest, files)
+
+    def clock(self):
+        if self.armed and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return 0.0
+
+
+@pytest.mark.parametrize(("first", "then", "arm_on"), [
+    (ACTIVE, DISK, "install"),    # a disk-tier LoadAdapter looking while a request's load finishes
+    (DISK, ACTIVE, "save_disk"),  # a request looking while a disk-tier load finishes
+])
+def test_a_request_that_looks_as_a_load_finishes_does_not_spin_on_it(first, then, arm_on):
+    """A finished load must not stay listed for a turn of the loop: a request that looked then awaited the finished
+    task (which yields nothing), looked again, and spun the worker's event loop for ever (CI hung on it)."""
+    import threading
+
+    backend = Armed(arm_on)
+    cache = AdapterCache(backend, max_slots=2, host_bytes=1000, disk_bytes=1000, slot_wait_s=0.2,
+                         clock=backend.clock)
+    done: list[object] = []
+
+    async def main():
+        later: list[asyncio.Future] = []
+        backend.hook = lambda: later.append(asyncio.ensure_future(cache.prefetch("a", then)))
+        await cache.prefetch("a", first)
+        while not later:
+            await asyncio.sleep(0.01)
+        entry = await later[0]
+        await cache.flush()
+        done.append(entry)
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    runner.join(10)
+    if runner.is_alive():
+        cache._loading.clear()  # frees the spinning loop, so that a failing run ends
+        runner.join(10)
+        pytest.fail("the event loop spun on a finished load")
+    assert done and done[0].tier == ACTIVE and done[0].disk_bytes == 100 and backend.fetches == ["a"]
