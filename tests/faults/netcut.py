@@ -5,6 +5,8 @@ while the S3 server itself keeps its data (moto keeps objects in memory only; st
     cut.down()                              # connection refused from now on, open connections reset
     cut.cut_after(upstream=1 << 20)         # cut once 1 MiB more has gone towards the server (mid-upload)
     cut.cut_after(downstream=1 << 20)       # ... or come back from it (mid-download)
+    cut.silence()                           # as a host that died: open connections carry nothing more, with no
+                                            # reset or close, and new ones are refused
     cut.up()                                # the same port answers again
 """
 
@@ -28,6 +30,7 @@ class NetCut:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._budget: dict[str, int | None] = {"up": None, "down": None}
+        self._silent = False
         self.cuts = 0  # how many times the link went down
 
     @property
@@ -45,6 +48,7 @@ class NetCut:
             listener.listen(64)
             self._listener = listener
             self._budget = {"up": None, "down": None}
+            self._silent = False
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self
 
@@ -65,6 +69,20 @@ class NetCut:
                 conn.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def silence(self) -> None:
+        """Go silent as a host that died (or a network that drops everything) does: the open connections stay open
+        but carry nothing more, without a reset or a close, so their peers hear nothing at all; new connections are
+        refused. ``down()`` resets the silent connections."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            self._silent = True
+            if listener is None:
+                return
+            self.cuts += 1
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
 
     def cut_after(self, *, upstream: int | None = None, downstream: int | None = None) -> None:
         """Go down once ``upstream`` more bytes went to the server, or ``downstream`` more came back."""
@@ -100,6 +118,8 @@ class NetCut:
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         try:
             while data := src.recv(_BUFFER):
+                if self._silent:
+                    return  # dropped; nothing read or sent again, and the sockets are left open (silence())
                 with self._lock:
                     budget = self._budget[direction]
                     if budget is not None:
@@ -113,11 +133,15 @@ class NetCut:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            with self._lock:
-                self._conns -= {src, dst}
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
+            if not self._silent:
+                self._close(src, dst)
+
+    def _close(self, src: socket.socket, dst: socket.socket) -> None:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._conns -= {src, dst}
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
