@@ -75,6 +75,7 @@ class WorkerServer:
             await resolver.close()
         self.core.engine.stop()
         self.core.metrics.close()
+        self.core.close()
 
 
 def build_core(cfg: WorkerConfig, host: ModelHost | None = None, metrics: ServiceMetrics | None = None) -> WorkerCore:

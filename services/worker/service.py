@@ -59,6 +59,10 @@ class WorkerCore:
         self._token_texts: dict[int, str] = {}  # token id -> its text alone (logprobs); at most the vocabulary
         self._last_keys: OrderedDict[str, str] = OrderedDict()  # ref -> the key it last resolved to (bounded)
 
+    def close(self) -> None:
+        """Its store client's channel and the direct reader's threads (a worker stopped in-process kept them)."""
+        self._store.close()
+
     # --- refs -----------------------------------------------------------------------------------------------------
     async def resolve(self, ref: str, routing_key: str = "") -> str:
         """A ref -> the canonical key ``name@sha256:...``; '' (the base model) stays ''."""

@@ -22,6 +22,8 @@ class ServerThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()  # its executor's threads end too (a test session would keep hundreds)
 
 
 def start_store(cfg: StoreConfig):
