@@ -9,6 +9,7 @@ fetching a new version at once cost one copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Collection
@@ -30,7 +31,7 @@ class BlobCopier:
         self.index = index
         self._concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, tuple[asyncio.Future, bool]] = {}  # sha256 -> (its copy, whether it replaces)
         # blobs known to be in this bucket (copied, or seen there): blobs are immutable and a secondary never deletes
         # one (GC runs on the primary), so a fetch asks the bucket about each blob once, not on every fetch
         self._present: set[str] = set()
@@ -66,12 +67,21 @@ class BlobCopier:
             self._remember(here)
 
     async def copy(self, key: str, entry: FileEntry, replace: bool = False) -> None:
-        """Copy one blob (of version ``key``) unless a copy of it is already under way; then wait for that one."""
-        task = self._inflight.get(entry.sha256)
-        if task is None:
-            task = asyncio.ensure_future(self._copy(key, entry, replace))
-            self._inflight[entry.sha256] = task
-            task.add_done_callback(functools.partial(self._done, entry.sha256))
+        """Copy one blob (of version ``key``) unless a copy of it is already under way; then wait for that one. A
+        copy that replaces (this bucket's copy is known bad) does not join a plain one, which finds the blob there
+        and copies nothing: it waits for that one to end, then copies."""
+        while True:
+            task, replacing = self._inflight.get(entry.sha256, (None, False))
+            if task is None or task.done():  # none, or one that ended and is still listed until its callback runs
+                break
+            if replacing or not replace:
+                await asyncio.shield(task)
+                return
+            with contextlib.suppress(Exception):  # the plain copy's outcome is not ours: we copy next either way
+                await asyncio.shield(task)
+        task = asyncio.ensure_future(self._copy(key, entry, replace))
+        self._inflight[entry.sha256] = (task, replace)
+        task.add_done_callback(functools.partial(self._done, entry.sha256))
         await asyncio.shield(task)
 
     def _remember(self, blobs: list[str]) -> None:
@@ -79,8 +89,9 @@ class BlobCopier:
             self._present.clear()  # asked again on the next fetch: correct, one round trip more
         self._present.update(blobs)
 
-    def _done(self, sha256: str, _task: asyncio.Future) -> None:
-        self._inflight.pop(sha256, None)
+    def _done(self, sha256: str, task: asyncio.Future) -> None:
+        if self._inflight.get(sha256, (None, False))[0] is task:  # not a copy started after it
+            del self._inflight[sha256]
 
     async def _copy(self, key: str, entry: FileEntry, replace: bool) -> None:
         if self._slots is None:
