@@ -57,13 +57,13 @@ class NetCut:
         with self._lock:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, set()
-            if listener is None:
-                return
-            self.cuts += 1
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        for conn in conns:
+            if listener is not None:
+                self.cuts += 1
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:  # silenced ones too
             with contextlib.suppress(OSError):  # RST, not FIN: the peer sees the connection break
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.shutdown(socket.SHUT_RDWR)

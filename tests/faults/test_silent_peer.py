@@ -70,16 +70,24 @@ def test_a_silent_watch_with_a_client_pinging_often_is_not_cut_off(store, tmp_pa
     assert every >= PING_PERMIT_S
     client = client_pinging_every(store.address, every)
     watch = client.watch(cursor="$")
+    pushes: list[threading.Timer] = []
+
+    def push_later(delay: float, name: str, seed: int) -> None:
+        pushes.append(threading.Timer(delay, lambda: store.client().push_dir(write_adapter(tmp_path / name, seed=seed),
+                                                                             f"acme/{name}")))
+        pushes[-1].start()
+
     try:
-        threading.Timer(1.0, lambda: store.client().push_dir(write_adapter(tmp_path / "a"), "acme/first")).start()
+        push_later(1.0, "first", 0)
         finished, event = in_thread(lambda: next(watch))  # the watch is open once its first event arrives
         assert finished and not isinstance(event, Exception), event
         time.sleep(4 * every + 1)  # four pings with no data: a server at gRPC's defaults answers with GOAWAY
-        threading.Timer(0.1, lambda: store.client().push_dir(write_adapter(tmp_path / "b", seed=1),
-                                                             "acme/second")).start()
+        push_later(0.1, "second", 1)
         finished, event = in_thread(lambda: next(watch))
         assert finished and not isinstance(event, Exception), event
         assert event.name == "acme/second", event
     finally:
+        for push in pushes:
+            push.join(HANG_GUARD_S)  # its reply read before the fixture closes the store's clients
         watch.close()
         client.close()
