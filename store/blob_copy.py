@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Collection
 
+from adapterfleet.common.aio import listed_task
 from adapterfleet.common.errors import ChecksumMismatch
 from adapterfleet.store.blobs.base import BlobStore
 from adapterfleet.store.manifest import FileEntry, Manifest
@@ -31,7 +31,8 @@ class BlobCopier:
         self.index = index
         self._concurrency = concurrency
         self._slots: asyncio.Semaphore | None = None
-        self._inflight: dict[str, tuple[asyncio.Future, bool]] = {}  # sha256 -> (its copy, whether it replaces)
+        self._copying: dict[str, asyncio.Future] = {}    # sha256 -> its plain copy under way
+        self._replacing: dict[str, asyncio.Future] = {}  # sha256 -> its copy over a copy known bad, under way
         # blobs known to be in this bucket (copied, or seen there): blobs are immutable and a secondary never deletes
         # one (GC runs on the primary), so a fetch asks the bucket about each blob once, not on every fetch
         self._present: set[str] = set()
@@ -70,28 +71,22 @@ class BlobCopier:
         """Copy one blob (of version ``key``) unless a copy of it is already under way; then wait for that one. A
         copy that replaces (this bucket's copy is known bad) does not join a plain one, which finds the blob there
         and copies nothing: it waits for that one to end, then copies."""
-        while True:
-            task, replacing = self._inflight.get(entry.sha256, (None, False))
-            if task is None or task.done():  # none, or one that ended and is still listed until its callback runs
-                break
-            if replacing or not replace:
-                await asyncio.shield(task)
-                return
-            with contextlib.suppress(Exception):  # the plain copy's outcome is not ours: we copy next either way
-                await asyncio.shield(task)
-        task = asyncio.ensure_future(self._copy(key, entry, replace))
-        self._inflight[entry.sha256] = (task, replace)
-        task.add_done_callback(functools.partial(self._done, entry.sha256))
-        await asyncio.shield(task)
+        sha = entry.sha256
+        if replace:
+            while (plain := self._copying.get(sha)) is not None and sha not in self._replacing:
+                with contextlib.suppress(Exception):  # the plain copy's outcome is not ours: we copy next either way
+                    await asyncio.shield(plain)
+            joined = self._replacing.get(sha)
+        else:
+            joined = self._replacing.get(sha) or self._copying.get(sha)
+        if joined is None:
+            joined = listed_task(self._replacing if replace else self._copying, sha, self._copy(key, entry, replace))
+        await asyncio.shield(joined)
 
     def _remember(self, blobs: list[str]) -> None:
         if len(self._present) > PRESENT_MAX:
             self._present.clear()  # asked again on the next fetch: correct, one round trip more
         self._present.update(blobs)
-
-    def _done(self, sha256: str, task: asyncio.Future) -> None:
-        if self._inflight.get(sha256, (None, False))[0] is task:  # not a copy started after it
-            del self._inflight[sha256]
 
     async def _copy(self, key: str, entry: FileEntry, replace: bool) -> None:
         if self._slots is None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Coroutine, Iterator
+from typing import Any, Generic, TypeVar
 
+K = TypeVar("K")
 T = TypeVar("T")
 _DONE = object()
 
@@ -72,3 +73,32 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     finally:
         waiter.cancel()
     return event.is_set()
+
+
+def listed_task(listing: dict[K, asyncio.Future[T]], key: K, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """Run ``coro`` as a task of its own, listed in ``listing`` under ``key`` from now until it ends: single flight
+    for callers that find it there and await it shielded (one that goes away does not cancel it for the others).
+
+    It leaves the listing in its own last step, not in a done callback: that runs a turn of the loop later, and a
+    caller that looked in between awaited the finished task (which yields nothing), looked again, and spun the event
+    loop for ever. Cancelled before it ever ran (a loop closing), it leaves in its done callback. Its outcome is
+    retrieved, so one that no caller awaited is not logged as lost."""
+    def unlist(*_: object) -> None:
+        if listing.get(key) is task:
+            del listing[key]
+
+    async def run() -> T:
+        try:
+            return await coro
+        finally:
+            unlist()
+
+    def settled(done: asyncio.Future) -> None:
+        unlist()
+        coro.close()  # ended already, or never started (the task was cancelled first): no "never awaited" warning
+        if not done.cancelled():
+            done.exception()
+
+    task = listing[key] = asyncio.ensure_future(run())
+    task.add_done_callback(settled)
+    return task

@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from adapterfleet.common.aio import listed_task
 from adapterfleet.common.errors import AdapterFleetError, Unavailable
 from adapterfleet.store.aio_client import AsyncStoreClient
 from adapterfleet.store.refs import Ref
@@ -59,7 +60,7 @@ class Resolver:
         self._cache: dict[str, _Entry] = {}
         self._by_name: dict[str, set[str]] = defaultdict(set)
         self._generation: dict[str, int] = defaultdict(int)  # bumped per change, so a racing lookup is not cached
-        self._inflight: dict[str, asyncio.Task[tuple[LiveTarget, ...]]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[LiveTarget, ...]]] = {}
         self._task: asyncio.Task | None = None
         self._epoch = 0
         self._lost_at: dict[int, float] = {}  # epoch -> when the watch covering it broke for good
@@ -104,16 +105,8 @@ class Resolver:
         return choose(entry.targets, routing_key, self._rng).key
 
     async def _lookup(self, ref: str) -> tuple[LiveTarget, ...]:
-        task = self._inflight.get(ref)
-        if task is None:
-            task = self._inflight[ref] = asyncio.ensure_future(self._fetch(ref))
-            task.add_done_callback(lambda t: self._settled(ref, t))
+        task = self._inflight.get(ref) or listed_task(self._inflight, ref, self._fetch(ref))
         return await asyncio.shield(task)  # a caller that goes away does not cancel the others' lookup
-
-    def _settled(self, ref: str, task: asyncio.Task) -> None:
-        self._inflight.pop(ref, None)
-        if not task.cancelled():
-            task.exception()  # retrieved: every waiter may have gone
 
     async def _fetch(self, ref: str) -> tuple[LiveTarget, ...]:
         self.lookups += 1

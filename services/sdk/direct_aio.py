@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from adapterfleet.common.aio import listed_task
 from adapterfleet.common.faults import ended_early, verdict_of
 from adapterfleet.common.security import INSECURE, ClientSecurity, open_aio_channel
 from adapterfleet.sdk.direct import (
@@ -303,17 +304,11 @@ class AsyncDirectRouter:
         """One Route call for (ref, routing key) that every miss of the key shares while it runs, as a task of its
         own: the caller that started it can go away (its own timeout) without failing the others with its
         cancellation."""
-        key = (ref, routing_key)
-        task = self._asking[key] = asyncio.ensure_future(self._ask(ref, routing_key, metadata, timeout,
-                                                                   refresh=refresh))
+        task = listed_task(self._asking, (ref, routing_key),
+                           self._ask(ref, routing_key, metadata, timeout, refresh=refresh))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._asked(key, t))
+        task.add_done_callback(self._done)
         return task
-
-    def _asked(self, key: tuple[str, str], task: asyncio.Future) -> None:
-        if self._asking.get(key) is task:
-            del self._asking[key]
-        self._done(task)  # an answer nobody else waited for is not logged as lost
 
     async def _ask(self, ref: str, routing_key: str, metadata: Metadata, timeout: float | None,
                    exclude: Collection[str] = (), refresh: bool = False) -> Route:

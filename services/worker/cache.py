@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from adapterfleet.common.aio import listed_task
 from adapterfleet.common.errors import NotFound, ResourceExhausted
 from adapterfleet.common.tiers import ACTIVE, CACHE_TIERS, DISK, HOST, LOADING
 
@@ -231,31 +232,11 @@ class AdapterCache:
 
     # --- loading ------------------------------------------------------------------------------------------------
     def _load(self, key: str, load) -> asyncio.Future:
-        """Run ``load(key)`` as a task of its own, listed as ``key``'s load before this returns; callers await it
-        shielded. So the request that started a load can go away (its client hung up) without cancelling it: other
-        requests wait on the same load, and a load cut off mid-install would leave its slot freed while its thread
-        still filled it."""
-        async def run() -> None:
-            try:
-                await load(key)
-            finally:
-                # unlisted in the load's own last step, not by a done callback: that runs a turn later, and a
-                # request that looked in between found the finished load still listed, awaited it (a finished
-                # task yields nothing), looked again, and spun the event loop for ever
-                self._unlist(key, task)
-
-        task = self._loading[key] = asyncio.ensure_future(run())
-        task.add_done_callback(lambda t: self._loaded(key, t))
-        return task
-
-    def _unlist(self, key: str, task: asyncio.Future) -> None:
-        if self._loading.get(key) is task:
-            del self._loading[key]
-
-    def _loaded(self, key: str, task: asyncio.Future) -> None:
-        self._unlist(key, task)  # a load cancelled before it started (the loop closing) never ran its own
-        if not task.cancelled():
-            task.exception()  # retrieved: waiters re-raise it themselves
+        """Run ``load(key)`` as a task of its own, listed as ``key``'s load before this returns and until it ends;
+        callers await it shielded. So the request that started a load can go away (its client hung up) without
+        cancelling it: other requests wait on the same load, and a load cut off mid-install would leave its slot
+        freed while its thread still filled it."""
+        return listed_task(self._loading, key, load(key))
 
     async def _to_host(self, key: str) -> tuple[Entry, dict[str, bytes] | None]:
         """Make sure ``key`` has a host-tier copy of its weights: from host, disk, or the store. Also returns the
